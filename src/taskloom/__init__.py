@@ -1,0 +1,12 @@
+"""taskloom: multi-task learning for PyTorch."""
+from taskloom.balancing import Balancer, build_balancer
+from taskloom.data import Batch, BatchLoader, DataSplits, MultiTaskDataset
+from taskloom.losses import masked_loss, task_losses
+from taskloom.sharing import MultiTaskModel, MultiTaskModule, predict
+from taskloom.task import Condition, Task
+
+__version__ = "0.1.0"
+__all__ = [
+    "Balancer", "Batch", "BatchLoader", "Condition", "DataSplits", "MultiTaskDataset", "MultiTaskModel",
+    "MultiTaskModule", "Task", "build_balancer", "masked_loss", "predict", "task_losses",
+]

@@ -1,0 +1,70 @@
+"""The balancing interface: per-task losses in, one update (the ``.grad`` of every parameter) out."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from taskloom.sharing.base import MultiTaskModule
+
+
+class Balancer(nn.Module):
+    """Turns a dict of per-task losses into gradients on the model's parameters.
+
+    The trainer calls ``backward(losses, model)`` once per step, after zeroing the
+    gradients and before the optimizer step; ``losses`` holds only the tasks labelled in
+    the batch. A balancer may own parameters (they join the optimizer) and state (it is
+    saved in checkpoints through ``state_dict``). ``epoch_end`` receives the epoch's mean
+    training loss per task, for methods that adapt per epoch.
+    """
+
+    needs_task_gradients: bool = False
+    needs_post_step_losses: bool = False
+
+    def __init__(self, task_names: Sequence[str]) -> None:
+        super().__init__()
+        self.task_names = list(task_names)
+        self._last_weights: dict[str, Tensor] = {}
+
+    def backward(self, losses: Mapping[str, Tensor], model: MultiTaskModule) -> None:
+        raise NotImplementedError
+
+    def post_step(self, losses: Mapping[str, Tensor]) -> None:
+        """Hook for methods that need the losses of the same batch after the step (for example FAMO).
+
+        Called by the trainer, without gradients, only when ``needs_post_step_losses``.
+        """
+
+    def epoch_end(self, epoch_losses: Mapping[str, float]) -> None:
+        """Hook for methods that update per epoch (for example DWA)."""
+
+    def last_weights(self) -> dict[str, float]:
+        """Task weights used in the last step, for logging (one host transfer)."""
+        if not self._last_weights:
+            return {}
+        names = list(self._last_weights)
+        values = torch.stack([torch.as_tensor(self._last_weights[n], dtype=torch.float32).detach().cpu() for n in names])
+        return dict(zip(names, values.tolist()))
+
+
+class LossWeighting(Balancer):
+    """Loss-level methods: the update is the gradient of a weighted sum of the task losses."""
+
+    def weights(self, losses: Mapping[str, Tensor]) -> Mapping[str, Tensor | float]:
+        raise NotImplementedError
+
+    def combine(self, losses: Mapping[str, Tensor]) -> Tensor:
+        """The scalar whose gradient is the update."""
+        weights = self.weights(losses)
+        self._last_weights = dict(weights)
+        total = None
+        for name, loss in losses.items():
+            weight = weights[name]
+            term = loss if isinstance(weight, float) and weight == 1.0 else weight * loss
+            total = term if total is None else total + term
+        return total
+
+    def backward(self, losses: Mapping[str, Tensor], model: MultiTaskModule) -> None:
+        if losses:
+            self.combine(losses).backward()

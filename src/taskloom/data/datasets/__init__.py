@@ -1,0 +1,17 @@
+"""Built-in data sets, registered by name. Each loader returns :class:`~taskloom.data.DataSplits`."""
+from __future__ import annotations
+
+from typing import Any
+
+from taskloom.data.dataset import DataSplits
+from taskloom.registry import Registry
+
+DATASETS: Registry = Registry("data set")
+
+
+def load_dataset(name: str, **options: Any) -> DataSplits:
+    """Load the built-in data set ``name`` with its options (tasks, split, seed, paths, ...)."""
+    return DATASETS.get(name)(**options)
+
+
+__all__ = ["DATASETS", "load_dataset"]

@@ -1,0 +1,63 @@
+"""Masked per-task losses: the mean over a task's labelled rows, nothing for a task without labels."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from taskloom.data.batch import Batch
+from taskloom.task import Task
+
+
+def masked_loss(
+    task: Task,
+    output: Tensor,
+    target: Tensor,
+    mask: Tensor | None = None,
+    sample_weight: Tensor | None = None,
+) -> Tensor:
+    """Weighted mean of the task's loss over labelled units.
+
+    Each unit's weight is mask x sample weight x class weight; masked units are zeroed
+    with ``torch.where`` so a NaN or garbage label there cannot leak into the loss or
+    its gradient. With no labelled unit the result is 0 with a zero gradient.
+    """
+    class_weights = task.class_weight_tensor(output.device)
+    if mask is None and sample_weight is None:
+        return task.kind_spec.mean_loss(output, target, class_weights)
+    if mask is not None:
+        target = torch.where(mask.reshape(mask.shape + (1,) * (target.dim() - mask.dim())), target, 0)
+    loss, class_weight = task.kind_spec.row_loss(output, target, class_weights)
+    weight = None
+    for factor in (sample_weight, class_weight):
+        if factor is not None:
+            factor = factor.to(loss.dtype)
+            weight = factor if weight is None else weight * factor
+    if mask is not None:
+        ones = torch.ones((), dtype=loss.dtype, device=loss.device)
+        weight = torch.where(mask, ones if weight is None else weight, 0)
+        loss = torch.where(mask, loss, 0)
+    if weight is None:
+        return loss.mean()
+    return (loss * weight).sum() / weight.sum().clamp_min(torch.finfo(loss.dtype).tiny)
+
+
+def labelled_tasks(batch: Batch, names: list[str]) -> list[str]:
+    """The tasks with at least one labelled row in ``batch`` (one host sync for all masked tasks)."""
+    masked = [n for n in names if n in batch.masks]
+    if not masked:
+        return list(names)
+    counts = torch.stack([batch.masks[n].reshape(-1).any() for n in masked]).tolist()
+    absent = {n for n, present in zip(masked, counts) if not present}
+    return [n for n in names if n not in absent]
+
+
+def task_losses(outputs: Mapping[str, Tensor], batch: Batch, tasks: Mapping[str, Task]) -> dict[str, Tensor]:
+    """Loss of every task that has a labelled row in the batch, keyed by task name."""
+    return {
+        name: masked_loss(
+            tasks[name], outputs[name], batch.targets[name], batch.masks.get(name), batch.weights.get(name)
+        )
+        for name in labelled_tasks(batch, list(tasks))
+    }

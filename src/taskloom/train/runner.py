@@ -1,0 +1,290 @@
+"""From a config to a trained model: data, tasks, model, balancing, trainer, run directory.
+
+``run_training`` trains the multi-task model a config describes; ``run_comparison``
+also trains one single-task model per task under identical settings (same trunk,
+optimizer, epochs, batch, seed and data split) and writes the comparison table.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import inspect
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from taskloom.balancing import build_balancer
+from taskloom.config import Config, ConfigError, dump_config, load_config
+from taskloom.data.dataset import DataSplits
+from taskloom.data.datasets import DATASETS, load_dataset
+from taskloom.evaluate.delta import delta_m, relative_change
+from taskloom.sharing import ARCHITECTURES
+from taskloom.sharing.base import MultiTaskModule
+from taskloom.task import Condition, Task
+from taskloom.train.score import SelectionScore
+from taskloom.train.trainer import Trainer
+from taskloom.trunks import TRUNKS
+
+log = logging.getLogger(__name__)
+
+Callbacks = dict[str, Callable[..., None]]
+
+
+def tasks_from_config(config: Config) -> list[Task] | None:
+    """The config's tasks as :class:`Task` objects (None: the data set's default tasks)."""
+    if config.tasks is None:
+        return None
+    out = []
+    for i, spec in enumerate(config.tasks):
+        try:
+            out.append(Task(
+                name=spec.name, kind=spec.kind, num_outputs=spec.num_outputs, target=spec.target,
+                class_weights=spec.class_weights, main_metric=spec.main_metric, head_hidden=tuple(spec.head_hidden),
+                sample_weight=spec.sample_weight,
+                only_where=None if spec.only_where is None else Condition(spec.only_where.task, spec.only_where.equals),
+            ))
+        except ValueError as error:
+            raise ConfigError(f"tasks[{i}]: {error}") from None
+    return out
+
+
+def table_columns(path: str | Path) -> list[str]:
+    """The column names of a CSV or Parquet file, read without loading its rows."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"data.options.path: {str(path)!r} does not exist")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    return list(pd.read_csv(path, nrows=0).columns)
+
+
+def check_table_targets(config: Config) -> None:
+    """Refuse a task whose target column (or sample-weight column) is not in the table, naming the field."""
+    path = config.data.options.get("path")
+    if config.data.dataset != "table" or not isinstance(path, (str, Path)):
+        return
+    columns = table_columns(path)
+    for i, task in enumerate(config.tasks or []):
+        for field, column in (("target", task.target), ("sample_weight", task.sample_weight)):
+            if column is not None and column not in columns:
+                raise ConfigError(f"tasks[{i}].{field}: column {column!r} is not in the table {path}; "
+                                  f"its columns are {columns}")
+
+
+def load_data(config: Config) -> DataSplits:
+    """Load the configured data set with the configured tasks and split."""
+    if config.data.dataset not in DATASETS:
+        raise ConfigError(f"data.dataset: unknown data set {config.data.dataset!r}; known: {', '.join(DATASETS)}")
+    check_table_targets(config)
+    splits = load_dataset(
+        config.data.dataset,
+        tasks=tasks_from_config(config),
+        val_fraction=config.data.val_fraction,
+        test_fraction=config.data.test_fraction,
+        seed=config.data.split_seed,
+        **config.data.options,
+    )
+    return splits
+
+
+def trunk_factory(config: Config, splits: DataSplits) -> Callable[[], nn.Module]:
+    """A function returning a fresh trunk; shape arguments the trunk accepts are filled from the data."""
+    if config.model.trunk.name not in TRUNKS:
+        raise ConfigError(f"model.trunk.name: unknown trunk {config.model.trunk.name!r}; known: {', '.join(TRUNKS)}")
+    cls = TRUNKS.get(config.model.trunk.name)
+    accepted = inspect.signature(cls).parameters
+    inferred: dict[str, Any] = {
+        "in_features": splits.in_features,
+        "image_size": splits.input_shape[-1],
+        "channels": splits.input_shape[0] if len(splits.input_shape) == 3 else 1,
+    }
+    inferred.update({k: v for k, v in splits.info.get("trunk_arguments", {}).items()})
+    options = {k: v for k, v in inferred.items() if k in accepted}
+    options.update(config.model.trunk.options)
+    unknown = sorted(set(config.model.trunk.options) - set(accepted))
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
+        raise ConfigError(f"model.trunk.options: {config.model.trunk.name} does not take {unknown}; "
+                          f"it takes {sorted(accepted)}")
+    return lambda: cls(**options)
+
+
+def build_model(config: Config, tasks: list[Task], splits: DataSplits) -> MultiTaskModule:
+    if config.model.architecture not in ARCHITECTURES:
+        raise ConfigError(f"model.architecture: unknown architecture {config.model.architecture!r}; "
+                          f"known: {', '.join(ARCHITECTURES)}")
+    builder = ARCHITECTURES.get(config.model.architecture)
+    return builder(trunk_factory(config, splits), tasks, **config.model.options)
+
+
+def build_trainer(config: Config, tasks: list[Task], splits: DataSplits, run_dir: Path | None,
+                  model_name: str = "multitask", balancing: bool = True,
+                  callbacks: Callbacks | None = None) -> Trainer:
+    """A trainer for ``tasks`` (all of them, or one for a single-task baseline) with the config's settings."""
+    torch.manual_seed(config.train.seed)
+    model = build_model(config, tasks, splits)
+    names = [t.name for t in tasks]
+    if balancing:
+        balancer = build_balancer(config.balancing.method, names, **config.balancing.options)
+    else:
+        balancer = build_balancer("equal", names)
+    selection = SelectionScore(
+        tasks, config.selection.score if balancing else "task",
+        weights=config.selection.weights, task=config.selection.task if balancing else names[0],
+        baselines=config.selection.baselines,
+    )
+    regularizers = []
+    if balancing and config.regularizers:
+        from taskloom.regularizers import REGULARIZERS
+
+        regularizers = [REGULARIZERS.get(r.name)(model, **r.options) for r in config.regularizers]
+    callbacks = callbacks or {}
+    return Trainer(
+        model, tasks, balancer,
+        optimizer=config.optimizer.name, lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay,
+        momentum=config.optimizer.momentum, schedule=config.schedule.name, step_size=config.schedule.step_size,
+        gamma=config.schedule.gamma, warmup_epochs=config.schedule.warmup_epochs, epochs=config.train.epochs,
+        batch_size=config.train.batch_size, seed=config.train.seed, device=config.train.device,
+        selection=selection, patience=config.train.patience, regularizers=regularizers, run_dir=run_dir,
+        model_name=model_name, amp=config.train.amp, compile=config.train.compile,
+        on_step=callbacks.get("step"), on_epoch=callbacks.get("epoch"),
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@dataclass
+class TrainedModel:
+    name: str
+    trainer: Trainer
+    test: dict[str, dict[str, Any]]
+    seconds: float
+    parameters: int
+
+
+def new_run_dir(config: Config) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(config.output_dir) / f"{config.name}-{stamp}"
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = Path(config.output_dir) / f"{config.name}-{stamp}-{suffix}"
+    return path
+
+
+def _train_one(config: Config, tasks: list[Task], splits: DataSplits, run_dir: Path, name: str, multitask: bool,
+               callbacks: Callbacks | None) -> TrainedModel:
+    model_dir = run_dir / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    trainer = build_trainer(config, tasks, splits, model_dir, name, balancing=multitask, callbacks=callbacks)
+    trainer.resume()
+    timing_file = model_dir / "seconds.json"
+    previous = json.loads(timing_file.read_text())["seconds"] if timing_file.exists() else 0.0
+    if callbacks and "start" in callbacks:
+        callbacks["start"](name, trainer.epochs, trainer.start_epoch)
+    started = time.perf_counter()
+    trainer.fit(splits.train, splits.val)
+    seconds = previous + time.perf_counter() - started
+    timing_file.write_text(json.dumps({"seconds": seconds}))
+    best = trainer.checkpoint_dir / "best.pt"
+    if best.is_file():
+        trainer.load(best, restore_training=False)
+    test = trainer.evaluate(splits.test)
+    return TrainedModel(name, trainer, test, seconds, count_parameters(trainer.model))
+
+
+def _merge_metrics(run_dir: Path, names: list[str]) -> None:
+    """Gather each model's metrics.jsonl into the run's, keeping the last record per (model, epoch)."""
+    records: dict[tuple[str, int], str] = {}
+    for name in names:
+        path = run_dir / name / "metrics.jsonl"
+        if path.exists():
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                records[(record["model"], record["epoch"])] = line
+    (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in records.values()))
+
+
+def prepare_run(config: Config, run_dir: Path | None, resume: bool) -> tuple[Config, Path]:
+    if resume:
+        if run_dir is None or not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume needs a run directory holding config.yaml; {run_dir} has none")
+        return load_config(run_dir / "config.yaml"), run_dir
+    run_dir = run_dir or new_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(config))
+    return config, run_dir
+
+
+def run_training(config: Config, run_dir: Path | None = None, resume: bool = False,
+                 callbacks: Callbacks | None = None) -> dict[str, Any]:
+    """Train the configured multi-task model (and the single-task baselines when ``train.baselines``)."""
+    config, run_dir = prepare_run(config, run_dir, resume)
+    if config.train.baselines:
+        return run_comparison(config, run_dir, resume=True, callbacks=callbacks)
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    splits = load_data(config)
+    trained = _train_one(config, splits.tasks, splits, run_dir, "multitask", True, callbacks)
+    _merge_metrics(run_dir, ["multitask"])
+    summary = {
+        "dataset": config.data.dataset,
+        "run_dir": str(run_dir),
+        "test": trained.test,
+        "parameters": trained.parameters,
+        "train_seconds": trained.seconds,
+        "best_epoch": trained.trainer.history.best_epoch,
+    }
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def run_comparison(config: Config, run_dir: Path | None = None, resume: bool = False,
+                   callbacks: Callbacks | None = None) -> dict[str, Any]:
+    """Single-task models vs one multi-task model under identical settings; writes comparison.json."""
+    config, run_dir = prepare_run(config, run_dir, resume)
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    splits = load_data(config)
+    tasks = splits.tasks
+    singles = {t.name: _train_one(config, [t], splits, run_dir, f"single/{t.name}", False, callbacks) for t in tasks}
+    multi = _train_one(config, tasks, splits, run_dir, "multitask", True, callbacks)
+    _merge_metrics(run_dir, [f"single/{t.name}" for t in tasks] + ["multitask"])
+    table: dict[str, Any] = {}
+    for task in tasks:
+        single = singles[task.name].test[task.name].get(task.main_metric)
+        joint = multi.test[task.name].get(task.main_metric)
+        change = None
+        if single is not None and joint is not None and single != 0:
+            change = relative_change(joint, single, task.higher_is_better)
+        table[task.name] = {"metric": task.main_metric, "higher_is_better": task.higher_is_better,
+                            "single": single, "multi": joint, "relative_change": change,
+                            "single_all": singles[task.name].test[task.name], "multi_all": multi.test[task.name]}
+    known = {n: row for n, row in table.items() if row["relative_change"] is not None}
+    comparison = {
+        "dataset": config.data.dataset,
+        "run_dir": str(run_dir),
+        "tasks": table,
+        "delta_m": delta_m({n: r["multi"] for n, r in known.items()}, {n: r["single"] for n, r in known.items()},
+                           {n: r["higher_is_better"] for n, r in known.items()}) if known else None,
+        "delta_m_tasks": sorted(known),
+        "parameters": {"single_total": sum(s.parameters for s in singles.values()), "multi": multi.parameters,
+                       "single": {n: s.parameters for n, s in singles.items()}},
+        "train_seconds": {"single_total": sum(s.seconds for s in singles.values()), "multi": multi.seconds,
+                          "single": {n: s.seconds for n, s in singles.items()}},
+        "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        "balancing": config.balancing.method,
+        "architecture": config.model.architecture,
+    }
+    (run_dir / "comparison.json").write_text(json.dumps(comparison, indent=2))
+    return comparison

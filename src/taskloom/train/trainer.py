@@ -1,0 +1,354 @@
+"""The training loop: forward, masked per-task losses, balancing, step, evaluation, checkpoints, logs.
+
+The trainer is a convenience, not a cage: :meth:`Trainer.train_step` is the whole step,
+and a user loop can call ``task_losses`` and ``balancer.backward`` directly.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from taskloom.balancing import Balancer, EqualWeighting
+from taskloom.data.batch import Batch
+from taskloom.data.dataset import BatchLoader, MultiTaskDataset
+from taskloom.evaluate.evaluator import evaluate_model
+from taskloom.losses import task_losses
+from taskloom.sharing.base import MultiTaskModule
+from taskloom.sharing.hard import predict
+from taskloom.task import Task
+from taskloom.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from taskloom.train.score import SelectionScore
+
+log = logging.getLogger(__name__)
+
+
+def build_optimizer(parameters: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float = 0.0,
+                    momentum: float = 0.9) -> torch.optim.Optimizer:
+    """AdamW or SGD (with momentum) over ``parameters``."""
+    parameters = list(parameters)
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"optimizer.name must be 'adamw' or 'sgd', got {name!r}")
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, name: str, epochs: int, steps_per_epoch: int,
+                   step_size: int = 10, gamma: float = 0.1, warmup_epochs: int = 0):
+    """A per-step learning-rate schedule (cosine to zero, or step decay every ``step_size`` epochs), each after
+    an optional linear warm-up; None for a constant rate."""
+    total = max(1, epochs * steps_per_epoch)
+    warmup = warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if name == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if name == "step":
+            return gamma ** ((step // steps_per_epoch) // step_size)
+        return 1.0
+
+    if name not in ("none", "cosine", "step"):
+        raise ValueError(f"schedule.name must be none, cosine or step, got {name!r}")
+    if name == "none" and warmup == 0:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class History:
+    """Per-epoch records (the lines of metrics.jsonl) and the best epoch by the selection score."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_score: float = float("-inf")
+    best_per_task: dict[str, float] = field(default_factory=dict)
+    epochs_without_improvement: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> "History":
+        return cls(**json.loads(text))
+
+
+class Trainer:
+    """Trains a :class:`MultiTaskModule` on name-keyed tasks.
+
+    One step: forward once, the masked loss of every labelled task, ``balancer.backward``
+    (equal weighting unless given), the architecture's and regularizers' penalties, the
+    optimizer step, then proximal steps. Every epoch it evaluates on the validation data,
+    logs per-task losses and metrics under the task's name, keeps ``last.pt``, ``best.pt``
+    (by the selection score) and ``best-<task>.pt`` (by each task's main metric) in
+    ``run_dir/checkpoints`` when a run directory is given, and stops early after
+    ``patience`` epochs without improvement.
+    """
+
+    def __init__(
+        self,
+        model: MultiTaskModule,
+        tasks: Sequence[Task],
+        balancer: Balancer | None = None,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        schedule: str = "none",
+        step_size: int = 10,
+        gamma: float = 0.1,
+        warmup_epochs: int = 0,
+        epochs: int = 10,
+        batch_size: int = 128,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        selection: SelectionScore | None = None,
+        patience: int | None = None,
+        regularizers: Sequence[Any] = (),
+        run_dir: str | Path | None = None,
+        model_name: str = "multitask",
+        amp: str = "none",
+        compile: bool = False,
+        on_step: Callable[[int, int], None] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        save_task_best: bool = True,
+    ) -> None:
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        missing = [n for n in names if n not in getattr(model, "task_names", names)]
+        if missing:
+            raise ValueError(f"the model has no output for tasks {missing}")
+        if amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"amp must be none, bf16 or fp16, got {amp!r}")
+        seed_everything(seed)
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.tasks = {t.name: t for t in tasks}
+        self.balancer = (balancer or EqualWeighting(names)).to(self.device)
+        self.optimizer_spec = dict(name=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
+        self.schedule_spec = dict(name=schedule, step_size=step_size, gamma=gamma, warmup_epochs=warmup_epochs)
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.seed = seed
+        self.selection = selection or SelectionScore(list(tasks))
+        self.patience = patience
+        self.regularizers = list(regularizers)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.model_name = model_name
+        self.amp = amp
+        self.on_step = on_step
+        self.on_epoch = on_epoch
+        self.save_task_best = save_task_best
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.optimizer = build_optimizer(
+            list(self.model.parameters()) + list(self.balancer.parameters()), **self.optimizer_spec
+        )
+        self.scheduler = None
+        self._schedule_built = False
+        self._pending_scheduler_state = None
+        self.history = History()
+        self.start_epoch = 1
+
+    # -- one step -------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def train_step(self, batch: Batch) -> dict[str, Tensor]:
+        """Forward, masked losses, balancing, penalties, optimizer and proximal steps; returns the losses."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            outputs = self.forward(batch.inputs)
+            losses = task_losses(outputs, batch, self.tasks)
+        if self.scaler.is_enabled():
+            self.balancer.backward({n: self.scaler.scale(v) for n, v in losses.items()}, self.model)
+        else:
+            self.balancer.backward(losses, self.model)
+        penalties = [p for p in [self.model.regularization(), *(r.penalty() for r in self.regularizers)] if p is not None]
+        if penalties:
+            penalty = sum(penalties)
+            (self.scaler.scale(penalty) if self.scaler.is_enabled() else penalty).backward()
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        lr = self.optimizer.param_groups[0]["lr"]
+        for regularizer in self.regularizers:
+            regularizer.proximal_step(lr)
+        if self.balancer.needs_post_step_losses:
+            with torch.no_grad(), self._autocast():
+                self.balancer.post_step(task_losses(self.forward(batch.inputs), batch, self.tasks))
+        return losses
+
+    # -- epochs ---------------------------------------------------------------------------
+    def fit(self, train: MultiTaskDataset | Any, val: MultiTaskDataset | None = None) -> History:
+        """Train for the configured epochs (from ``start_epoch`` when resumed); returns the history.
+
+        ``train`` is a :class:`MultiTaskDataset` or any loader of :class:`Batch` objects with
+        ``__len__`` and ``set_epoch``.
+        """
+        loader = BatchLoader(train, self.batch_size, seed=self.seed) if isinstance(train, MultiTaskDataset) else train
+        if not self._schedule_built:
+            self._schedule_built = True
+            self.scheduler = build_schedule(self.optimizer, epochs=self.epochs, steps_per_epoch=len(loader),
+                                            **self.schedule_spec)
+            if self.scheduler is not None and self._pending_scheduler_state is not None:
+                self.scheduler.load_state_dict(self._pending_scheduler_state)
+                for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                    group["lr"] = lr
+        for epoch in range(self.start_epoch, self.epochs + 1):
+            started = time.perf_counter()
+            loader.set_epoch(epoch)
+            sums = {name: torch.zeros((), device=self.device) for name in self.tasks}
+            counts = {name: 0 for name in self.tasks}
+            for step, batch in enumerate(loader):
+                losses = self.train_step(batch.to(self.device, non_blocking=True))
+                for name, loss in losses.items():
+                    sums[name] += loss.detach().float()
+                    counts[name] += 1
+                if self.on_step is not None:
+                    self.on_step(step + 1, len(loader))
+            train_loss = {n: (sums[n] / counts[n]).item() for n in self.tasks if counts[n]}
+            self.balancer.epoch_end(train_loss)
+            record = self._end_epoch(epoch, train_loss, val, time.perf_counter() - started)
+            self.start_epoch = epoch + 1
+            if self.run_dir is not None:
+                self.save(self.checkpoint_dir / "last.pt")
+            if self.on_epoch is not None:
+                self.on_epoch(record)
+            if self.patience is not None and self.history.epochs_without_improvement >= self.patience:
+                log.info("%s: early stop after epoch %d (%d epochs without improvement)", self.model_name, epoch,
+                         self.patience)
+                self.start_epoch = self.epochs + 1
+                if self.run_dir is not None:
+                    self.save(self.checkpoint_dir / "last.pt")
+                break
+        return self.history
+
+    def _end_epoch(self, epoch: int, train_loss: dict[str, float], val: MultiTaskDataset | None,
+                   seconds: float) -> dict[str, Any]:
+        record: dict[str, Any] = {"model": self.model_name, "epoch": epoch, "train_loss": train_loss,
+                                  "weights": self.balancer.last_weights(), "seconds": seconds,
+                                  "lr": self.optimizer.param_groups[0]["lr"]}
+        if val is not None:
+            results = self.evaluate(val)
+            record["val"] = {n: {k: v for k, v in r.items() if k not in ("loss", "labelled", "note")}
+                             for n, r in results.items()}
+            record["val_loss"] = {n: r["loss"] for n, r in results.items() if "loss" in r}
+            record["score"] = score = self.selection(results)
+            improved = score > self.history.best_score
+            if improved:
+                self.history.best_score, self.history.best_epoch = score, epoch
+                self.history.epochs_without_improvement = 0
+            else:
+                self.history.epochs_without_improvement += 1
+            task_improved = []
+            for name, task in self.tasks.items():
+                value = results[name].get(task.main_metric)
+                if value is None:
+                    continue
+                signed = value if task.higher_is_better else -value
+                if signed > self.history.best_per_task.get(name, float("-inf")):
+                    self.history.best_per_task[name] = signed
+                    task_improved.append(name)
+            if self.run_dir is not None:
+                if improved:
+                    self.save(self.checkpoint_dir / "best.pt")
+                if self.save_task_best and len(self.tasks) > 1:
+                    for name in task_improved:
+                        self.save(self.checkpoint_dir / f"best-{name}.pt")
+            log.info("%s epoch %d: score %.3f, %s", self.model_name, epoch, score,
+                     {n: results[n].get(t.main_metric) for n, t in self.tasks.items()})
+        self.history.records.append(record)
+        if self.run_dir is not None:
+            with open(self.run_dir / "metrics.jsonl", "a") as file:
+                file.write(json.dumps(record) + "\n")
+        return record
+
+    def evaluate(self, data: MultiTaskDataset, batch_size: int | None = None) -> dict[str, dict[str, Any]]:
+        """Per-task metrics over labelled rows (see :func:`taskloom.evaluate.evaluator.evaluate_model`)."""
+        return evaluate_model(self.model, data, list(self.tasks.values()), batch_size or max(self.batch_size, 512),
+                              self.device)
+
+    def predict(self, inputs: Any) -> dict[str, Tensor]:
+        """Every task's prediction from one forward pass."""
+        from taskloom.data.batch import move
+
+        return predict(self.model, move(inputs, self.device), list(self.tasks.values()))
+
+    # -- checkpoints ----------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        if self.run_dir is None:
+            raise ValueError("this trainer has no run_dir")
+        return self.run_dir / "checkpoints"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "selection_baselines": self.selection.state_dict(),
+            "history": self.history.to_json(),
+            "next_epoch": self.start_epoch,
+            "rng": rng_state(),
+            "task_names": list(self.tasks),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the whole training state atomically."""
+        return save_checkpoint(self.state_dict(), path)
+
+    def load(self, path: str | Path, restore_training: bool = True) -> None:
+        """Restore the model (and, with ``restore_training``, everything needed to continue)."""
+        state = load_checkpoint(path, self.device)
+        if state["task_names"] != list(self.tasks):
+            raise ValueError(f"checkpoint {path} is for tasks {state['task_names']}, not {list(self.tasks)}")
+        self.model.load_state_dict(state["model"])
+        if not restore_training:
+            return
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.balancer.load_state_dict(state["balancer"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.selection.load_state_dict(state["selection_baselines"])
+        self.history = History.from_json(state["history"])
+        self.start_epoch = state["next_epoch"]
+        self._pending_scheduler_state = state["scheduler"]
+        self.scheduler = None
+        self._schedule_built = False
+        set_rng_state(state["rng"])
+
+    def resume(self) -> bool:
+        """Continue from ``run_dir/checkpoints/last.pt`` if it exists; True when it did."""
+        path = self.checkpoint_dir / "last.pt"
+        if not path.is_file():
+            return False
+        self.load(path)
+        log.info("%s: resuming at epoch %d", self.model_name, self.start_epoch)
+        return True
+
+    @property
+    def finished(self) -> bool:
+        return self.start_epoch > self.epochs

@@ -1,0 +1,112 @@
+"""The trainer: missing labels, resume, checkpoints, selection, early stopping, per-task logs."""
+import json
+
+import pytest
+import torch
+
+from taskloom import MultiTaskModel, Task
+from taskloom.balancing import StaticWeighting
+from taskloom.train.checkpoint import load_checkpoint
+from taskloom.train.trainer import Trainer
+from taskloom.trunks import MLP
+
+from synthetic_tasks import make_three_task_data
+
+
+def _trainer(tasks, run_dir=None, epochs=4, seed=0, **options):
+    torch.manual_seed(seed)
+    model = MultiTaskModel(MLP(8, (32, 32), dropout=0.2), tasks=tasks)
+    settings = dict(epochs=epochs, batch_size=32, seed=seed, run_dir=run_dir, schedule="cosine", lr=3e-3)
+    return Trainer(model, tasks, **{**settings, **options})
+
+
+def test_training_with_half_of_one_tasks_labels_missing_still_learns_it():
+    data, tasks = make_three_task_data(n=600, missing=0.5)
+    assert 0.4 < data.labelled("sign") / len(data) < 0.6
+    trainer = _trainer(tasks, epochs=15)
+    before = trainer.evaluate(data.subset(range(500, 600)))["sign"]["accuracy"]
+    trainer.fit(data.subset(range(500)), data.subset(range(500, 600)))
+    after = trainer.evaluate(data.subset(range(500, 600)))
+    assert after["sign"]["accuracy"] > max(0.75, before + 0.2)
+    assert after["sign"]["labelled"] == data.subset(range(500, 600)).labelled("sign")
+    losses = [r["train_loss"]["sign"] for r in trainer.history.records]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
+    data, tasks = make_three_task_data(n=300)
+    train, val = data.subset(range(240)), data.subset(range(240, 300))
+    straight = _trainer(tasks, tmp_path / "straight", epochs=4)
+    straight.fit(train, val)
+    def interrupt(record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    first = _trainer(tasks, tmp_path / "resumed", epochs=4, on_epoch=interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(train, val)
+    second = _trainer(tasks, tmp_path / "resumed", epochs=4, seed=0)
+    torch.manual_seed(123)  # a different global RNG state before resuming must not matter
+    assert second.resume() and second.start_epoch == 3
+    second.fit(train, val)
+    assert second.history.records[-1]["val"] == straight.history.records[-1]["val"]
+    for a, b in zip(straight.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_checkpoints_are_atomic_weights_only_and_complete(tmp_path):
+    data, tasks = make_three_task_data(n=200)
+    trainer = _trainer(tasks, tmp_path, epochs=2)
+    trainer.fit(data.subset(range(160)), data.subset(range(160, 200)))
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["best-level.pt", "best-quadrant.pt", "best-sign.pt", "best.pt", "last.pt"]
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")  # weights_only=True inside
+    assert {"model", "optimizer", "scheduler", "balancer", "rng", "next_epoch", "history"} <= set(state)
+    assert state["next_epoch"] == 3
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_early_stopping_and_task_selection(tmp_path):
+    data, tasks = make_three_task_data(n=200)
+    trainer = _trainer(tasks, tmp_path, epochs=30, patience=2, lr=1e-12)
+    trainer.fit(data.subset(range(160)), data.subset(range(160, 200)))
+    assert len(trainer.history.records) == 3  # the first epoch sets the best; two more without improvement
+    assert trainer.finished
+
+
+def test_metrics_and_losses_are_logged_under_task_names(tmp_path):
+    data, tasks = make_three_task_data(n=200)
+    trainer = _trainer(tasks, tmp_path, epochs=1, balancer=StaticWeighting(["sign", "quadrant", "level"],
+                                                                           {"sign": 2, "quadrant": 1, "level": 0.5}))
+    trainer.fit(data.subset(range(160)), data.subset(range(160, 200)))
+    record = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert set(record["train_loss"]) == set(record["val"]) == {"sign", "quadrant", "level"}
+    assert record["weights"] == {"sign": 2.0, "quadrant": 1.0, "level": 0.5}
+    assert set(record["val"]["level"]) == {"mse", "mae", "r2"}
+
+
+def test_a_task_with_no_labels_in_a_split_is_reported_as_such():
+    data, tasks = make_three_task_data(n=100)
+    data.masks["sign"][:] = False
+    data._complete["sign"] = False
+    results = _trainer(tasks, epochs=1).evaluate(data)
+    assert results["sign"] == {"labelled": 0, "note": "no labelled rows in this split"}
+    assert results["level"]["labelled"] == 100
+
+
+def test_one_step_changes_every_parameter():
+    data, tasks = make_three_task_data(n=64)
+    trainer = _trainer(tasks)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train_step(data.batch(torch.arange(64)))
+    assert all(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
+
+
+def test_predict_returns_every_task_from_one_forward():
+    data, tasks = make_three_task_data(n=16)
+    predictions = _trainer(tasks).predict(data.inputs)
+    assert set(predictions) == {"sign", "quadrant", "level"}
+    assert predictions["quadrant"].shape == (16,) and predictions["quadrant"].max() < 4
