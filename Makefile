@@ -9,11 +9,11 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c requi
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/constraints.txt requirements/no-deps.txt
+$(STAMP): pyproject.toml requirements/constraints.txt requirements/no-deps.txt requirements/extras-nlp.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
 	$(PIP) -e ".[dev]"
-	$(PIP) --no-deps -r requirements/no-deps.txt
+	$(PIP) --no-deps -r requirements/no-deps.txt -r requirements/extras-nlp.txt
 	touch $(STAMP)
 
 demo: $(STAMP)

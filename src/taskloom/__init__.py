@@ -10,3 +10,4 @@ __all__ = [
     "Balancer", "Batch", "BatchLoader", "Condition", "DataSplits", "MultiTaskDataset", "MultiTaskModel",
     "MultiTaskModule", "Task", "build_balancer", "masked_loss", "predict", "task_losses",
 ]
+from taskloom import sequence_trunks, tagging  # noqa: E402,F401  (registers the tagging kind and the sequence trunks)

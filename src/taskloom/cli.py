@@ -93,7 +93,7 @@ def print_comparison(comparison: dict[str, Any]) -> None:
                   f"{params['multi']:,}")
     console.print(f"training time: {k} single-task models {seconds['single_total']:.1f} s vs one multi-task model "
                   f"{seconds['multi']:.1f} s")
-    console.print(f"run directory: {comparison['run_dir']}")
+    console.print(f"run directory: {comparison['run_dir']}", soft_wrap=True, highlight=False)
 
 
 def print_results(summary: dict[str, Any]) -> None:
@@ -105,7 +105,7 @@ def print_results(summary: dict[str, Any]) -> None:
     console.print(table)
     console.print(f"parameters {summary['parameters']:,}; training {summary['train_seconds']:.1f} s; "
                   f"best epoch {summary['best_epoch']}")
-    console.print(f"run directory: {summary['run_dir']}")
+    console.print(f"run directory: {summary['run_dir']}", soft_wrap=True, highlight=False)
 
 
 def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:

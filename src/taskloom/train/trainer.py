@@ -153,9 +153,10 @@ class Trainer:
         self.save_task_best = save_task_best
         self.forward = torch.compile(self.model) if compile else self.model
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
-        self.optimizer = build_optimizer(
-            list(self.model.parameters()) + list(self.balancer.parameters()), **self.optimizer_spec
-        )
+        self.optimizer = build_optimizer(self.model.parameters(), **self.optimizer_spec)
+        balancer_parameters = [p for p in self.balancer.parameters() if p.requires_grad]
+        if balancer_parameters:  # learned task weights are not decayed toward zero
+            self.optimizer.add_param_group({"params": balancer_parameters, "weight_decay": 0.0})
         self.scheduler = None
         self._schedule_built = False
         self._pending_scheduler_state = None
@@ -174,7 +175,10 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            outputs = self.forward(batch.inputs)
+            if hasattr(self.balancer, "outputs"):  # gradient methods keep the shared representation
+                outputs = self.balancer.outputs(self.model, batch.inputs)
+            else:
+                outputs = self.forward(batch.inputs)
             losses = task_losses(outputs, batch, self.tasks)
         if self.scaler.is_enabled():
             self.balancer.backward({n: self.scaler.scale(v) for n, v in losses.items()}, self.model)
@@ -249,6 +253,8 @@ class Trainer:
         record: dict[str, Any] = {"model": self.model_name, "epoch": epoch, "train_loss": train_loss,
                                   "weights": self.balancer.last_weights(), "seconds": seconds,
                                   "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.regularizers:
+            record["regularizers"] = [regularizer.report() for regularizer in self.regularizers]
         if val is not None:
             results = self.evaluate(val)
             record["val"] = {n: {k: v for k, v in r.items() if k not in ("loss", "labelled", "note")}
@@ -308,6 +314,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "balancer": self.balancer.state_dict(),
+            "regularizers": [regularizer.state_dict() for regularizer in self.regularizers],
             "scaler": self.scaler.state_dict(),
             "selection_baselines": self.selection.state_dict(),
             "history": self.history.to_json(),
@@ -330,6 +337,8 @@ class Trainer:
             return
         self.optimizer.load_state_dict(state["optimizer"])
         self.balancer.load_state_dict(state["balancer"])
+        for regularizer, regularizer_state in zip(self.regularizers, state.get("regularizers", [])):
+            regularizer.load_state_dict(regularizer_state)
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.selection.load_state_dict(state["selection_baselines"])

@@ -14,4 +14,8 @@ def load_dataset(name: str, **options: Any) -> DataSplits:
     return DATASETS.get(name)(**options)
 
 
+# each loader module registers itself on import
+from taskloom.data.datasets import adult, multimnist, synthetic, table, yeast  # noqa: E402,F401
+from taskloom.data.datasets import petrogold  # noqa: E402,F401
+
 __all__ = ["DATASETS", "load_dataset"]

@@ -1,0 +1,254 @@
+"""Milliseconds per training step of every balancing method, and its ratio to taskloom's equal weighting.
+
+Same model, data, batch and thread count for every method: a hard-sharing model with an
+MLP 64-256-256 trunk and K regression heads at batch 256 (K = 4 and K = 40), or with
+``--trunk resnet18`` a small ResNet-18 on 32x32 inputs with 2 ten-class heads. Every
+registered method runs in parameter mode, gradient methods also in representation mode.
+Blocks of steps of a method alternate with blocks of equal weighting, so machine noise
+hits both alike; the ratio is median over median. TorchJD (0.18) and LibMTL run side by
+side on the same model when importable. Prints JSON.
+
+    python benchmarks/balancing_speed.py                      # CPU, K = 4 and 40
+    python benchmarks/balancing_speed.py --device cuda --trunk resnet18
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from taskloom.balancing import BALANCERS
+from taskloom.balancing.gradient import GradientBalancer
+from taskloom.sharing.hard import MultiTaskModel
+from taskloom.trunks import MLP
+
+NEEDS_OPTIONS = {"static"}  # methods that cannot be built from task names alone
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.skip = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.skip(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (He et al. 2016) for 32x32 inputs: 3x3 stem, four stages of two basic blocks, global pooling."""
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        blocks, cin = [], 64
+        for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.out_features = 512
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)
+
+
+def make_problem(trunk: str, k: int, batch: int, device: str, n_batches: int = 4):
+    generator = torch.Generator().manual_seed(0)
+    names = [f"task{i}" for i in range(k)]
+    if trunk == "resnet18":
+        x = torch.randn(n_batches, batch, 3, 32, 32, generator=generator)
+        y = torch.randint(0, 10, (n_batches, k, batch), generator=generator)
+
+        def build() -> MultiTaskModel:
+            torch.manual_seed(0)
+            return MultiTaskModel(ResNet18(), heads={n: nn.Linear(512, 10) for n in names}).to(device)
+
+        def loss_fn(out: Tensor, i: int, target: Tensor) -> Tensor:
+            return F.cross_entropy(out, target[i])
+    else:
+        x = torch.randn(n_batches, batch, 64, generator=generator)
+        y = torch.randn(n_batches, k, batch, 1, generator=generator)
+
+        def build() -> MultiTaskModel:
+            torch.manual_seed(0)
+            return MultiTaskModel(MLP(64, (256, 256)), heads={n: nn.Linear(256, 1) for n in names}).to(device)
+
+        def loss_fn(out: Tensor, i: int, target: Tensor) -> Tensor:
+            return F.mse_loss(out, target[i])
+    batches = [(x[b].to(device), y[b].to(device)) for b in range(n_batches)]
+    return names, build, loss_fn, batches
+
+
+def taskloom_step(model, balancer, optimizer, names, loss_fn) -> Callable[[Any], None]:
+    """What the trainer does in one step (forward through ``balancer.outputs`` in representation mode)."""
+    representation = getattr(balancer, "needs_representation", False)
+
+    def step(batch) -> None:
+        x, y = batch
+        optimizer.zero_grad(set_to_none=True)
+        outputs = balancer.outputs(model, x) if representation else model(x)
+        losses = {n: loss_fn(outputs[n], i, y) for i, n in enumerate(names)}
+        balancer.backward(losses, model)
+        optimizer.step()
+        if balancer.needs_post_step_losses:
+            with torch.no_grad():
+                out = model(x)
+                balancer.post_step({n: loss_fn(out[n], i, y) for i, n in enumerate(names)})
+
+    return step
+
+
+def torchjd_step(model, aggregator, optimizer, names, loss_fn) -> Callable[[Any], None]:
+    from torchjd.autojac import jac_to_grad, mtl_backward
+
+    shared = list(model.trunk.parameters())
+    heads = [list(model.heads[n].parameters()) for n in names]
+
+    def step(batch) -> None:
+        x, y = batch
+        optimizer.zero_grad(set_to_none=True)
+        features = model.trunk(x)
+        losses = [loss_fn(model.heads[n](features), i, y) for i, n in enumerate(names)]
+        mtl_backward(losses, features, tasks_params=heads, shared_params=shared)
+        jac_to_grad(shared, aggregator)
+        optimizer.step()
+
+    return step
+
+
+def timed(step: Callable[[Any], None], batches, steps: int, device: str) -> list[float]:
+    times = []
+    for i in range(steps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        step(batches[i % len(batches)])
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def compare(step, baseline, batches, warmup: int, steps: int, device: str, rounds: int = 4) -> tuple[float, float]:
+    """Median ms per step of ``step`` and of ``baseline``, measured in alternating blocks."""
+    timed(step, batches, warmup, device)
+    ours, base = [], []
+    per_block = max(1, steps // rounds)
+    for _ in range(rounds):
+        ours += timed(step, batches, per_block, device)
+        base += timed(baseline, batches, per_block, device)
+    return statistics.median(ours), statistics.median(base)
+
+
+def run_setting(trunk: str, k: int, batch: int, device: str, warmup: int, steps: int, torchjd: bool,
+                torchjd_steps: int) -> dict[str, Any]:
+    names, build, loss_fn, batches = make_problem(trunk, k, batch, device)
+
+    def ours(name: str, **options) -> Callable[[Any], None]:
+        model = build()
+        balancer = BALANCERS.get(name)(names, **options).to(device)
+        optimizer = torch.optim.AdamW(list(model.parameters()) + list(balancer.parameters()), lr=1e-3)
+        return taskloom_step(model, balancer, optimizer, names, loss_fn)
+
+    baseline = ours("equal")
+    timed(baseline, batches, warmup, device)
+    equal_ms = statistics.median(timed(baseline, batches, steps, device))
+    rows: dict[str, Any] = {"equal": {"parameters": {"ms": round(equal_ms, 3), "ratio": 1.0}}}
+    for name in BALANCERS:
+        if name in NEEDS_OPTIONS or name == "equal":
+            continue
+        cls = BALANCERS.get(name)
+        modes = ["parameters", "representation"] if issubclass(cls, GradientBalancer) else ["parameters"]
+        if name == "mgda_ub":
+            modes = ["representation"]
+        rows[name] = {}
+        for mode in modes:
+            options = {} if mode == "parameters" or name == "mgda_ub" else {"mode": mode}
+            try:
+                step = ours(name, **options)
+                ms, base = compare(step, baseline, batches, warmup, steps, device)
+            except Exception as error:  # a method that cannot run here is reported, not fatal
+                rows[name][mode] = {"error": f"{type(error).__name__}: {error}"}
+                continue
+            rows[name][mode] = {"ms": round(ms, 3), "ratio": round(ms / base, 3)}
+    result: dict[str, Any] = {"trunk": trunk, "tasks": k, "batch": batch, "methods": rows}
+    if torchjd:
+        result["torchjd"] = run_torchjd(build, names, loss_fn, batches, baseline, device, warmup, torchjd_steps)
+    result["libmtl"] = "not importable" if not libmtl_available() else "importable; no side-by-side adapter here"
+    return result
+
+
+def run_torchjd(build, names, loss_fn, batches, baseline, device, warmup, steps) -> dict[str, Any]:
+    try:
+        import torchjd.aggregation as aggregation
+    except ImportError:
+        return {"skipped": "torchjd not importable (pip install 'torchjd[full]==0.18.0')"}
+    made = {"mgda": lambda: aggregation.MGDA(), "pcgrad": lambda: aggregation.PCGrad(),
+            "gradvac": lambda: aggregation.GradVac(), "cagrad": lambda: aggregation.CAGrad(c=0.4),
+            "nashmtl": lambda: aggregation.NashMTL(n_tasks=len(names)), "imtl_g": lambda: aggregation.IMTLG(),
+            "graddrop": lambda: aggregation.GradDrop(), "alignedmtl": lambda: aggregation.AlignedMTL(),
+            "upgrad": lambda: aggregation.UPGrad(), "mean": lambda: aggregation.Mean()}
+    rows: dict[str, Any] = {}
+    for name, make in made.items():
+        model = build()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        try:
+            ms, base = compare(torchjd_step(model, make(), optimizer, names, loss_fn), baseline, batches,
+                               min(warmup, 2), steps, device, rounds=2)
+        except Exception as error:
+            rows[name] = {"error": f"{type(error).__name__}: {error}"}
+            continue
+        rows[name] = {"ms": round(ms, 3), "ratio_to_taskloom_equal": round(ms / base, 3)}
+    return rows
+
+
+def libmtl_available() -> bool:
+    try:
+        import LibMTL  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--trunk", choices=["mlp", "resnet18"], default="mlp")
+    parser.add_argument("--tasks", type=int, nargs="+", default=None, help="K values (default: 4 40 for mlp, 2)")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--torchjd-steps", type=int, default=None,
+                        help="timed steps of TorchJD (default: half of --steps)")
+    parser.add_argument("--no-torchjd", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ks = args.tasks or ([2] if args.trunk == "resnet18" else [4, 40])
+    started = time.perf_counter()
+    settings = [run_setting(args.trunk, k, args.batch, args.device, args.warmup, args.steps, not args.no_torchjd,
+                            args.torchjd_steps or max(4, args.steps // 2)) for k in ks]
+    print(json.dumps({
+        "benchmark": "balancing_speed", "device": args.device, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": sys.version.split()[0], "machine": platform.machine(),
+        "steps": args.steps, "settings": settings, "seconds": round(time.perf_counter() - started, 1),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

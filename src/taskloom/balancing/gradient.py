@@ -1,0 +1,149 @@
+"""Gradient-level balancing: per-task gradients from the engine, one aggregated update, heads trained as usual.
+
+A :class:`GradientBalancer` turns the K per-task gradients of the shared parameters (or,
+with ``mode="representation"``, of the shared representation: the MGDA-UB trick of
+Sener & Koltun 2018) into one update direction; every head gets its own task's gradient.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from taskloom.balancing.base import Balancer
+from taskloom.balancing.jacobian import (
+    chain_gradients,
+    head_gradients,
+    task_gradients,
+    write_gradient,
+    write_gradients,
+)
+from taskloom.sharing.base import MultiTaskModule, unique
+
+MODES = ("parameters", "representation")
+
+
+class GradientBalancer(Balancer):
+    """Base of the gradient-level methods: subclasses implement :meth:`combine` (K x P -> direction, weights).
+
+    A trainer gets the outputs with ``outputs = balancer.outputs(model, inputs)``, which
+    keeps the model's representation for the next ``backward(losses, model)``: required in
+    representation mode, and the fast path in parameter mode (per-task gradients of the
+    representation from the heads, then one batched pass through the trunk). Or it passes
+    the representation itself: ``z = model.representation(inputs)``, ``outputs =
+    model.heads_forward(z)``, ``backward(losses, model, representation=z)``. Parameter mode
+    also works with a plain ``model(inputs)`` and ``backward(losses, model)``. ``batched``
+    picks the engine's path for the trunk (None: batched with a sequential fallback).
+    """
+
+    needs_task_gradients = True
+
+    def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None) -> None:
+        super().__init__(task_names)
+        if mode not in MODES:
+            raise ValueError(f"balancing.mode must be one of {list(MODES)}, got {mode!r}")
+        self.mode = mode
+        self.batched = batched
+        self._representation: Tensor | None = None
+
+    @property
+    def needs_representation(self) -> bool:
+        """True when the trainer must route the forward pass through :meth:`outputs`."""
+        return self.mode == "representation"
+
+    def task_index(self, names: Sequence[str]) -> Tensor:
+        """Positions of ``names`` in ``task_names`` (for state kept per task)."""
+        try:
+            return torch.tensor([self.task_names.index(n) for n in names], dtype=torch.long)
+        except ValueError:
+            unknown = [n for n in names if n not in self.task_names]
+            raise KeyError(f"losses name tasks {unknown} that this balancer was not built for: {self.task_names}")
+
+    def combine(self, grads: Tensor, names: Sequence[str]) -> tuple[Tensor, Tensor | None]:
+        """The update direction (P) from the K x P gradients of tasks ``names``, and the task weights if any."""
+        raise NotImplementedError
+
+    def transform_losses(self, losses: list[Tensor]) -> list[Tensor]:
+        """The per-task objectives whose gradients the method combines (DB-MTL uses log losses)."""
+        return losses
+
+    def outputs(self, model: MultiTaskModule, inputs: Any) -> dict[str, Tensor]:
+        """The model's outputs, through ``model.representation`` when it has one (kept for ``backward``).
+
+        In parameter mode this enables the fast path (heads first, then one batched pass
+        through the trunk); in representation mode it is required.
+        """
+        if not getattr(model, "has_representation", False):
+            if self.mode == "representation":
+                self._check_representation(model)
+            return model(inputs)
+        representation = model.representation(inputs)
+        self._representation = representation
+        return model.heads_forward(representation)
+
+    def _check_representation(self, model: MultiTaskModule) -> None:
+        if not getattr(model, "has_representation", False):
+            raise ValueError(
+                f"balancing.mode='representation' needs a model with one shared representation; "
+                f"{type(model).__name__} has none: use mode='parameters'"
+            )
+
+    def backward(
+        self, losses: Mapping[str, Tensor], model: MultiTaskModule, representation: Tensor | None = None
+    ) -> None:
+        names = list(losses)
+        representation = representation if representation is not None else self._representation
+        self._representation = None
+        if not names:
+            return
+        if self.mode == "representation":
+            self._check_representation(model)
+            if representation is None:
+                raise ValueError(
+                    "mode='representation' needs the shared representation: get the outputs with "
+                    "balancer.outputs(model, inputs), or pass backward(losses, model, representation=z)"
+                )
+        values = self.transform_losses([losses[n] for n in names])
+        if representation is not None:
+            own = [model.task_parameters(n) for n in names]
+            rep_grads, head_grads = head_gradients(values, representation, own)
+            for params, grads in zip(own, head_grads):
+                write_gradients(params, grads)
+            if self.mode == "representation":
+                direction = self._combine(rep_grads, names)
+                representation.backward(direction.view_as(representation).to(representation.dtype))
+                return
+            shared = model.shared_parameters()
+            grads = chain_gradients(representation, shared, rep_grads, batched=self.batched)
+        else:
+            heads = unique(p for n in names for p in model.task_parameters(n))
+            if heads:
+                total = values[0] if len(values) == 1 else torch.stack([v.reshape(()) for v in values]).sum()
+                write_gradients(heads, torch.autograd.grad(total, heads, retain_graph=True, allow_unused=True))
+            shared = model.shared_parameters()
+            if not shared:
+                return
+            grads = task_gradients(values, shared, batched=self.batched)
+        write_gradient(shared, self._combine(grads, names))
+
+    def _combine(self, grads: Tensor, names: Sequence[str]) -> Tensor:
+        direction, weights = self.combine(grads, names)
+        if weights is not None:
+            self._last_weights = dict(zip(names, weights.detach().unbind(0)))
+        return direction
+
+
+class AggregatorBalancer(GradientBalancer):
+    """A stateless method given by a weight function of the Gram matrix (``weights_fn(gram, **options)``)."""
+
+    weights_fn: Any = None
+
+    def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
+                 **options: Any) -> None:
+        super().__init__(task_names, mode=mode, batched=batched)
+        self.options = options
+
+    def combine(self, grads: Tensor, names: Sequence[str]) -> tuple[Tensor, Tensor | None]:
+        weights = type(self).weights_fn(grads @ grads.T, **self.options).to(grads.dtype)
+        return weights @ grads, weights

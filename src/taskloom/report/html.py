@@ -1,0 +1,321 @@
+"""One self-contained HTML report per run directory: tables, embedded PNG plots, inline CSS, no scripts.
+
+It answers "does multi-task learning help here, for which task" (comparison and verdicts),
+and shows why (learning curves, task weights, gradient conflict, affinity, Pareto front).
+"""
+from __future__ import annotations
+
+import html
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from taskloom.evaluate.curves import curve_table
+from taskloom.evaluate.verdict import compare_variants, verdicts_from_comparison
+from taskloom.report import plots
+from taskloom.report.rundir import RunData, load_run
+
+log = logging.getLogger(__name__)
+
+SECTIONS = [
+    ("comparison", "Single-task vs multi-task"),
+    ("curves", "Learning curves"),
+    ("signals", "Learning-curve signals"),
+    ("weights", "Task weights over time"),
+    ("conflict", "Gradient conflict and task affinity"),
+    ("pareto", "Per-task metrics and Pareto front"),
+    ("config", "Run configuration"),
+]
+
+CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:1.5rem;
+color:#1d2330;background:#fff;line-height:1.45}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.25rem;border-bottom:2px solid #e3e7ee;padding-bottom:.2rem;
+margin-top:2rem}h3{font-size:1rem;margin:1rem 0 .4rem}
+table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.9rem}th,td{border:1px solid #d8dde6;padding:.3rem .6rem;
+text-align:right;white-space:nowrap}th{background:#f3f5f9}td.name,th.name{text-align:left}
+.helps{color:#116b2f;font-weight:600}.hurts{color:#a3141e;font-weight:600}.noise{color:#5b6372}
+.absent{color:#5b6372;font-style:italic}.lead{color:#5b6372;margin-top:0}
+img{max-width:100%;height:auto;display:block;margin:.5rem 0}pre{background:#f6f8fa;padding:1rem;overflow:auto;
+font-size:.85rem;border-radius:4px}nav a{margin-right:1rem}.wide{overflow-x:auto}
+"""
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "&ndash;"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return html.escape(str(value))
+
+
+def _pct(value: float | None) -> str:
+    return "&ndash;" if value is None else f"{value:+.2f}%"
+
+
+def _verdict_cell(verdict: str | None, test: str | None = None) -> str:
+    if not verdict:
+        return "<td class='name'>&ndash;</td>"
+    css = "helps" if verdict == "helps" else "hurts" if verdict == "hurts" else "noise"
+    title = f" title='{html.escape(test)}'" if test else ""
+    return f"<td class='name {css}'{title}>{html.escape(verdict)}</td>"
+
+
+def _absent(text: str) -> str:
+    return f"<p class='absent'>{html.escape(text)}</p>"
+
+
+def _img(uri: str, alt: str) -> str:
+    return f"<img src='{uri}' alt='{html.escape(alt)}'>"
+
+
+def _comparison_section(run: RunData) -> str:
+    parts = []
+    if run.comparison:
+        parts.append(_single_run_table(run.comparison))
+    if run.compare:
+        parts.append(_grid_table(run.compare))
+    return "".join(parts) or _absent("No comparison yet: train with baselines (train.baselines or taskloom compare).")
+
+
+def _single_run_table(comparison: Mapping[str, Any]) -> str:
+    verdicts = verdicts_from_comparison(comparison)
+    rows = []
+    for task, row in comparison.get("tasks", {}).items():
+        verdict = verdicts.get(task)
+        rows.append(
+            f"<tr><td class='name'>{html.escape(task)}</td><td class='name'>{_fmt(row.get('metric'))} "
+            f"({'&uarr;' if row.get('higher_is_better') else '&darr;'})</td><td>{_fmt(row.get('single'))}</td>"
+            f"<td>{_fmt(row.get('multi'))}</td><td>{_pct(row.get('relative_change'))}</td>"
+            + _verdict_cell(verdict.verdict if verdict else None, verdict.test if verdict else None) + "</tr>"
+        )
+    params, seconds = comparison.get("parameters", {}), comparison.get("train_seconds", {})
+    return (
+        f"<h3>Test metrics ({_fmt(comparison.get('dataset'))}, one seed)</h3>"
+        "<table><tr><th class='name'>task</th><th class='name'>metric</th><th>single-task</th><th>multi-task</th>"
+        "<th>relative change</th><th class='name'>verdict</th></tr>" + "".join(rows) + "</table>"
+        f"<p>&Delta;<sub>m</sub> = <b>{_pct(comparison.get('delta_m'))}</b> (Maninis et al. 2019; positive: "
+        "multi-task is better on average). One seed: a verdict needs a relative change beyond &plusmn;5%.</p>"
+        "<table><tr><th class='name'></th><th>K single-task models</th><th>one multi-task model</th></tr>"
+        f"<tr><td class='name'>parameters</td><td>{_fmt(params.get('single_total'))}</td>"
+        f"<td>{_fmt(params.get('multi'))}</td></tr>"
+        f"<tr><td class='name'>training seconds</td><td>{_fmt(seconds.get('single_total'), 3)}</td>"
+        f"<td>{_fmt(seconds.get('multi'), 3)}</td></tr></table>"
+    )
+
+
+def _grid_table(compare: Mapping[str, Any]) -> str:
+    result = compare_variants(compare)
+    baseline = result["baseline"]
+    summary = []
+    for name, variant in result["variants"].items():
+        dm = variant.get("delta_m") or {}
+        interval = "" if dm.get("low") is None else f" [{dm['low']:+.2f}, {dm['high']:+.2f}]"
+        seconds = variant.get("train_seconds")
+        if isinstance(seconds, Mapping):
+            seconds = float(np.mean(list(seconds.values()))) if seconds else None
+        summary.append(
+            f"<tr><td class='name'>{html.escape(name)}</td><td class='name'>{_fmt(variant.get('kind'))}</td>"
+            f"<td>{'baseline' if name == baseline else _pct(dm.get('mean')) + interval}</td>"
+            f"<td>{_fmt(variant.get('parameters'))}</td><td>{_fmt(seconds, 3)}</td>"
+            f"<td>{_fmt(variant.get('inference_seconds'), 3)}</td></tr>")
+    rows = []
+    for task, spec in compare["tasks"].items():
+        label = f"{html.escape(task)} <span class='noise'>{_fmt(spec.get('metric'))} " \
+                f"{'&uarr;' if spec.get('higher_is_better') else '&darr;'}</span>"
+        for name, variant in result["variants"].items():
+            row = variant["tasks"][task]
+            if "mean" not in row:
+                rows.append(f"<tr><td class='name'>{label}</td><td class='name'>{html.escape(name)}</td>"
+                            "<td colspan='5' class='absent'>no value</td></tr>")
+                continue
+            sd = "" if row["std"] is None else f" &plusmn; {_fmt(row['std'], 2)}"
+            if name == baseline:
+                tail = "<td>baseline</td><td class='name'>&ndash;</td><td>&ndash;</td>"
+            else:
+                tail = (f"<td>{_pct(row.get('relative_change'))}</td>"
+                        + _verdict_cell(row.get("verdict"), row.get("test"))
+                        + f"<td>{_fmt(row.get('p_value'), 2)}</td>")
+            rows.append(f"<tr><td class='name'>{label}</td><td class='name'>{html.escape(name)}</td>"
+                        f"<td>{_fmt(row['mean'])}{sd}</td><td>{row['n']}</td>{tail}</tr>")
+    return (
+        f"<h3>Compare grid ({_fmt(compare.get('dataset'))}, baseline: {html.escape(baseline)})</h3>"
+        "<table><tr><th class='name'>variant</th><th class='name'>kind</th><th>&Delta;<sub>m</sub> (95% CI)</th>"
+        "<th>parameters</th><th>train seconds (mean)</th><th>inference seconds</th></tr>" + "".join(summary)
+        + "</table><div class='wide'><table><tr><th class='name'>task</th><th class='name'>variant</th>"
+        "<th>test mean &plusmn; sd</th><th>seeds</th><th>change vs baseline</th><th class='name'>verdict</th>"
+        "<th>p</th></tr>" + "".join(rows) + "</table></div>"
+        "<p class='lead'>Verdicts: paired t-test over seeds (Welch's when seeds do not pair) at &alpha; = 0.05; "
+        "with one seed, a relative change beyond &plusmn;5% (hover a verdict for its test).</p>"
+    )
+
+
+def _series(records: list[dict[str, Any]], get: Callable[[dict[str, Any]], Any]) -> list[tuple[int, float]]:
+    out = []
+    for record in records:
+        value = get(record)
+        if value is not None and isinstance(value, (int, float)) and math.isfinite(value):
+            out.append((int(record["epoch"]), float(value)))
+    return out
+
+
+def _curves_section(run: RunData) -> str:
+    if not run.records:
+        return _absent("No per-epoch metrics (metrics.jsonl) in this run directory.")
+    parts = []
+    for task in run.tasks():
+        metric = run.main_metric(task)
+        train, val = {}, {}
+        for model in run.models():
+            if model.startswith("single/") and model != f"single/{task}":
+                continue
+            records = run.model_records(model)
+            train[model] = _series(records, lambda r: (r.get("train_loss") or {}).get(task))
+            val[model] = _series(records, lambda r: ((r.get("val") or {}).get(task) or {}).get(metric))
+        if any(train.values()) or any(val.values()):
+            parts.append(f"<h3>{html.escape(task)}</h3>"
+                         + _img(plots.learning_curves(task, train, val, metric), f"learning curves of {task}"))
+    return "".join(parts) or _absent("The metrics hold no per-task losses to plot.")
+
+
+def _signals_section(run: RunData) -> str:
+    gains = {t: r.get("relative_change") for t, r in (run.comparison or {}).get("tasks", {}).items()}
+    table = curve_table(run.records, gains or None)
+    if not table:
+        return _absent("No single-task training curves (needs single-task baselines with 2+ epochs).")
+    fractions = list(next(iter(table.values()))["signals"].relative_slopes)
+    head = "".join(f"<th>slope at {int(f * 100)}%</th>" for f in fractions)
+    rows = []
+    for task, entry in table.items():
+        s = entry["signals"]
+        cells = "".join(f"<td>{s.relative_slopes[f]:+.3f}</td>" for f in fractions)
+        rows.append(f"<tr><td class='name'>{html.escape(task)}</td>{cells}<td>{s.plateau_epoch} / {s.epochs}</td>"
+                    f"<td>{_pct(entry['gain'])}</td></tr>")
+    return ("<p class='lead'>Slopes of each task's single-task training loss per epoch, relative to its first-epoch "
+            "loss (Bingel &amp; S&oslash;gaard 2017: tasks whose curve is still falling steeply early and plateaus "
+            "late tend to gain from others). Plateau: first epoch after which the loss falls by less than 1%.</p>"
+            f"<table><tr><th class='name'>task</th>{head}<th>plateau epoch</th><th>multi-task gain</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _weights_section(run: RunData) -> str:
+    parts = []
+    for model in run.models():
+        weights: dict[str, list[tuple[int, float]]] = {}
+        for record in run.model_records(model):
+            for task, value in (record.get("weights") or {}).items():
+                if value is not None:
+                    weights.setdefault(task, []).append((int(record["epoch"]), float(value)))
+        if len(weights) < 2:
+            continue
+        if all(len({v for _, v in points}) == 1 for points in weights.values()):
+            fixed = ", ".join(f"{task} {points[0][1]:g}" for task, points in weights.items())
+            parts.append(_absent(f"{model}: task weights are constant over training ({fixed})."))
+        else:
+            parts.append(_img(plots.weights_over_time(model, weights), f"task weights of {model}"))
+    return "".join(parts) or _absent("No task weights logged (the balancing method has none).")
+
+
+def _mean_matrix(run: RunData, key: str) -> tuple[list[list[float | None]], list[str], int] | None:
+    records = [r for r in run.records if isinstance(r.get(key), Mapping) and r[key]]
+    if not records:
+        return None
+    names = list(dict.fromkeys(n for r in records for n in r[key]))
+    values = np.full((len(records), len(names), len(names)), np.nan)
+    for k, record in enumerate(records):
+        for i, a in enumerate(names):
+            for j, b in enumerate(names):
+                value = (record[key].get(a) or {}).get(b)
+                if value is not None:
+                    values[k, i, j] = value
+    counts = np.isfinite(values).sum(0)
+    mean = np.where(counts > 0, np.nansum(values, 0) / np.maximum(counts, 1), np.nan)
+    return [[None if not np.isfinite(v) else float(v) for v in row] for row in mean], names, len(records)
+
+
+def _conflict_section(run: RunData) -> str:
+    parts = []
+    for key, title, label in (("conflict", "Gradient cosine similarity on the shared parameters", "cosine"),
+                              ("affinity", "Lookahead inter-task affinity Z[from -> onto] (Fifty et al. 2021)",
+                               "affinity")):
+        found = _mean_matrix(run, key)
+        if found is None:
+            parts.append(_absent(f"No {key} logged in this run."))
+            continue
+        matrix, names, epochs = found
+        parts.append(f"<h3>{html.escape(title)}</h3><p class='lead'>Mean over {epochs} logged "
+                     "epoch(s); negative values mean the tasks pull against each other.</p>"
+                     + _img(plots.heatmap(matrix, names, title, label), f"{key} heatmap"))
+    return "".join(parts)
+
+
+def _pareto_section(run: RunData) -> str:
+    variants: dict[str, dict[str, float]] = {}
+    spec: Mapping[str, Any] = {}
+    if run.compare:
+        spec = run.compare["tasks"]
+        result = compare_variants(run.compare)
+        for name, variant in result["variants"].items():
+            if all("mean" in variant["tasks"][t] for t in spec):
+                variants[name] = {t: variant["tasks"][t]["mean"] for t in spec}
+    elif run.comparison:
+        spec = run.comparison.get("tasks", {})
+        if all(r.get("single") is not None and r.get("multi") is not None for r in spec.values()):
+            variants = {"single-task": {t: r["single"] for t, r in spec.items()},
+                        "multi-task": {t: r["multi"] for t, r in spec.items()}}
+    tasks = list(spec)
+    if len(tasks) < 2 or len(variants) < 2:
+        return _absent("Needs per-task metrics of at least two variants on at least two tasks.")
+    note = "" if len(tasks) <= plots.MAX_PAIR_TASKS else (
+        f"<p class='lead'>Showing pairs of the first {plots.MAX_PAIR_TASKS} of {len(tasks)} tasks; the front is "
+        "computed over all tasks.</p>")
+    uri = plots.pareto_scatter(variants, tasks, [bool(spec[t]["higher_is_better"]) for t in tasks],
+                               [spec[t].get("metric") for t in tasks])
+    return note + _img(uri, "Pareto scatter of per-task metrics")
+
+
+def _config_section(run: RunData) -> str:
+    if run.config_text is None:
+        return _absent("No config.yaml in this run directory.")
+    return f"<pre>{html.escape(run.config_text)}</pre>"
+
+
+BUILDERS: dict[str, Callable[[RunData], str]] = {
+    "comparison": _comparison_section, "curves": _curves_section, "signals": _signals_section,
+    "weights": _weights_section, "conflict": _conflict_section, "pareto": _pareto_section,
+    "config": _config_section,
+}
+
+
+def render_report(run: RunData) -> str:
+    """The report's HTML text for loaded run data."""
+    body = []
+    for key, title in SECTIONS:
+        try:
+            content = BUILDERS[key](run)
+        except (KeyError, TypeError, ValueError) as error:
+            log.warning("report section %r could not be drawn: %s", key, error)
+            content = _absent(f"This section could not be drawn from the run's files: {error}")
+        body.append(f"<section id='{key}'><h2>{html.escape(title)}</h2>{content}</section>")
+    nav = "".join(f"<a href='#{key}'>{html.escape(title)}</a>" for key, title in SECTIONS)
+    name = html.escape(run.path.name)
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>taskloom report: {name}</title><style>{CSS}</style></head><body>"
+            f"<h1>taskloom report: {name}</h1><p class='lead'>Does multi-task learning help here, and for which "
+            f"task?</p><nav>{nav}</nav>" + "".join(body) + "</body></html>")
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write RUN_DIR/report.html (self-contained: embedded PNGs, inline CSS, no scripts) and return its path."""
+    run = load_run(run_dir)
+    path = run.path / "report.html"
+    path.write_text(render_report(run), encoding="utf-8")
+    log.info("report written to %s", path)
+    return path

@@ -1,0 +1,89 @@
+"""Reading a run directory: the resolved config, per-epoch metrics and the comparison files.
+
+Every part is optional, so a report can be written for a run that is partway through.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunData:
+    """What the report draws from: config text, metrics.jsonl records, comparison.json, compare.json."""
+
+    path: Path
+    config_text: str | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    comparison: dict[str, Any] | None = None
+    compare: dict[str, Any] | None = None
+
+    def models(self) -> list[str]:
+        """Model names in the order they first appear, multitask first."""
+        names = list(dict.fromkeys(r["model"] for r in self.records))
+        return sorted(names, key=lambda n: (n != "multitask", n))
+
+    def model_records(self, model: str) -> list[dict[str, Any]]:
+        return sorted((r for r in self.records if r["model"] == model), key=lambda r: r["epoch"])
+
+    def tasks(self) -> list[str]:
+        for source in (self.comparison, self.compare):
+            if source and isinstance(source.get("tasks"), dict):
+                return list(source["tasks"])
+        names: dict[str, None] = {}
+        for record in self.records:
+            names.update(dict.fromkeys(record.get("train_loss") or {}))
+        return list(names)
+
+    def main_metric(self, task: str) -> str | None:
+        for source in (self.comparison, self.compare):
+            if source and task in source.get("tasks", {}):
+                return source["tasks"][task].get("metric")
+        for record in self.records:
+            metrics = (record.get("val") or {}).get(task)
+            if metrics:
+                return next(iter(metrics))
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        log.warning("%s is not valid JSON (%s); the report leaves it out", path, error)
+        return None
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Load whatever of the run directory's files exist; malformed metric lines are skipped with a warning."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run directory {path} does not exist; pass the directory a run wrote")
+    data = RunData(path)
+    config = path / "config.yaml"
+    if config.is_file():
+        data.config_text = config.read_text()
+    metrics = path / "metrics.jsonl"
+    if metrics.is_file():
+        for number, line in enumerate(metrics.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s line %d is not JSON; skipped", metrics, number)
+                continue
+            if not isinstance(record, dict) or "model" not in record or "epoch" not in record:
+                log.warning("%s line %d lacks 'model' or 'epoch'; skipped", metrics, number)
+                continue
+            data.records.append(record)
+    data.comparison = _read_json(path / "comparison.json")
+    data.compare = _read_json(path / "compare.json")
+    return data
