@@ -33,6 +33,7 @@ class TaskConfig(Strict):
     main_metric: str | None = None
     only_where: ConditionConfig | None = None
     head_hidden: list[PositiveInt] = []
+    source: str | None = Field(None, description="with data.sources: the table source holding this task's column")
 
     @field_validator("kind")
     @classmethod
@@ -44,12 +45,51 @@ class TaskConfig(Strict):
         return kind
 
 
+class SourceConfig(Strict):
+    """One of several data sets in a run; ``tasks`` picks which of its tasks it labels (default: all)."""
+
+    name: str = Field(min_length=1)
+    dataset: str
+    options: dict[str, Any] = {}
+    tasks: list[str] | None = None
+
+
+class MixingConfig(Strict):
+    """How batches are drawn from several sources (see :mod:`taskloom.data.mixing`)."""
+
+    strategy: Literal["proportional", "temperature", "annealed", "given"] = "proportional"
+    temperature: PositiveFloat = 2.0
+    cap: PositiveInt | None = None
+    probabilities: dict[str, float] | None = None
+    homogeneous: bool = True
+
+
 class DataConfig(Strict):
     dataset: str = "multimnist"
     options: dict[str, Any] = {}
+    sources: list[SourceConfig] | None = None
+    mixing: MixingConfig = MixingConfig()
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.2, ge=0, lt=1)
     split_seed: int = 0
+
+    @model_validator(mode="after")
+    def _sources(self) -> "DataConfig":
+        if self.sources is None:
+            return self
+        if not self.sources:
+            raise ValueError("sources is empty; list at least one source or remove the key")
+        if self.options:
+            raise ValueError("options belongs to dataset; with sources, give each source its own options")
+        names = [s.name for s in self.sources]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"source names must be unique; repeated: {repeated}")
+        if self.mixing.strategy == "given":
+            given = self.mixing.probabilities or {}
+            if sorted(given) != sorted(names):
+                raise ValueError(f"mixing.probabilities must give one probability per source {names}; got {sorted(given)}")
+        return self
 
 
 class TrunkConfig(Strict):
@@ -145,7 +185,19 @@ class Config(Strict):
                     raise ValueError(f"{field} names unknown tasks {unknown}; tasks are {names}")
             if self.selection.task is not None and self.selection.task not in names:
                 raise ValueError(f"selection.task {self.selection.task!r} is not a task name; tasks are {names}")
-        elif self.data.dataset == "table":
+        sources = {s.name: s for s in self.data.sources or []}
+        for i, task in enumerate(self.tasks or []):
+            if task.source is not None and task.source not in sources:
+                raise ValueError(f"tasks[{i}].source {task.source!r} is not a source name; sources are {sorted(sources)}")
+            if task.source is None and sources:
+                tables = [n for n, s in sources.items() if s.dataset == "table"]
+                if len(tables) != 1:
+                    raise ValueError(f"tasks[{i}].source: name the source holding column {task.target!r} "
+                                     f"(table sources: {tables})")
+        for name, source in sources.items():
+            if source.dataset == "table" and not any(t.source in (name, None) for t in self.tasks or []):
+                raise ValueError(f"data.sources: table source {name!r} needs tasks; list them with source: {name}")
+        if self.tasks is None and not sources and self.data.dataset == "table":
             raise ValueError("a table needs tasks: list each task with its name, kind and target column")
         return self
 

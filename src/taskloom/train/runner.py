@@ -70,10 +70,16 @@ def table_columns(path: str | Path) -> list[str]:
 def check_table_targets(config: Config) -> None:
     """Refuse a task whose target column (or sample-weight column) is not in the table, naming the field."""
     path = config.data.options.get("path")
-    if config.data.dataset != "table" or not isinstance(path, (str, Path)):
+    if config.data.dataset == "table" and not config.data.sources:
+        check_columns(path, list(enumerate(config.tasks or [])))
+
+
+def check_columns(path: Any, specs: list[tuple[int, Any]]) -> None:
+    """Each ``(index, task config)``'s target and sample-weight columns must be in the table at ``path``."""
+    if not isinstance(path, (str, Path)):
         return
     columns = table_columns(path)
-    for i, task in enumerate(config.tasks or []):
+    for i, task in specs:
         for field, column in (("target", task.target), ("sample_weight", task.sample_weight)):
             if column is not None and column not in columns:
                 raise ConfigError(f"tasks[{i}].{field}: column {column!r} is not in the table {path}; "
@@ -81,7 +87,9 @@ def check_table_targets(config: Config) -> None:
 
 
 def load_data(config: Config) -> DataSplits:
-    """Load the configured data set with the configured tasks and split."""
+    """Load the configured data set (or sources) with the configured tasks and split."""
+    if config.data.sources:
+        return load_sources(config)
     if config.data.dataset not in DATASETS:
         raise ConfigError(f"data.dataset: unknown data set {config.data.dataset!r}; known: {', '.join(DATASETS)}")
     check_table_targets(config)
@@ -94,6 +102,40 @@ def load_data(config: Config) -> DataSplits:
         **config.data.options,
     )
     return splits
+
+
+def load_sources(config: Config) -> DataSplits:
+    """Each of ``data.sources`` with its own tasks, combined into one split set (see taskloom.data.sources)."""
+    from taskloom.data.sources import combine_sources
+
+    tasks = tasks_from_config(config) or []
+    tables = [s.name for s in config.data.sources or [] if s.dataset == "table"]
+    owner = [spec.source or tables[0] for spec in config.tasks or []]  # the config checks a table is named
+    loaded = {}
+    for i, source in enumerate(config.data.sources or []):
+        field = f"data.sources[{i}]"
+        if source.dataset not in DATASETS:
+            raise ConfigError(f"{field}.dataset: unknown data set {source.dataset!r}; known: {', '.join(DATASETS)}")
+        own = [j for j, name in enumerate(owner) if name == source.name]
+        if source.dataset == "table":
+            check_columns(source.options.get("path"), [(j, config.tasks[j]) for j in own])
+        try:
+            splits = load_dataset(source.dataset, tasks=[tasks[j] for j in own] or None,
+                                  val_fraction=config.data.val_fraction, test_fraction=config.data.test_fraction,
+                                  seed=config.data.split_seed, **source.options)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{field} ({source.name}): {error}") from None
+        if source.tasks is not None:
+            unknown = sorted(set(source.tasks) - {t.name for t in splits.tasks})
+            if unknown:
+                raise ConfigError(f"{field}.tasks: {unknown} are not tasks of {source.dataset}; "
+                                  f"it has {[t.name for t in splits.tasks]}")
+            splits.tasks = [t for t in splits.tasks if t.name in source.tasks]
+        loaded[source.name] = splits
+    try:
+        return combine_sources(loaded)
+    except ValueError as error:
+        raise ConfigError(f"data.sources: {error}") from None
 
 
 def trunk_factory(config: Config, splits: DataSplits) -> Callable[[], nn.Module]:
@@ -117,10 +159,13 @@ def trunk_factory(config: Config, splits: DataSplits) -> Callable[[], nn.Module]
     return lambda: cls(**options)
 
 
-def build_model(config: Config, tasks: list[Task], splits: DataSplits) -> MultiTaskModule:
+def build_model(config: Config, tasks: list[Task], splits: DataSplits, single_task: bool = False) -> MultiTaskModule:
+    """The configured architecture over ``tasks``; a single-task baseline is always the plain trunk and head."""
     if config.model.architecture not in ARCHITECTURES:
         raise ConfigError(f"model.architecture: unknown architecture {config.model.architecture!r}; "
                           f"known: {', '.join(ARCHITECTURES)}")
+    if single_task:
+        return ARCHITECTURES.get("hard")(trunk_factory(config, splits), tasks)
     builder = ARCHITECTURES.get(config.model.architecture)
     return builder(trunk_factory(config, splits), tasks, **config.model.options)
 
@@ -130,7 +175,7 @@ def build_trainer(config: Config, tasks: list[Task], splits: DataSplits, run_dir
                   callbacks: Callbacks | None = None) -> Trainer:
     """A trainer for ``tasks`` (all of them, or one for a single-task baseline) with the config's settings."""
     torch.manual_seed(config.train.seed)
-    model = build_model(config, tasks, splits)
+    model = build_model(config, tasks, splits, single_task=not balancing)
     names = [t.name for t in tasks]
     if balancing:
         balancer = build_balancer(config.balancing.method, names, **config.balancing.options)
@@ -182,6 +227,18 @@ def new_run_dir(config: Config) -> Path:
     return path
 
 
+def training_data(config: Config, splits: DataSplits, task_names: list[str]) -> Any:
+    """The training split, or with several sources a loader mixing them as ``data.mixing`` says."""
+    if "train_sources" not in splits.info:
+        return splits.train
+    from taskloom.data.sources import mixed_loader
+
+    mixing = config.data.mixing
+    return mixed_loader(splits, task_names, config.train.batch_size, config.train.seed, config.train.epochs,
+                        strategy=mixing.strategy, temperature=mixing.temperature, cap=mixing.cap,
+                        probabilities=mixing.probabilities, homogeneous=mixing.homogeneous)
+
+
 def _train_one(config: Config, tasks: list[Task], splits: DataSplits, run_dir: Path, name: str, multitask: bool,
                callbacks: Callbacks | None) -> TrainedModel:
     model_dir = run_dir / name
@@ -193,7 +250,7 @@ def _train_one(config: Config, tasks: list[Task], splits: DataSplits, run_dir: P
     if callbacks and "start" in callbacks:
         callbacks["start"](name, trainer.epochs, trainer.start_epoch)
     started = time.perf_counter()
-    trainer.fit(splits.train, splits.val)
+    trainer.fit(training_data(config, splits, [t.name for t in tasks]), splits.val)
     seconds = previous + time.perf_counter() - started
     timing_file.write_text(json.dumps({"seconds": seconds}))
     best = trainer.checkpoint_dir / "best.pt"

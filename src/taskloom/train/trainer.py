@@ -210,6 +210,9 @@ class Trainer:
         ``train`` is a :class:`MultiTaskDataset` or any loader of :class:`Batch` objects with
         ``__len__`` and ``set_epoch``.
         """
+        for split, data in (("train", train), ("validation", val)):
+            if isinstance(data, MultiTaskDataset):  # bad labels or features are named before any step
+                data.validate(list(self.tasks.values()), split)
         loader = BatchLoader(train, self.batch_size, seed=self.seed) if isinstance(train, MultiTaskDataset) else train
         if not self._schedule_built:
             self._schedule_built = True
