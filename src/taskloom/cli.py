@@ -20,7 +20,7 @@ DEFAULT_RUN = {
     "data": {"dataset": "multimnist", "val_fraction": 0.1, "test_fraction": 0.2},
     "model": {"architecture": "hard", "trunk": {"name": "lenet"}},
     "optimizer": {"name": "adamw", "lr": 0.002},
-    "train": {"epochs": 8, "batch_size": 128, "seed": 0},
+    "train": {"epochs": 20, "batch_size": 128, "seed": 0},
 }
 
 
