@@ -172,7 +172,8 @@ class Trainer:
 
     def train_step(self, batch: Batch) -> dict[str, Tensor]:
         """Forward, masked losses, balancing, penalties, optimizer and proximal steps; returns the losses."""
-        self.model.train()
+        if not self.model.training:  # train() walks every submodule: only when evaluation switched it off
+            self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             if hasattr(self.balancer, "outputs"):  # gradient methods keep the shared representation
