@@ -5,7 +5,9 @@ MLP 64-256-256 trunk and K regression heads at batch 256 (K = 4 and K = 40), or 
 ``--trunk resnet18`` a small ResNet-18 on 32x32 inputs with 2 ten-class heads. Every
 registered method runs in parameter mode, gradient methods also in representation mode.
 Blocks of steps of a method alternate with blocks of equal weighting, so machine noise
-hits both alike; the ratio is median over median. TorchJD (0.18) and LibMTL run side by
+hits both alike; the ratio is median over median. ``engine_floor`` is the per-task
+gradient engine with a plain sum: the cost every gradient method pays before aggregating
+(K backward passes through the trunk in parameter mode, one in representation mode). TorchJD (0.18) and LibMTL run side by
 side on the same model when importable. Prints JSON.
 
     python benchmarks/balancing_speed.py                      # CPU, K = 4 and 40
@@ -93,9 +95,16 @@ def make_problem(trunk: str, k: int, batch: int, device: str, n_batches: int = 4
     return names, build, loss_fn, batches
 
 
+class SummedGradients(GradientBalancer):
+    """The engine alone: K per-task gradients, then their plain sum (what every gradient method pays at least)."""
+
+    def combine(self, grads: Tensor, names) -> tuple[Tensor, None]:
+        return grads.sum(dim=0), None
+
+
 def taskloom_step(model, balancer, optimizer, names, loss_fn) -> Callable[[Any], None]:
-    """What the trainer does in one step (forward through ``balancer.outputs`` in representation mode)."""
-    representation = getattr(balancer, "needs_representation", False)
+    """What the trainer does in one step (gradient methods forward through ``balancer.outputs``)."""
+    representation = hasattr(balancer, "outputs")
 
     def step(batch) -> None:
         x, y = batch
@@ -185,7 +194,16 @@ def run_setting(trunk: str, k: int, batch: int, device: str, warmup: int, steps:
                 rows[name][mode] = {"error": f"{type(error).__name__}: {error}"}
                 continue
             rows[name][mode] = {"ms": round(ms, 3), "ratio": round(ms / base, 3)}
-    result: dict[str, Any] = {"trunk": trunk, "tasks": k, "batch": batch, "methods": rows}
+    floor = {}
+    for mode in ("parameters", "representation"):
+        model = build()
+        balancer = SummedGradients(names, mode=mode).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        ms, base = compare(taskloom_step(model, balancer, optimizer, names, loss_fn), baseline, batches, warmup,
+                           steps, device)
+        floor[mode] = {"ms": round(ms, 3), "ratio": round(ms / base, 3)}
+    result: dict[str, Any] = {"trunk": trunk, "tasks": k, "batch": batch, "methods": rows,
+                              "engine_floor": floor}
     if torchjd:
         result["torchjd"] = run_torchjd(build, names, loss_fn, batches, baseline, device, warmup, torchjd_steps)
     result["libmtl"] = "not importable" if not libmtl_available() else "importable; no side-by-side adapter here"

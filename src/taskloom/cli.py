@@ -1,7 +1,8 @@
-"""The command line: ``taskloom run | train | list``. The CLI owns the terminal (rich tables and progress)."""
+"""The command line: ``taskloom run | train | compare | affinity | report | list``. The CLI owns the terminal (rich tables and progress)."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -154,6 +155,189 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _integers(text: str | None, option: str) -> list[int]:
+    try:
+        return [int(part) for part in _names(text) or []]
+    except ValueError:
+        raise ConfigError(f"{option}: expected comma-separated whole numbers, got {text!r}") from None
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from taskloom.train.grid import GridSpec, resolve_architectures, resolve_methods, run_grid
+
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigError(f"--seeds: need at least 1 seed, got {args.seeds}")
+    if args.resume:
+        run_dir = Path(args.resume)
+        config = default_run_config()
+    else:
+        if not args.config:
+            raise ConfigError("taskloom compare needs a CONFIG.yaml (or --resume RUN_DIR)")
+        config, run_dir = _apply_overrides(load_config(args.config), args), None
+    grid_given = any(v is not None for v in (args.methods, args.architectures, args.seeds, args.track, args.groups))
+    spec = None
+    if grid_given or not args.resume:  # on resume, an option not given keeps the run's grid.json value
+        stored = run_dir / "grid.json" if args.resume else None
+        stored_spec = json.loads(stored.read_text()) if stored and stored.is_file() else {}
+        base = load_config(run_dir / "config.yaml") if args.resume and (run_dir / "config.yaml").is_file() else config
+        measure = _names(args.track) if args.track is not None else stored_spec.get("measure", [])
+        unknown = sorted(set(measure) - {"conflict", "affinity"})
+        if unknown:
+            raise ConfigError(f"--track: unknown {unknown}; choose from conflict, affinity")
+        first = base.train.seed
+        seeds = list(range(first, first + args.seeds)) if args.seeds else stored_spec.get("seeds")
+        spec = GridSpec(
+            methods=resolve_methods(_names(args.methods) or stored_spec.get("methods") or [base.balancing.method]),
+            architectures=resolve_architectures(_names(args.architectures) or stored_spec.get("architectures")
+                                                or [base.model.architecture]),
+            seeds=seeds or list(range(first, first + 3)),
+            measure=measure,
+            groups=_integers(args.groups, "--groups") if args.groups is not None else stored_spec.get("groups", []),
+        )
+    with _progress() as progress:
+        grid_task = progress.add_task("grid", total=None)
+
+        def on_cell(cell: Any, index: int, total: int, finished: bool) -> None:
+            state = "finished before, kept" if finished else "training"
+            progress.update(grid_task, completed=index, total=total,
+                            description=f"grid cell {index + 1}/{total}: {cell.key} ({state})")
+
+        compare = run_grid(config, spec, run_dir, resume=bool(args.resume), callbacks=ProgressCallbacks(progress),
+                           on_cell=on_cell)
+        progress.update(grid_task, completed=progress.tasks[0].total, description="grid done")
+    print_compare(compare)
+    return 0
+
+
+def print_compare(compare: dict[str, Any]) -> None:
+    """The grid's tables: per task and variant, the summary per variant, groupings and curve signals."""
+    from taskloom.evaluate.verdict import compare_variants
+
+    result = compare_variants(compare)
+    variants = result["variants"]
+    table = Table(title=f"single-task vs multi-task on {compare['dataset']} (test split, {len(compare['seeds'])} "
+                        f"seeds: mean \u00b1 sd)")
+    for column in ("task", "variant", "metric", "change vs single %", "verdict", "p"):
+        table.add_column(column, justify="left" if column in ("task", "variant", "verdict") else "right")
+    for task, spec in compare["tasks"].items():
+        arrow = "\u2191" if spec["higher_is_better"] else "\u2193"
+        for k, (name, variant) in enumerate(variants.items()):
+            row = variant["tasks"][task]
+            if "mean" not in row:
+                table.add_row(task if k == 0 else "", name, "n/a", "", "", "")
+                continue
+            spread = "" if row["std"] is None else f" \u00b1 {row['std']:.4f}"
+            label = f"{task} ({spec['metric']} {arrow})" if k == 0 else ""
+            if name == result["baseline"]:
+                table.add_row(label, name, f"{row['mean']:.4f}{spread}", "baseline", "", "")
+            else:
+                colour = {"helps": "green", "hurts": "red"}.get(row.get("verdict", ""), "white")
+                table.add_row(label, name, f"{row['mean']:.4f}{spread}", _fmt(row.get("relative_change"), 2),
+                              f"[{colour}]{row.get('verdict', '')}[/]", _fmt(row.get("p_value"), 3))
+        table.add_section()
+    console.print(table)
+    test = next((row.get("test") for v in variants.values() for row in v["tasks"].values() if row.get("test")), None)
+    if test:
+        console.print(f"verdict test: {test} (helps / hurts when p < alpha, else within noise)")
+    summary = Table(title="per variant: delta-m % (Maninis et al. 2019; 95% t-interval over seeds), cost")
+    for column in ("variant", "delta-m %", "95% CI", "models", "parameters", "train s (mean/seed)", "inference s"):
+        summary.add_column(column, justify="left" if column == "variant" else "right")
+    for name, variant in variants.items():
+        raw = compare["variants"][name]
+        seconds = raw.get("train_seconds") or {}
+        mean_seconds = sum(seconds.values()) / len(seconds) if seconds else None
+        dm = variant.get("delta_m") or {}
+        interval = "" if dm.get("low") is None else f"[{dm['low']:+.2f}, {dm['high']:+.2f}]"
+        summary.add_row(name, "baseline" if name == result["baseline"] else _fmt(dm.get("mean"), 2), interval,
+                        str(raw.get("models", "")), f"{raw.get('parameters', 0):,}", _fmt(mean_seconds, 2),
+                        _fmt(raw.get("inference_seconds"), 4))
+    console.print(summary)
+    for n, grouping in (compare.get("groupings") or {}).items():
+        groups = " | ".join("{" + ", ".join(g) + "}" for g in grouping["groups"])
+        console.print(f"TAG grouping into {n} networks (score {grouping['score']:.3g}): {groups}", highlight=False)
+        raw = compare["variants"].get(f"groups-{n}", {})
+        reference = f"{raw.get('architecture')}+{raw.get('balancing')}"
+        if reference in compare["variants"]:
+            against = compare_variants({**compare, "baseline": reference})["variants"][f"groups-{n}"]["delta_m"]
+            interval = "" if against.get("low") is None else f" [{against['low']:+.2f}, {against['high']:+.2f}]"
+            console.print(f"  groups-{n} vs all-in-one {reference}: delta-m {_fmt(against.get('mean'), 2)} %{interval}; "
+                          f"vs single-task: {_fmt(variants[f'groups-{n}']['delta_m'].get('mean'), 2)} %", highlight=False)
+    signals = compare.get("curve_signals") or {}
+    if signals:
+        gains = [n for n in variants if n != result["baseline"]]
+        table = Table(title="learning-curve signals of the single-task models (Bingel & S\u00f8gaard 2017) "
+                            "next to each variant's gain %")
+        fractions = [f for f in next(iter(signals.values()))["relative_slopes"] if float(f) in (0.1, 0.3, 0.5)]
+        for column in ["task"] + [f"slope@{float(f):.0%}" for f in fractions] + ["plateau"] + gains:
+            table.add_column(column, justify="left" if column == "task" else "right")
+        for task, entry in signals.items():
+            cells = [f"{entry['relative_slopes'][f]:+.3f}" for f in fractions]
+            table.add_row(task, *cells, f"{entry['plateau_epoch']}/{entry['epochs']}",
+                          *[_fmt(variants[n]["tasks"][task].get("relative_change"), 2) for n in gains])
+        console.print(table)
+    console.print(f"run directory: {compare['run_dir']}", soft_wrap=True, highlight=False)
+
+
+def command_affinity(args: argparse.Namespace) -> int:
+    from taskloom.evaluate.grouping import select_groups
+    from taskloom.evaluate.logged import mean_logged_matrix, read_records
+
+    run_dir = Path(args.run_dir)
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} has no metrics.jsonl; pass the directory a run wrote")
+    if args.groups < 1:
+        raise ConfigError(f"--groups: need at least 1 network, got {args.groups}")
+    records = read_records(path)
+    if (run_dir / "grid.json").is_file():  # a compare run: every seed of one variant (the grouping one by default)
+        from taskloom.train.grid import GridSpec, variant_records
+
+        spec = GridSpec(**json.loads((run_dir / "grid.json").read_text()))
+        records = variant_records(run_dir, spec, args.model or spec.grouping_variant)
+    affinity, epochs = mean_logged_matrix(records, "affinity", None if (run_dir / "grid.json").is_file() else args.model)
+    if not epochs:
+        raise ConfigError(f"{path} holds no affinity; train with tracking: {{measure: [affinity]}} in the config "
+                          "(or taskloom compare --track affinity)")
+    names = list(affinity)
+    table = Table(title=f"TAG lookahead affinity Z[row -> column], mean over {epochs} logged epochs "
+                        "(Fifty et al. 2021; positive: a step on the row task lowers the column task's loss)")
+    table.add_column("from \\ onto")
+    for name in names:
+        table.add_column(name, justify="right")
+    for a in names:
+        table.add_row(a, *[("" if a == b or affinity[a][b] is None else f"{affinity[a][b]:+.3g}") for b in names])
+    console.print(table)
+    conflict, conflict_epochs = mean_logged_matrix(records, "conflict", args.model)
+    if conflict_epochs:
+        table = Table(title=f"gradient cosine similarity on the shared parameters, mean over {conflict_epochs} epochs")
+        table.add_column("")
+        for name in conflict:
+            table.add_column(name, justify="right")
+        for a in conflict:
+            table.add_row(a, *[_fmt(conflict[a][b], 3) for b in conflict])
+        console.print(table)
+    groupings = Table(title="suggested task groupings (TAG network selection, exact search)")
+    for column in ("networks", "score", "groups"):
+        groupings.add_column(column, justify="right" if column != "groups" else "left")
+    for n in range(1, min(args.groups, len(names)) + 1):
+        grouping = select_groups(affinity, n, names)
+        groupings.add_row(str(n), f"{grouping.score:.3g}", " | ".join("{" + ", ".join(g) + "}" for g in grouping.groups))
+    console.print(groupings)
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from taskloom.report import write_report
+
+    path = write_report(args.run_dir)
+    console.print(f"report: {path}", soft_wrap=True, highlight=False)
+    return 0
+
+
 def command_list(args: argparse.Namespace) -> int:
     import taskloom.balancing as balancing
     import taskloom.data.datasets as datasets
@@ -200,6 +384,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", type=Path, help="override output_dir")
     train.add_argument("--device", help="override train.device (cpu, cuda)")
     train.set_defaults(func=command_train)
+
+    compare = sub.add_parser("compare", help="single-task baselines vs a grid of multi-task variants over seeds")
+    compare.add_argument("config", nargs="?", help="the YAML config (the settings every model shares)")
+    compare.add_argument("--methods", help="comma-separated balancing methods (ew = equal, uw = uncertainty); "
+                                           "default: the config's")
+    compare.add_argument("--architectures", help="comma-separated sharing architectures; default: the config's")
+    compare.add_argument("--seeds", type=int, help="number of seeds, from train.seed on (default 3)")
+    compare.add_argument("--track", help="log per-epoch analysis of the multi-task models: conflict, affinity")
+    compare.add_argument("--groups", help="comma-separated numbers of networks: train TAG's suggested task groups "
+                                          "(implies affinity tracking of the first variant)")
+    compare.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted grid; finished cells are kept")
+    compare.add_argument("--epochs", type=int, help="override train.epochs")
+    compare.add_argument("--output", type=Path, help="override output_dir")
+    compare.add_argument("--device", help="override train.device (cpu, cuda)")
+    compare.set_defaults(func=command_compare)
+
+    affinity = sub.add_parser("affinity", help="the task affinity logged in a run, and suggested task groupings")
+    affinity.add_argument("run_dir", help="a run directory whose metrics.jsonl holds affinity")
+    affinity.add_argument("--groups", type=int, default=3, help="suggest groupings for 1..N networks (default 3)")
+    affinity.add_argument("--model", help="only this model's records (e.g. hard+equal); default: all")
+    affinity.set_defaults(func=command_affinity)
+
+    report = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained)")
+    report.add_argument("run_dir", help="a run directory")
+    report.set_defaults(func=command_report)
 
     listing = sub.add_parser("list", help="list data sets, task kinds, architectures and balancing methods")
     listing.set_defaults(func=command_list)

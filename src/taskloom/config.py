@@ -154,6 +154,20 @@ class TrainConfig(Strict):
     baselines: bool = False
 
 
+class TrackingConfig(Strict):
+    """Optional per-epoch analysis and experiment trackers, all off by default (they cost time).
+
+    ``measure`` logs the gradient-conflict cosine matrix and/or TAG lookahead affinity of a
+    multi-task model into metrics.jsonl, measured on every ``every``-th training step.
+    """
+
+    measure: list[Literal["conflict", "affinity"]] = []
+    every: PositiveInt = 10
+    tensorboard: bool = False
+    mlflow: bool = False
+    mlflow_tracking_uri: str | None = None
+
+
 class Config(Strict):
     """Everything a run needs; every field has a default except the tasks of a table."""
 
@@ -167,6 +181,7 @@ class Config(Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     selection: SelectionConfig = SelectionConfig()
     train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
     output_dir: str = "runs"
 
     @model_validator(mode="after")

@@ -88,6 +88,11 @@ class BiLSTM(nn.Module):
     def forward(self, inputs: Any) -> Tensor:
         return self.layer_outputs(inputs)[-1]
 
+    def parameter_depths(self) -> list[tuple[list[nn.Parameter], int]]:
+        """Parameter groups with the first layer whose output they change (for heads tapped lower)."""
+        groups = [(list(self.embed.parameters()), 1)]
+        return groups + [(list(lstm.parameters()), i + 1) for i, lstm in enumerate(self.lstms)]
+
 
 @TRUNKS.register("transformer", "small transformer encoder with learned positions and a key padding mask")
 class TransformerTrunk(nn.Module):
@@ -154,6 +159,11 @@ class TransformerTrunk(nn.Module):
 
     def forward(self, inputs: Any) -> Tensor:
         return self.layer_outputs(inputs)[-1]
+
+    def parameter_depths(self) -> list[tuple[list[nn.Parameter], int]]:
+        """Parameter groups with the first layer whose output they change (the final norm reads every layer)."""
+        groups = [([*self.embed.parameters(), *self.positions.parameters(), *self.norm.parameters()], 1)]
+        return groups + [(list(encoder.parameters()), i + 1) for i, encoder in enumerate(self.encoders)]
 
 
 __all__ = ["BiLSTM", "TokenEmbedding", "TransformerTrunk"]

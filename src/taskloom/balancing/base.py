@@ -1,12 +1,15 @@
 """The balancing interface: per-task losses in, one update (the ``.grad`` of every parameter) out."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from taskloom.sharing.base import MultiTaskModule
+
+#: the loss scaler's multiplication (``torch.amp.GradScaler.scale``) under fp16 mixed precision
+LossScale = Callable[[Tensor], Tensor]
 
 
 class Balancer(nn.Module):
@@ -16,7 +19,10 @@ class Balancer(nn.Module):
     gradients and before the optimizer step; ``losses`` holds only the tasks labelled in
     the batch. A balancer may own parameters (they join the optimizer) and state (it is
     saved in checkpoints through ``state_dict``). ``epoch_end`` receives the epoch's mean
-    training loss per task, for methods that adapt per epoch.
+    training loss per task, for methods that adapt per epoch. Under fp16 mixed precision the
+    trainer passes ``scale`` (the ``GradScaler``'s): the method still sees the true losses and
+    gradients, and only what it back-propagates is scaled (so fp16 gradients do not underflow
+    and the scaler can skip a step whose gradients overflowed).
     """
 
     needs_task_gradients: bool = False
@@ -27,7 +33,7 @@ class Balancer(nn.Module):
         self.task_names = list(task_names)
         self._last_weights: dict[str, Tensor] = {}
 
-    def backward(self, losses: Mapping[str, Tensor], model: MultiTaskModule) -> None:
+    def backward(self, losses: Mapping[str, Tensor], model: MultiTaskModule, scale: LossScale | None = None) -> None:
         raise NotImplementedError
 
     def post_step(self, losses: Mapping[str, Tensor]) -> None:
@@ -65,6 +71,7 @@ class LossWeighting(Balancer):
             total = term if total is None else total + term
         return total
 
-    def backward(self, losses: Mapping[str, Tensor], model: MultiTaskModule) -> None:
+    def backward(self, losses: Mapping[str, Tensor], model: MultiTaskModule, scale: LossScale | None = None) -> None:
         if losses:
-            self.combine(losses).backward()
+            total = self.combine(losses)
+            (total if scale is None else scale(total)).backward()

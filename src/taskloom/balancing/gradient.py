@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from taskloom.balancing.base import Balancer
+from taskloom.balancing.base import Balancer, LossScale
 from taskloom.balancing.jacobian import (
     chain_gradients,
     head_gradients,
@@ -90,7 +90,8 @@ class GradientBalancer(Balancer):
             )
 
     def backward(
-        self, losses: Mapping[str, Tensor], model: MultiTaskModule, representation: Tensor | None = None
+        self, losses: Mapping[str, Tensor], model: MultiTaskModule, representation: Tensor | None = None,
+        scale: LossScale | None = None,
     ) -> None:
         names = list(losses)
         representation = representation if representation is not None else self._representation
@@ -105,13 +106,17 @@ class GradientBalancer(Balancer):
                     "balancer.outputs(model, inputs), or pass backward(losses, model, representation=z)"
                 )
         values = self.transform_losses([losses[n] for n in names])
+        factor = None
+        if scale is not None:  # fp16: back-propagate scaled objectives, combine the true gradients
+            values = [scale(v) for v in values]
+            factor = scale(torch.ones((), device=values[0].device))
         if representation is not None:
             own = [model.task_parameters(n) for n in names]
             rep_grads, head_grads = head_gradients(values, representation, own)
             for params, grads in zip(own, head_grads):
                 write_gradients(params, grads)
             if self.mode == "representation":
-                direction = self._combine(rep_grads, names)
+                direction = self._scaled_combine(rep_grads, names, factor)
                 representation.backward(direction.view_as(representation).to(representation.dtype))
                 return
             shared = model.shared_parameters()
@@ -125,7 +130,21 @@ class GradientBalancer(Balancer):
             if not shared:
                 return
             grads = task_gradients(values, shared, batched=self.batched)
-        write_gradient(shared, self._combine(grads, names))
+        write_gradient(shared, self._scaled_combine(grads, names, factor))
+
+    def _scaled_combine(self, grads: Tensor, names: Sequence[str], factor: Tensor | None) -> Tensor:
+        """The update from gradients in at least float32; with a loss scale, of the unscaled ones, scaled back.
+
+        A scaled step whose gradients overflowed returns their sum (non-finite, so the scaler
+        skips the step) and leaves the method's state alone: one host sync, only under fp16.
+        """
+        if grads.dtype in (torch.float16, torch.bfloat16):
+            grads = grads.float()
+        if factor is None:
+            return self._combine(grads, names)
+        if not bool(torch.isfinite(grads).all()):
+            return grads.sum(0)
+        return self._combine(grads / factor.to(grads.dtype), names) * factor.to(grads.dtype)
 
     def _combine(self, grads: Tensor, names: Sequence[str]) -> Tensor:
         direction, weights = self.combine(grads, names)

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from taskloom.balancing.base import Balancer
+from taskloom.balancing.base import Balancer, LossScale
 from taskloom.sharing.base import MultiTaskModule
 
 
@@ -128,7 +128,7 @@ class GradNorm(Balancer):
             rows.append(torch.stack(squares).sum() if squares else losses.new_zeros(()))
         return torch.stack(rows).sqrt()
 
-    def backward(self, losses: Mapping[str, Tensor], model: MultiTaskModule) -> None:
+    def backward(self, losses: Mapping[str, Tensor], model: MultiTaskModule, scale: LossScale | None = None) -> None:
         if not losses:
             return
         unknown = [name for name in losses if name not in self._index]
@@ -141,8 +141,17 @@ class GradNorm(Balancer):
         weights = self.task_weights[index].clone()
         self._last_weights = dict(zip(names, weights.unbind()))
 
-        norms = self._gradient_norms(stacked, self._layer_parameters(model)).detach().to(weights.dtype)
-        (weights.to(stacked.dtype) * stacked).sum().backward()
+        layer = self._layer_parameters(model)
+        total = (weights.to(stacked.dtype) * stacked).sum()
+        if scale is None:
+            norms = self._gradient_norms(stacked, layer).detach().to(weights.dtype)
+            total.backward()
+        else:  # fp16: norms of the scaled losses' gradients (no underflow), divided back; overflow skips the update
+            factor = scale(torch.ones((), device=stacked.device)).to(weights.dtype)
+            norms = self._gradient_norms(scale(stacked), layer).detach().to(weights.dtype) / factor
+            scale(total).backward()
+            if not bool(torch.isfinite(norms).all()):
+                return
 
         current = stacked.detach().to(weights.dtype)
         initial = self.initial_losses[index]

@@ -41,6 +41,7 @@ text-align:right;white-space:nowrap}th{background:#f3f5f9}td.name,th.name{text-a
 .absent{color:#5b6372;font-style:italic}.lead{color:#5b6372;margin-top:0}
 img{max-width:100%;height:auto;display:block;margin:.5rem 0}pre{background:#f6f8fa;padding:1rem;overflow:auto;
 font-size:.85rem;border-radius:4px}nav a{margin-right:1rem}.wide{overflow-x:auto}
+.groups{white-space:normal;display:inline-block;max-width:26rem;font-size:.8rem}
 """
 
 
@@ -111,6 +112,28 @@ def _single_run_table(comparison: Mapping[str, Any]) -> str:
     )
 
 
+def _groups_line(groups: Any) -> str:
+    if not groups:
+        return ""
+    text = " | ".join("{" + ", ".join(map(str, g)) + "}" for g in groups)
+    return f"<br><span class='noise groups'>{html.escape(text)}</span>"
+
+
+def _groups_against_all_in_one(compare: Mapping[str, Any]) -> str:
+    """Rows of delta-m of each TAG grouping against the all-in-one model trained the same way (Fifty et al. 2021)."""
+    rows = []
+    for name, variant in compare["variants"].items():
+        reference = f"{variant.get('architecture')}+{variant.get('balancing')}"
+        if variant.get("kind") != "groups" or reference not in compare["variants"]:
+            continue
+        dm = compare_variants({**compare, "baseline": reference})["variants"][name]["delta_m"]
+        interval = "" if dm.get("low") is None else f" [{dm['low']:+.2f}, {dm['high']:+.2f}]"
+        rows.append(f"<tr><td class='name'>{html.escape(name)} vs {html.escape(reference)}</td>"
+                    f"<td class='name'>groups</td><td>{_pct(dm.get('mean'))}{interval}</td>"
+                    "<td colspan='3' class='noise'>against the all-in-one model</td></tr>")
+    return "".join(rows)
+
+
 def _grid_table(compare: Mapping[str, Any]) -> str:
     result = compare_variants(compare)
     baseline = result["baseline"]
@@ -122,10 +145,12 @@ def _grid_table(compare: Mapping[str, Any]) -> str:
         if isinstance(seconds, Mapping):
             seconds = float(np.mean(list(seconds.values()))) if seconds else None
         summary.append(
-            f"<tr><td class='name'>{html.escape(name)}</td><td class='name'>{_fmt(variant.get('kind'))}</td>"
+            f"<tr><td class='name'>{html.escape(name)}{_groups_line(variant.get('groups'))}</td>"
+            f"<td class='name'>{_fmt(variant.get('kind'))}</td>"
             f"<td>{'baseline' if name == baseline else _pct(dm.get('mean')) + interval}</td>"
             f"<td>{_fmt(variant.get('parameters'))}</td><td>{_fmt(seconds, 3)}</td>"
             f"<td>{_fmt(variant.get('inference_seconds'), 3)}</td></tr>")
+    summary.append(_groups_against_all_in_one(compare))
     rows = []
     for task, spec in compare["tasks"].items():
         label = f"{html.escape(task)} <span class='noise'>{_fmt(spec.get('metric'))} " \
@@ -185,9 +210,20 @@ def _curves_section(run: RunData) -> str:
     return "".join(parts) or _absent("The metrics hold no per-task losses to plot.")
 
 
+def _variant_gains(run: RunData) -> dict[str, dict[str, float | None]]:
+    """Per multi-task variant, each task's relative change against single-task (%)."""
+    if run.comparison:
+        return {"multi-task": {t: r.get("relative_change") for t, r in run.comparison.get("tasks", {}).items()}}
+    if not run.compare:
+        return {}
+    result = compare_variants(run.compare)
+    return {name: {t: row.get("relative_change") for t, row in variant["tasks"].items()}
+            for name, variant in result["variants"].items() if name != result["baseline"]}
+
+
 def _signals_section(run: RunData) -> str:
-    gains = {t: r.get("relative_change") for t, r in (run.comparison or {}).get("tasks", {}).items()}
-    table = curve_table(run.records, gains or None)
+    gains = _variant_gains(run)
+    table = curve_table(run.records)
     if not table:
         return _absent("No single-task training curves (needs single-task baselines with 2+ epochs).")
     fractions = list(next(iter(table.values()))["signals"].relative_slopes)
@@ -196,13 +232,15 @@ def _signals_section(run: RunData) -> str:
     for task, entry in table.items():
         s = entry["signals"]
         cells = "".join(f"<td>{s.relative_slopes[f]:+.3f}</td>" for f in fractions)
+        gain_cells = "".join(f"<td>{_pct(by_task.get(task))}</td>" for by_task in gains.values())
         rows.append(f"<tr><td class='name'>{html.escape(task)}</td>{cells}<td>{s.plateau_epoch} / {s.epochs}</td>"
-                    f"<td>{_pct(entry['gain'])}</td></tr>")
+                    f"{gain_cells}</tr>")
+    gain_head = "".join(f"<th>{html.escape(name)} gain</th>" for name in gains)
     return ("<p class='lead'>Slopes of each task's single-task training loss per epoch, relative to its first-epoch "
             "loss (Bingel &amp; S&oslash;gaard 2017: tasks whose curve is still falling steeply early and plateaus "
             "late tend to gain from others). Plateau: first epoch after which the loss falls by less than 1%.</p>"
-            f"<table><tr><th class='name'>task</th>{head}<th>plateau epoch</th><th>multi-task gain</th></tr>"
-            + "".join(rows) + "</table>")
+            f"<div class='wide'><table><tr><th class='name'>task</th>{head}<th>plateau epoch</th>{gain_head}</tr>"
+            + "".join(rows) + "</table></div>")
 
 
 def _weights_section(run: RunData) -> str:

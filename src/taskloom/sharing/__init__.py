@@ -3,7 +3,8 @@
 Every entry of ``ARCHITECTURES`` is a builder ``build(trunk_factory, tasks, **options)``
 returning a :class:`MultiTaskModule`; ``trunk_factory()`` gives a fresh trunk. Architectures
 that cut the trunk at layer indices (see :mod:`taskloom.sharing.layers`) need an
-``nn.Sequential`` trunk or one with ``.layers`` (the ``mlp`` trunk).
+``nn.Sequential`` trunk or one with ``.layers`` (the ``mlp`` and ``lenet`` trunks); low-level
+supervision and the cascade also tap sequence trunks (``bilstm``, ``transformer``) by layer number.
 """
 from __future__ import annotations
 

@@ -7,16 +7,16 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from taskloom.sharing.layers import as_sequential, check_task_keys, width_at
-from taskloom.sharing.low_level import DepthTapped, task_depths
+from taskloom.sharing.layers import check_task_keys
+from taskloom.sharing.low_level import DepthTapped, tap_width, task_depths
 from taskloom.sharing.parameters import Reach, params
 from taskloom.task import Task
 
 
 def label_distribution(task: Task, output: Tensor) -> Tensor:
-    """What a lower task passes up: softmax (multiclass), [1 - p, p] (binary), sigmoids (multilabel),
-    the values themselves (regression)."""
-    if task.kind == "multiclass":
+    """What a lower task passes up: softmax (multiclass, and per token for tagging), [1 - p, p] (binary),
+    sigmoids (multilabel), the values themselves (regression)."""
+    if task.kind in ("multiclass", "tagging"):
         return torch.softmax(output, dim=-1)
     if task.kind == "binary":
         p = torch.sigmoid(output.reshape(len(output), 1))
@@ -36,23 +36,27 @@ class Cascade(DepthTapped):
 
     ``successive`` is the paper's successive regularization strength delta: the penalty
     delta * ||theta - theta_snapshot||^2 on the shared parameters, relative to the copy taken
-    by ``snapshot()`` (taken at construction; refresh it when moving to the next task's epoch).
+    by ``snapshot()``: at construction, then by ``on_epoch_end`` (the trainer calls it after
+    every epoch), so each epoch is pulled towards the parameters the previous one ended with.
+    The paper trains the tasks in turn and snapshots after each lower task's epoch; joint
+    training makes that one snapshot per epoch. Sequence trunks (``bilstm``, ``transformer``)
+    are tapped by layer number, so label embeddings are per token.
     """
 
     adversarial_input = None
 
-    def __init__(self, layers: nn.Sequential, tasks: Sequence[Task], depths: Mapping[str, int],
+    def __init__(self, trunk: nn.Module, tasks: Sequence[Task], depths: Mapping[str, int],
                  embedding_dim: int = 16, successive: float = 0.0) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.task_names = [t.name for t in tasks]
-        self._init_trunk(layers, depths)
+        self._init_trunk(trunk, depths)
         self.embeddings = nn.ParameterDict({
             t.name: nn.Parameter(torch.randn(distribution_size(t), embedding_dim) / embedding_dim ** 0.5)
             for t in self.tasks[:-1]
         })
         self.heads = nn.ModuleDict({
-            t.name: t.build_head(width_at(layers, depths[t.name], f"cascade.depths.{t.name}") + k * embedding_dim)
+            t.name: t.build_head(self.tap_widths[depths[t.name]] + k * embedding_dim)
             for k, t in enumerate(self.tasks)
         })
         self.successive = float(successive)
@@ -94,13 +98,24 @@ class Cascade(DepthTapped):
     @torch.no_grad()
     def snapshot(self) -> None:
         """Remember the shared parameters now; the successive penalty pulls them back towards this copy."""
+        shared = self.structural_shared()
+        if len(shared) == len(self._snapshot_names) and all(
+                getattr(self, name).shape == p.shape for name, p in zip(self._snapshot_names, shared)):
+            for name, p in zip(self._snapshot_names, shared):
+                getattr(self, name).copy_(p)
+            return
         for name in self._snapshot_names:
             delattr(self, name)
         self._snapshot_names = []
-        for i, p in enumerate(self.structural_shared()):
+        for i, p in enumerate(shared):
             name = f"snapshot_{i}"
             self.register_buffer(name, p.detach().clone())
             self._snapshot_names.append(name)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Trainer hook: refresh the successive-regularization snapshot (nothing without ``successive``)."""
+        if self.successive:
+            self.snapshot()
 
     def regularization(self) -> Tensor | None:
         if not self.successive or not self._snapshot_names:
@@ -113,13 +128,17 @@ class Cascade(DepthTapped):
 def build_cascade(trunk_factory: Callable[[], nn.Module], tasks: Sequence[Task], order: Sequence[str] | None = None,
                   depths: Mapping[str, int] | None = None, embedding_dim: int = 16,
                   successive: float = 0.0) -> Cascade:
-    """Tasks in ``order`` (default as given), each tapping the trunk at ``depths`` (default the top)."""
+    """Tasks in ``order`` (default as given), each tapping the trunk at ``depths`` (default the top):
+    layer indices of a Sequential trunk, or layer numbers 1..num_layers of a sequence trunk."""
     by_name = {t.name: t for t in tasks}
     order = list(order) if order is not None else list(by_name)
     check_task_keys(order, list(by_name), "cascade.order")
     if sorted(order) != sorted(by_name):
         raise ValueError(f"cascade.order: list every task exactly once; got {order} for tasks {list(by_name)}")
-    layers = as_sequential(trunk_factory(), "cascade")
+    trunk = trunk_factory()
     ordered = [by_name[n] for n in order]
-    return Cascade(layers, ordered, task_depths(layers, ordered, depths, "cascade.depths"),
+    at = task_depths(trunk, ordered, depths, "cascade.depths")
+    for task in ordered:
+        tap_width(trunk, at[task.name], f"cascade.depths.{task.name}")
+    return Cascade(trunk, ordered, at,
                    embedding_dim=embedding_dim, successive=successive)

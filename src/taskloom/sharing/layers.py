@@ -2,15 +2,18 @@
 
 Cross-stitch, hybrid, low-level supervision, cascade, interaction and multi-level PLE cut
 the trunk at layer indices: the trunk must be an ``nn.Sequential`` or carry one as
-``.layers`` (the ``mlp`` trunk does). Depth ``d`` means the output of the first ``d``
+``.layers`` (the ``mlp`` and ``lenet`` trunks do). Depth ``d`` means the output of the first ``d``
 modules of that Sequential; for ``mlp`` with ``hidden=(64, 32)`` the modules are
 ``Flatten, Linear, ReLU, Linear, ReLU``, so depth 3 is the first hidden layer's output and
-depth 5 the trunk's output.
+depth 5 the trunk's output. For ``lenet`` depth 8 is the flattened conv features; widths after
+convolutions are read by a probe forward from the Sequential's ``example_shape``.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable, Sequence
 
+import torch
 from torch import nn
 
 
@@ -61,17 +64,44 @@ def cut(layers: nn.Sequential, depths: Iterable[int]) -> list[nn.Sequential]:
     return [layers[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-def width_at(layers: nn.Sequential, depth: int, field: str) -> int:
-    """The feature width after the first ``depth`` layers (from the last layer with ``out_features``)."""
+def probe_shape(layers: nn.Sequential, depth: int) -> tuple[int, ...] | None:
+    """The per-example output shape after ``depth`` layers, by a forward of zeros through them.
+
+    Needs ``layers.example_shape`` (the per-example input shape; the ``lenet`` trunk sets it); None without it.
+    """
+    shape = getattr(layers, "example_shape", None)
+    if shape is None:
+        return None
+    was_training = layers.training
+    layers.eval()
+    try:
+        with torch.no_grad():
+            out = layers[:depth](torch.zeros(1, *shape))
+    finally:
+        layers.train(was_training)
+    return tuple(out.shape[1:])
+
+
+def width_at(layers: nn.Sequential, depth: int, field: str, flat: bool = False) -> int:
+    """The feature width after the first ``depth`` layers.
+
+    Read from the last layer with ``out_features``, else by a probe forward (see :func:`probe_shape`).
+    ``flat=True`` gives the flattened size of any output (what a gate reads); otherwise the
+    output must be (N, F) features.
+    """
     for module in reversed(list(layers[:depth])):
         width = getattr(module, "out_features", None)
         if isinstance(width, int):
             return width
         if _has_parameters(module):
             break
+    shape = probe_shape(layers, depth)
+    if shape is not None and (flat or len(shape) == 1):
+        return math.prod(shape)
+    found = f" gives per-example shape {shape}" if shape is not None else ""
     raise ValueError(
-        f"{field}: cannot tell the feature width at depth {depth}; cut after a layer with out_features "
-        "(an nn.Linear), whose output is a (N, F) tensor"
+        f"{field}: cannot tell the feature width at depth {depth}{found}; cut after a layer with out_features "
+        "(an nn.Linear) or after a Flatten, whose output is a (N, F) tensor"
     )
 
 
@@ -79,6 +109,9 @@ def input_width(trunk: nn.Module, in_features: int | None, architecture: str) ->
     """Width of the flattened input, for gates that read the input (MMoE, PLE)."""
     if in_features is not None:
         return int(in_features)
+    shape = getattr(trunk, "example_shape", None)
+    if shape is not None:
+        return math.prod(shape)
     for module in trunk.modules():
         if isinstance(module, nn.Linear):
             return module.in_features
@@ -86,7 +119,8 @@ def input_width(trunk: nn.Module, in_features: int | None, architecture: str) ->
             break
     raise ValueError(
         f"{architecture}: the gates read the flattened input, whose width cannot be read from this trunk "
-        "(its first layer is not nn.Linear); pass the option in_features (e.g. 784 for 28x28 images)"
+        "(its first layer is not nn.Linear and it has no example_shape); pass the option in_features "
+        "(e.g. 784 for 28x28 images)"
     )
 
 

@@ -11,17 +11,53 @@ from taskloom.sharing.parameters import Reach, ReachSplit, params
 from taskloom.task import Task
 
 
-class DepthTapped(ReachSplit):
-    """A shared Sequential cut at the tasks' depths; shared by low-level supervision and the cascade."""
+def is_layered(trunk: nn.Module) -> bool:
+    """A trunk that gives every layer's output itself (``layer_outputs``, ``layer_features``): the sequence trunks."""
+    return callable(getattr(trunk, "layer_outputs", None)) and isinstance(getattr(trunk, "layer_features", None), list)
 
-    def _init_trunk(self, layers: nn.Sequential, depths: Mapping[str, int]) -> None:
+
+def tap_count(trunk: nn.Module, architecture: str) -> int:
+    """How many depths a head can tap: the layers of a layered trunk, else the modules of its Sequential."""
+    return len(trunk.layer_features) if is_layered(trunk) else len(as_sequential(trunk, architecture))
+
+
+def tap_width(trunk: nn.Module, depth: int, field: str) -> int:
+    """The feature width a head reads at ``depth``."""
+    if is_layered(trunk):
+        return int(trunk.layer_features[depth - 1])
+    return width_at(as_sequential(trunk, field.split(".")[0]), depth, field)
+
+
+class DepthTapped(ReachSplit):
+    """A shared trunk read at the tasks' depths; shared by low-level supervision and the cascade.
+
+    The trunk is cut into ``stages`` at the tapped depths when it is a Sequential (or has
+    ``.layers``); a layered trunk (``layer_outputs``, such as ``bilstm`` and ``transformer``)
+    is kept whole as ``trunk`` and depth ``d`` is the output of its ``d``-th layer.
+    """
+
+    def _init_trunk(self, trunk: nn.Module, depths: Mapping[str, int]) -> None:
         top = max(depths.values())
         self.depths = dict(depths)
         self.stage_ends = sorted(set(depths.values()))
-        self.stages = nn.ModuleList(cut(layers[:top], self.stage_ends))
+        self.layered = is_layered(trunk)
+        self.tap_widths = {d: tap_width(trunk, d, f"depth {d}") for d in self.stage_ends}
+        if self.layered:
+            if top != len(trunk.layer_features):
+                raise ValueError(
+                    f"depths: the deepest head taps layer {top} of a trunk with {len(trunk.layer_features)} layers; "
+                    f"the layers above would never train: set the trunk option num_layers to {top}"
+                )
+            self.trunk = trunk
+            self.stages = nn.ModuleList()
+        else:
+            self.stages = nn.ModuleList(cut(as_sequential(trunk, "depths")[:top], self.stage_ends))
 
     def features(self, inputs: Any) -> dict[int, Tensor]:
         """The trunk's output at every depth a task reads."""
+        if self.layered:
+            outputs = self.trunk.layer_outputs(inputs)
+            return {end: outputs[end - 1] for end in self.stage_ends}
         out: dict[int, Tensor] = {}
         x = inputs
         for end, stage in zip(self.stage_ends, self.stages):
@@ -29,23 +65,41 @@ class DepthTapped(ReachSplit):
             out[end] = x
         return out
 
+    def _trunk_groups(self) -> list[tuple[list, int]]:
+        """Trunk parameter groups with the lowest depth whose output they change."""
+        if not self.layered:
+            return [(params(stage), end) for end, stage in zip(self.stage_ends, self.stages)]
+        by_depth = getattr(self.trunk, "parameter_depths", None)
+        return by_depth() if callable(by_depth) else [(params(self.trunk), 1)]
+
     def stage_reach(self, reach_of_task: Callable[[str], set[str]]) -> Reach:
-        """Each stage is reached by every task tapping at or above it (and what those tasks reach)."""
+        """Each trunk part is reached by every task tapping at or above it (and what those tasks reach)."""
         groups: Reach = []
-        for end, stage in zip(self.stage_ends, self.stages):
+        for group, lowest in self._trunk_groups():
             reach: set[str] = set()
             for n in self.task_names:
-                if self.depths[n] >= end:
+                if self.depths[n] >= lowest:
                     reach |= reach_of_task(n)
-            groups.append((params(stage), frozenset(reach)))
+            groups.append((group, frozenset(reach)))
         return groups
 
 
-def task_depths(layers: nn.Sequential, tasks: Sequence[Task], depths: Mapping[str, int] | None,
+def check_tap(depth: object, trunk: nn.Module, field: str) -> int:
+    """A tap depth validated against the trunk, with an error naming the option."""
+    if not is_layered(trunk):
+        return check_depth(depth, as_sequential(trunk, field.split(".")[0]), field)
+    count = len(trunk.layer_features)
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= count:
+        raise ValueError(f"{field}: {depth!r} is not a layer of the trunk's {count} layers (1..{count})")
+    return depth
+
+
+def task_depths(trunk: nn.Module, tasks: Sequence[Task], depths: Mapping[str, int] | None,
                 field: str) -> dict[str, int]:
     depths = dict(depths or {})
     check_task_keys(list(depths), [t.name for t in tasks], field)
-    return {t.name: check_depth(depths.get(t.name, len(layers)), layers, f"{field}.{t.name}") for t in tasks}
+    top = tap_count(trunk, field.split(".")[0])
+    return {t.name: check_tap(depths.get(t.name, top), trunk, f"{field}.{t.name}") for t in tasks}
 
 
 class LowLevelSupervision(DepthTapped):
@@ -53,10 +107,10 @@ class LowLevelSupervision(DepthTapped):
 
     adversarial_input = "heads"
 
-    def __init__(self, layers: nn.Sequential, heads: Mapping[str, nn.Module], depths: Mapping[str, int]) -> None:
+    def __init__(self, trunk: nn.Module, heads: Mapping[str, nn.Module], depths: Mapping[str, int]) -> None:
         super().__init__()
         self.task_names = list(heads)
-        self._init_trunk(layers, depths)
+        self._init_trunk(trunk, depths)
         self.heads = nn.ModuleDict(dict(heads))
 
     def forward(self, inputs: Any) -> dict[str, Tensor]:
@@ -72,16 +126,16 @@ class LowLevelSupervision(DepthTapped):
         depth = self.stage_ends[-1] if depth is None else depth
         if depth not in self.stage_ends:
             raise ValueError(f"depth: a new task taps an existing depth {self.stage_ends}, got {depth}")
-        layers = nn.Sequential(*[m for stage in self.stages for m in stage])
-        self.heads[task.name] = task.build_head(width_at(layers, depth, f"depth of task {task.name!r}"))
+        self.heads[task.name] = task.build_head(self.tap_widths[depth])
         self.depths[task.name] = depth
         self.task_names.append(task.name)
 
 
 def build_low_level(trunk_factory: Callable[[], nn.Module], tasks: Sequence[Task],
                     depths: Mapping[str, int] | None = None) -> LowLevelSupervision:
-    """Heads tapped at ``depths`` (task name -> layer index of the trunk's Sequential; default the top)."""
-    layers = as_sequential(trunk_factory(), "low_level")
-    at = task_depths(layers, tasks, depths, "low_level.depths")
-    heads = {t.name: t.build_head(width_at(layers, at[t.name], f"low_level.depths.{t.name}")) for t in tasks}
-    return LowLevelSupervision(layers, heads, at)
+    """Heads tapped at ``depths`` (task name -> layer index of the trunk's Sequential, or layer number
+    1..num_layers of a sequence trunk; default the top)."""
+    trunk = trunk_factory()
+    at = task_depths(trunk, tasks, depths, "low_level.depths")
+    heads = {t.name: t.build_head(tap_width(trunk, at[t.name], f"low_level.depths.{t.name}")) for t in tasks}
+    return LowLevelSupervision(trunk, heads, at)

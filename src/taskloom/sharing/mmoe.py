@@ -24,8 +24,9 @@ class Gate(nn.Module):
 
 
 def mix(weights: Tensor, outputs: Sequence[Tensor]) -> Tensor:
-    """Gate-weighted sum of expert outputs: weights (N, E), outputs E x (N, F) -> (N, F)."""
-    return (weights.unsqueeze(-1) * torch.stack(list(outputs), dim=1)).sum(1)
+    """Gate-weighted sum of expert outputs: weights (N, E), outputs E x (N, ...) -> (N, ...)."""
+    stacked = torch.stack(list(outputs), dim=1)
+    return (weights.reshape(*weights.shape, *[1] * (stacked.dim() - 2)) * stacked).sum(1)
 
 
 class MMoE(ReachSplit):

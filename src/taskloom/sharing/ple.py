@@ -88,7 +88,7 @@ def build_ple(trunk_factory: Callable[[], nn.Module], tasks: Sequence[Task], num
     cuts = sorted(check_depth(c, layers, "ple.cuts", allow_full=False) for c in cuts)
     if len(set(cuts)) != num_levels - 1:
         raise ValueError(f"ple.cuts: give {num_levels - 1} distinct layer indices for {num_levels} levels, got {cuts}")
-    widths = [gate_width] + [width_at(layers, c, "ple.cuts") for c in cuts]
+    widths = [gate_width] + [width_at(layers, c, "ple.cuts", flat=True) for c in cuts]
     levels = []
     for l in range(num_levels):
         def make_expert(l: int = l) -> nn.Module:

@@ -28,6 +28,7 @@ from taskloom.sharing.base import MultiTaskModule
 from taskloom.task import Condition, Task
 from taskloom.train.score import SelectionScore
 from taskloom.train.trainer import Trainer
+from taskloom.train.tracking import build_monitors
 from taskloom.trunks import TRUNKS
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ def build_trainer(config: Config, tasks: list[Task], splits: DataSplits, run_dir
 
         regularizers = [REGULARIZERS.get(r.name)(model, **r.options) for r in config.regularizers]
     callbacks = callbacks or {}
+    monitors = build_monitors(config, tasks, run_dir, model_name, multitask=balancing)
     return Trainer(
         model, tasks, balancer,
         optimizer=config.optimizer.name, lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay,
@@ -200,7 +202,7 @@ def build_trainer(config: Config, tasks: list[Task], splits: DataSplits, run_dir
         batch_size=config.train.batch_size, seed=config.train.seed, device=config.train.device,
         selection=selection, patience=config.train.patience, regularizers=regularizers, run_dir=run_dir,
         model_name=model_name, amp=config.train.amp, compile=config.train.compile,
-        on_step=callbacks.get("step"), on_epoch=callbacks.get("epoch"),
+        on_step=callbacks.get("step"), on_epoch=callbacks.get("epoch"), monitors=monitors,
     )
 
 
@@ -272,6 +274,18 @@ def _merge_metrics(run_dir: Path, names: list[str]) -> None:
     (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in records.values()))
 
 
+def write_report_safely(run_dir: Path) -> Path | None:
+    """Write RUN_DIR/report.html; a failure to render is logged as a warning, never raised."""
+    try:
+        from taskloom.report import write_report
+
+        return write_report(run_dir)
+    except Exception as error:  # the run's results are already saved: a report problem must not lose them
+        log.warning("the HTML report of %s could not be written (%s: %s); run `taskloom report %s` to retry",
+                    run_dir, type(error).__name__, error, run_dir)
+        return None
+
+
 def prepare_run(config: Config, run_dir: Path | None, resume: bool) -> tuple[Config, Path]:
     if resume:
         if run_dir is None or not (run_dir / "config.yaml").is_file():
@@ -303,6 +317,7 @@ def run_training(config: Config, run_dir: Path | None = None, resume: bool = Fal
         "best_epoch": trained.trainer.history.best_epoch,
     }
     (run_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    write_report_safely(run_dir)
     return summary
 
 
@@ -344,4 +359,5 @@ def run_comparison(config: Config, run_dir: Path | None = None, resume: bool = F
         "architecture": config.model.architecture,
     }
     (run_dir / "comparison.json").write_text(json.dumps(comparison, indent=2))
+    write_report_safely(run_dir)
     return comparison

@@ -93,7 +93,8 @@ class Trainer:
     logs per-task losses and metrics under the task's name, keeps ``last.pt``, ``best.pt``
     (by the selection score) and ``best-<task>.pt`` (by each task's main metric) in
     ``run_dir/checkpoints`` when a run directory is given, and stops early after
-    ``patience`` epochs without improvement.
+    ``patience`` epochs without improvement. ``monitors`` (see :mod:`taskloom.train.tracking`)
+    are called before each step and at the end of each epoch and of ``fit``.
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class Trainer:
         on_step: Callable[[int, int], None] | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
         save_task_best: bool = True,
+        monitors: Sequence[Any] = (),
     ) -> None:
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):
@@ -151,6 +153,7 @@ class Trainer:
         self.on_step = on_step
         self.on_epoch = on_epoch
         self.save_task_best = save_task_best
+        self.monitors = list(monitors)  # see taskloom.train.tracking: before_step, end_epoch, end_fit
         self.forward = torch.compile(self.model) if compile else self.model
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         self.optimizer = build_optimizer(self.model.parameters(), **self.optimizer_spec)
@@ -182,7 +185,7 @@ class Trainer:
                 outputs = self.forward(batch.inputs)
             losses = task_losses(outputs, batch, self.tasks)
         if self.scaler.is_enabled():
-            self.balancer.backward({n: self.scaler.scale(v) for n, v in losses.items()}, self.model)
+            self.balancer.backward(losses, self.model, scale=self.scaler.scale)  # weights from the true losses
         else:
             self.balancer.backward(losses, self.model)
         penalties = [p for p in [self.model.regularization(), *(r.penalty() for r in self.regularizers)] if p is not None]
@@ -229,7 +232,10 @@ class Trainer:
             sums = {name: torch.zeros((), device=self.device) for name in self.tasks}
             counts = {name: 0 for name in self.tasks}
             for step, batch in enumerate(loader):
-                losses = self.train_step(batch.to(self.device, non_blocking=True))
+                batch = batch.to(self.device, non_blocking=True)
+                for monitor in self.monitors:
+                    monitor.before_step(self, batch, step)
+                losses = self.train_step(batch)
                 for name, loss in losses.items():
                     sums[name] += loss.detach().float()
                     counts[name] += 1
@@ -237,6 +243,9 @@ class Trainer:
                     self.on_step(step + 1, len(loader))
             train_loss = {n: (sums[n] / counts[n]).item() for n in self.tasks if counts[n]}
             self.balancer.epoch_end(train_loss)
+            model_hook = getattr(self.model, "on_epoch_end", None)  # e.g. the cascade's successive snapshot
+            if callable(model_hook):
+                model_hook(epoch)
             record = self._end_epoch(epoch, train_loss, val, time.perf_counter() - started)
             self.start_epoch = epoch + 1
             if self.run_dir is not None:
@@ -250,6 +259,8 @@ class Trainer:
                 if self.run_dir is not None:
                     self.save(self.checkpoint_dir / "last.pt")
                 break
+        for monitor in self.monitors:
+            monitor.end_fit(self)
         return self.history
 
     def _end_epoch(self, epoch: int, train_loss: dict[str, float], val: MultiTaskDataset | None,
@@ -288,6 +299,8 @@ class Trainer:
                         self.save(self.checkpoint_dir / f"best-{name}.pt")
             log.info("%s epoch %d: score %.3f, %s", self.model_name, epoch, score,
                      {n: results[n].get(t.main_metric) for n, t in self.tasks.items()})
+        for monitor in self.monitors:
+            monitor.end_epoch(self, record)
         self.history.records.append(record)
         if self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a") as file:

@@ -1,0 +1,137 @@
+"""Tracking config: conflict / affinity in metrics.jsonl, TensorBoard and MLflow behind import checks."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from taskloom.config import ConfigError, parse_config
+from taskloom.train import runner
+from taskloom.train.runner import run_training
+from taskloom.train.tracking import scalars
+
+BASE = {
+    "name": "track",
+    "data": {"dataset": "synthetic", "options": {"n": 200, "d": 6, "num_tasks": 3}},
+    "model": {"trunk": {"name": "mlp", "options": {"hidden": [8]}}},
+    "train": {"epochs": 2, "batch_size": 64},
+}
+
+
+def _config(tmp_path: Path, **tracking):
+    return parse_config({**BASE, "output_dir": str(tmp_path), "tracking": tracking})
+
+
+def _records(result) -> list[dict]:
+    return [json.loads(line) for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tracking_is_off_by_default(tmp_path):
+    assert parse_config(BASE).tracking.measure == []
+    records = _records(run_training(_config(tmp_path)))
+    assert not any("conflict" in r or "affinity" in r for r in records)
+
+
+def test_conflict_and_affinity_are_logged_per_epoch(tmp_path):
+    records = _records(run_training(_config(tmp_path, measure=["conflict", "affinity"], every=1)))
+    assert [r["epoch"] for r in records] == [1, 2]
+    for record in records:
+        conflict, affinity = record["conflict"], record["affinity"]
+        assert set(conflict) == set(affinity) == {"y1", "y2", "y3"}
+        assert conflict["y1"]["y1"] == pytest.approx(1.0)
+        assert all(-1 <= v <= 1 for row in conflict.values() for v in row.values())
+        assert all(isinstance(affinity[a][b], float) for a in affinity for b in affinity if a != b)
+
+
+def test_measuring_leaves_training_unchanged(tmp_path):
+    plain = run_training(_config(tmp_path / "plain"))
+    tracked = run_training(_config(tmp_path / "tracked", measure=["conflict", "affinity"], every=1))
+    assert plain["test"] == tracked["test"]
+
+
+def test_bad_tracking_fields_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="tracking.measure"):
+        parse_config({**BASE, "tracking": {"measure": ["gradients"]}})
+    with pytest.raises(ConfigError, match="tracking.every"):
+        parse_config({**BASE, "tracking": {"every": 0}})
+
+
+def test_missing_packages_give_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(ConfigError, match="tracking.tensorboard: the tensorboard package is not installed"):
+        run_training(_config(tmp_path, tensorboard=True))
+    with pytest.raises(ConfigError, match="tracking.mlflow: the mlflow package is not installed"):
+        run_training(_config(tmp_path, mlflow=True))
+
+
+def test_tensorboard_and_mlflow_get_per_task_scalars(tmp_path, monkeypatch):
+    written, logged = [], []
+
+    class Writer:
+        def __init__(self, log_dir):
+            written.append(("dir", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            written.append(("closed",))
+
+    board = types.ModuleType("torch.utils.tensorboard")
+    board.SummaryWriter = Writer
+    flow = types.ModuleType("mlflow")
+    flow.set_tracking_uri = lambda uri: logged.append(("uri", uri))
+    flow.start_run = lambda run_name: logged.append(("start", run_name))
+    flow.log_params = lambda params: logged.append(("params", params))
+    flow.log_metrics = lambda metrics, step: logged.append(("metrics", step, metrics))
+    flow.end_run = lambda: logged.append(("end",))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", board)
+    monkeypatch.setitem(sys.modules, "mlflow", flow)
+    run_training(_config(tmp_path, tensorboard=True, mlflow=True, mlflow_tracking_uri="file:/tmp/x"))
+    tags = {entry[0] for entry in written if len(entry) == 3}
+    assert {"multitask/train_loss/y1", "multitask/val/y2/mse", "multitask/weights/y3"} <= tags
+    assert written[-1] == ("closed",) and written[0][1].endswith("multitask/tensorboard")
+    assert [entry[0] for entry in logged] == ["uri", "start", "params", "metrics", "metrics", "end"]
+    assert logged[1] == ("start", "track/multitask") and "train_loss/y1" in logged[3][2]
+
+
+def test_scalars_flatten_a_record():
+    record = {"model": "m", "epoch": 1, "train_loss": {"a": 1.0}, "val": {"a": {"auroc": 0.5, "acc": None}},
+              "weights": {"a": 1}, "score": float("nan"), "lr": 0.1}
+    assert scalars(record) == {"train_loss/a": 1.0, "val/a/auroc": 0.5, "weights/a": 1.0, "lr": 0.1}
+
+
+def test_a_report_failure_is_a_warning_not_a_lost_run(tmp_path, monkeypatch, caplog):
+    import taskloom.report
+
+    def broken(run_dir):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(taskloom.report, "write_report", broken)
+    with caplog.at_level(logging.WARNING, logger=runner.__name__):
+        result = run_training(_config(tmp_path))
+    assert (Path(result["run_dir"]) / "results.json").is_file()
+    assert "could not be written (RuntimeError: no fonts)" in caplog.text
+
+
+def test_training_writes_the_report(tmp_path):
+    result = run_training(_config(tmp_path))
+    assert (Path(result["run_dir"]) / "report.html").is_file()
+
+
+def test_affinity_command_reads_a_training_run(tmp_path, capsys):
+    from taskloom.cli import main
+
+    result = run_training(_config(tmp_path, measure=["affinity"], every=2))
+    assert main(["affinity", result["run_dir"], "--groups", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "mean over 2 logged epochs" in out and "gradient cosine" not in out
+    assert "{y1, y2, y3}" in out
