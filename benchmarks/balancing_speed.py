@@ -7,11 +7,19 @@ registered method runs in parameter mode, gradient methods also in representatio
 Blocks of steps of a method alternate with blocks of equal weighting, so machine noise
 hits both alike; the ratio is median over median. ``engine_floor`` is the per-task
 gradient engine with a plain sum: the cost every gradient method pays before aggregating
-(K backward passes through the trunk in parameter mode, one in representation mode). TorchJD (0.18) and LibMTL run side by
-side on the same model when importable. Prints JSON.
+(K backward passes through the trunk in parameter mode, one in representation mode).
+
+TorchJD (0.18) and LibMTL run side by side on the same model, data and optimizer when
+importable, each timed in blocks alternating with taskloom's equal weighting
+(``ratio_to_taskloom_equal``). LibMTL's PyPI release is stale and does not import: put a
+source checkout on ``PYTHONPATH``. Its section (``libmtl``, see ``_libmtl.py``) has every
+method it shares with taskloom, in parameter mode and, where LibMTL allows it,
+representation mode (``rep_grad``); a method it cannot run is reported with its error.
+Prints JSON.
 
     python benchmarks/balancing_speed.py                      # CPU, K = 4 and 40
     python benchmarks/balancing_speed.py --device cuda --trunk resnet18
+    PYTHONPATH=/path/to/LibMTL python benchmarks/balancing_speed.py   # with LibMTL side by side
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -32,6 +41,7 @@ from taskloom.balancing.gradient import GradientBalancer
 from taskloom.sharing.hard import MultiTaskModel
 from taskloom.trunks import MLP
 
+HERE = Path(__file__).resolve().parent
 NEEDS_OPTIONS = {"static"}  # methods that cannot be built from task names alone
 
 
@@ -164,7 +174,7 @@ def compare(step, baseline, batches, warmup: int, steps: int, device: str, round
 
 
 def run_setting(trunk: str, k: int, batch: int, device: str, warmup: int, steps: int, torchjd: bool,
-                torchjd_steps: int) -> dict[str, Any]:
+                torchjd_steps: int, libmtl: bool = True, libmtl_steps: int = 10) -> dict[str, Any]:
     names, build, loss_fn, batches = make_problem(trunk, k, batch, device)
 
     def ours(name: str, **options) -> Callable[[Any], None]:
@@ -181,7 +191,7 @@ def run_setting(trunk: str, k: int, batch: int, device: str, warmup: int, steps:
         if name in NEEDS_OPTIONS or name == "equal":
             continue
         cls = BALANCERS.get(name)
-        modes = ["parameters", "representation"] if issubclass(cls, GradientBalancer) else ["parameters"]
+        modes = list(cls.modes) if issubclass(cls, GradientBalancer) else ["parameters"]
         if name == "mgda_ub":
             modes = ["representation"]
         rows[name] = {}
@@ -206,7 +216,8 @@ def run_setting(trunk: str, k: int, batch: int, device: str, warmup: int, steps:
                               "engine_floor": floor}
     if torchjd:
         result["torchjd"] = run_torchjd(build, names, loss_fn, batches, baseline, device, warmup, torchjd_steps)
-    result["libmtl"] = "not importable" if not libmtl_available() else "importable; no side-by-side adapter here"
+    result["libmtl"] = (run_libmtl(build, names, loss_fn, batches, baseline, device, warmup, libmtl_steps)
+                        if libmtl else {"skipped": "--no-libmtl"})
     return result
 
 
@@ -234,12 +245,46 @@ def run_torchjd(build, names, loss_fn, batches, baseline, device, warmup, steps)
     return rows
 
 
-def libmtl_available() -> bool:
-    try:
-        import LibMTL  # noqa: F401
-    except Exception:
-        return False
-    return True
+def run_libmtl(build, names, loss_fn, batches, baseline, device, warmup, steps) -> dict[str, Any]:
+    """LibMTL's implementation of each method taskloom shares with it, on the same model, data and optimizer."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from _libmtl import LOSS_LEVEL, METHODS, NO_TRUNK_GRADIENT, libmtl_defaults, libmtl_step, libmtl_unavailable
+
+    reason = libmtl_unavailable()
+    if reason:
+        return {"skipped": reason}
+
+    def losses_of(target, outputs):
+        return [loss_fn(outputs[n], i, target) for i, n in enumerate(names)]
+
+    rows: dict[str, Any] = {}
+    for name, (weighting, only) in METHODS.items():
+        if name == "mgda_ub":  # LibMTL's MGDA in representation mode, listed under mgda
+            continue
+        modes = [only] if only is not None else [False, True]
+        row: dict[str, Any] = {"libmtl": weighting, "options": libmtl_defaults(weighting)}
+        for rep_grad in modes:
+            mode = "representation" if rep_grad else "parameters"
+            try:
+                step = libmtl_step(build(), weighting, losses_of, rep_grad=rep_grad)
+                ms, base = compare(step, baseline, batches, min(warmup, 2), steps, device, rounds=2)
+            except Exception as error:  # a method LibMTL cannot run here is reported, not fatal
+                row[mode] = {"error": f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"}
+                continue
+            row[mode] = {"ms": round(ms, 3), "ratio_to_taskloom_equal": round(ms / base, 3)}
+        if weighting in LOSS_LEVEL:
+            row["representation"] = {"skipped": NO_TRUNK_GRADIENT}
+        rows[name] = row
+    equal_ms = rows.get("equal", {}).get("parameters", {}).get("ms")
+    for row in rows.values():
+        for entry in row.values():
+            if isinstance(entry, dict) and "ms" in entry and equal_ms:
+                entry["ratio_to_libmtl_equal"] = round(entry["ms"] / equal_ms, 3)
+    return {"step": "LibMTL Trainer's: forward, losses (each read by .item()), weighting.backward(losses, "
+                    "**options), optimizer.step(); AdamW lr 1e-3 over the model and the method's parameters; "
+                    "DWA and GradNorm placed past their equal-weighting first epochs",
+            "methods": rows}
 
 
 def main() -> None:
@@ -253,6 +298,9 @@ def main() -> None:
     parser.add_argument("--torchjd-steps", type=int, default=None,
                         help="timed steps of TorchJD (default: half of --steps)")
     parser.add_argument("--no-torchjd", action="store_true")
+    parser.add_argument("--libmtl-steps", type=int, default=None,
+                        help="timed steps of LibMTL (default: half of --steps)")
+    parser.add_argument("--no-libmtl", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -260,7 +308,8 @@ def main() -> None:
     ks = args.tasks or ([2] if args.trunk == "resnet18" else [4, 40])
     started = time.perf_counter()
     settings = [run_setting(args.trunk, k, args.batch, args.device, args.warmup, args.steps, not args.no_torchjd,
-                            args.torchjd_steps or max(4, args.steps // 2)) for k in ks]
+                            args.torchjd_steps or max(4, args.steps // 2), not args.no_libmtl,
+                            args.libmtl_steps or max(4, args.steps // 2)) for k in ks]
     print(json.dumps({
         "benchmark": "balancing_speed", "device": args.device, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": sys.version.split()[0], "machine": platform.machine(),

@@ -7,6 +7,8 @@ import pytest
 import yaml
 
 from taskloom.cli import default_run_config, main
+from taskloom.config import load_config
+from taskloom.train.runner import run_training
 
 
 @pytest.fixture
@@ -87,3 +89,53 @@ def test_bad_config_errors_name_the_field(tmp_path, table, capsys):
 def test_default_run_config_is_the_multimnist_comparison():
     config = default_run_config()
     assert config.data.dataset == "multimnist" and config.model.trunk.name == "lenet"
+
+
+def test_train_resume_after_an_interruption_ends_like_an_uninterrupted_run(tmp_path, table, capsys):
+    config = load_config(_config(tmp_path, table, train={"epochs": 3, "batch_size": 32}))
+    straight = run_training(config, tmp_path / "straight")
+
+    def interrupt(record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config, tmp_path / "resumed", callbacks={"epoch": interrupt})
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    assert main(["train", "--resume", str(tmp_path / "resumed")]) == 0
+    resumed = json.loads((tmp_path / "resumed" / "results.json").read_text())
+    assert resumed["test"] == json.loads(json.dumps(straight["test"]))
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_run_table_numbers_follow_the_definition_of_delta_m(tmp_path, table, capsys):
+    assert main(["run", str(_config(tmp_path, table)), "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    run_dir = out.split("run directory:")[1].split()[0]
+    comparison = json.loads(open(f"{run_dir}/comparison.json").read())
+    rows = comparison["tasks"]
+    assert rows["spend"]["metric"] == "mse" and rows["spend"]["higher_is_better"] is False
+    assert rows["click"]["metric"] == "auroc" and rows["click"]["higher_is_better"] is True
+    changes = {}
+    for name, row in rows.items():
+        assert row["single"] == row["single_all"][row["metric"]] and row["multi"] == row["multi_all"][row["metric"]]
+        sign = 1 if row["higher_is_better"] else -1  # Maninis et al. 2019: (-1)^l_i, l_i = 1 when lower is better
+        changes[name] = 100 * sign * (row["multi"] - row["single"]) / row["single"]
+        assert row["relative_change"] == pytest.approx(changes[name], rel=1e-12)
+    assert comparison["delta_m_tasks"] == sorted(changes)
+    assert comparison["delta_m"] == pytest.approx(sum(changes.values()) / len(changes), rel=1e-12)
+    assert f"delta-m: {comparison['delta_m']:.2f} %" in out
+    inference = comparison["inference_seconds"]
+    assert set(inference["single"]) == {"click", "buy", "spend"}
+    assert inference["single_total"] == pytest.approx(sum(inference["single"].values()))
+    assert inference["multi"] > 0 and all(v > 0 for v in inference["single"].values())
+    assert "inference time (one pass over the test split): 3 single-task models" in out
+
+
+def test_bad_options_are_refused_before_any_run_directory_exists(tmp_path, table, capsys):
+    path = _config(tmp_path, table, balancing={"method": "static", "options": {"weight": {"click": 1}}})
+    assert main(["train", str(path)]) == 2
+    out = capsys.readouterr().out
+    assert "balancing.options.weight: unknown option; known: " in out and "weights" in out.split("known: ")[1]
+    assert not (tmp_path / "runs").exists()

@@ -36,8 +36,8 @@ def test_unknown_kind_duplicate_names_and_dangling_references():
     two = [{"name": "a", "kind": "binary", "target": "x"}, {"name": "a", "kind": "binary", "target": "y"}]
     assert "repeated: ['a']" in _error({"tasks": two})
     cond = [{"name": "buy", "kind": "binary", "target": "buy", "only_where": {"task": "click", "equals": 1}}]
-    assert "tasks[0].only_where.task 'click' is not a task name" in _error({"tasks": cond})
-    assert "selection.task" in _error({"selection": {"score": "task"}})
+    assert "tasks[0].only_where.task: 'click' is not a task name" in _error({"tasks": cond})
+    assert "selection.task: score 'task' needs selection.task" in _error({"selection": {"score": "task"}})
 
 
 def test_table_needs_tasks():
@@ -55,3 +55,85 @@ def test_yaml_file_errors(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(listy)
+
+
+def test_wrong_types_are_refused_not_coerced():
+    assert "train.epochs: Input should be a valid integer, got True" in _error({"train": {"epochs": True}})
+    assert "train.epochs: Input should be a valid integer, got '3'" in _error({"train": {"epochs": "3"}})
+    assert "train.compile: Input should be a valid boolean, got 1" in _error({"train": {"compile": 1}})
+    assert "optimizer.lr: Input should be a valid number, got True" in _error({"optimizer": {"lr": True}})
+    config = parse_config({"optimizer": {"lr": 1}, "tasks": [{"name": "a", "kind": "binary", "target": "a",
+                                                              "class_weights": [1, 2]}]})
+    assert config.optimizer.lr == 1.0 and config.tasks[0].class_weights == [1.0, 2.0]  # whole numbers are floats
+
+
+def test_a_yaml_exponent_without_a_dot_is_a_float(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optimizer:\n  lr: 1e-3\n  weight_decay: 5E-4\n")
+    config = load_config(path)
+    assert config.optimizer.lr == 0.001 and config.optimizer.weight_decay == 0.0005
+
+
+TABLE = {"dataset": "table", "options": {"path": "t.csv"}}
+TASKS = [{"name": "a", "kind": "binary", "target": "a"}, {"name": "b", "kind": "regression", "target": "b"}]
+
+
+@pytest.mark.parametrize("raw, expected, known", [
+    ({"data": {"dataset": "table", "options": {"pth": "t.csv"}}, "tasks": TASKS},
+     "data.options.pth: unknown option; known: ", ["path", "frame", "features", "(data set table)"]),
+    ({"data": {"options": {"seed": 3}}}, "data.options.seed: not an option: taskloom passes seed to data set "
+                                         "multimnist itself; set it with data.split_seed", []),
+    ({"data": {"sources": [{"name": "s", "dataset": "synthetic", "options": {"rows": 10}}]}},
+     "data.sources[0].options.rows: unknown option; known: ", ["correlation", "(data set synthetic)"]),
+    ({"data": TABLE, "tasks": TASKS, "balancing": {"method": "static"}},
+     "balancing.options.weights: required by method static", []),
+    ({"balancing": {"method": "dwa", "options": {"temprature": 2}}},
+     "balancing.options.temprature: unknown option; known: ", ["temperature", "(method dwa)"]),
+    ({"model": {"architecture": "mmoe", "options": {"experts": 4}}},
+     "model.options.experts: unknown option; known: ", ["num_experts", "(architecture mmoe)"]),
+    ({"model": {"options": {"tasks": []}}}, "model.options.tasks: not an option: taskloom passes tasks", []),
+    ({"regularizers": [{"name": "mean"}, {"name": "l21", "options": {"q": 3}}]},
+     "regularizers[1].options.q: unknown option; known: ", ["strength", "(regularizer l21)"]),
+])
+def test_options_are_checked_against_what_they_configure(raw, expected, known):
+    line = next(line for line in _error(raw).splitlines() if expected in line)
+    assert all(name in line.split(expected)[1] for name in known)
+
+
+def test_valid_options_pass():
+    config = parse_config({"data": TABLE, "tasks": TASKS, "balancing": {"method": "static", "options": {
+        "weights": {"a": 1, "b": 2}}}, "model": {"architecture": "mmoe", "options": {"num_experts": 2}},
+        "regularizers": [{"name": "l21", "options": {"strength": 0.1}}]})
+    assert config.balancing.options == {"weights": {"a": 1, "b": 2}}
+
+
+def test_a_loss_level_method_given_a_mode_names_balancing_options_mode():
+    message = _error({"balancing": {"method": "uncertainty", "options": {"mode": "representation"}}})
+    assert "balancing.options.mode: uncertainty weights the task losses and has no gradient mode" in message
+    assert "pcgrad" in message.split("gradient-level methods:")[1]
+    assert parse_config({"balancing": {"method": "pcgrad", "options": {"mode": "representation"}}})
+
+
+def test_a_mode_a_gradient_method_does_not_support_is_refused_at_load():
+    message = _error({"balancing": {"method": "dbmtl", "options": {"mode": "representation"}}})
+    assert "balancing.options.mode: dbmtl supports mode parameters only, got 'representation'" in message
+    assert parse_config({"balancing": {"method": "dbmtl", "options": {"mode": "parameters"}}})
+
+
+def test_unknown_registered_names_name_their_field():
+    assert "balancing.method: unknown balancing method 'pcgard'; known: " in _error({"balancing": {"method": "pcgard"}})
+    assert "regularizers[0].name: unknown regularizer 'l12'; known: " in _error({"regularizers": [{"name": "l12"}]})
+    assert "model.architecture: unknown architecture 'soft2'" in _error({"model": {"architecture": "soft2"}})
+    assert "model.trunk.name: unknown trunk 'resnet'" in _error({"model": {"trunk": {"name": "resnet"}}})
+    assert "data.dataset: unknown data set 'mnist'" in _error({"data": {"dataset": "mnist"}})
+
+
+def test_section_level_errors_name_the_field_not_the_top_level():
+    message = _error({"tasks": TASKS, "selection": {"weights": {"a": 1, "c": 2}}})
+    assert "selection.weights: names unknown tasks ['c']" in message and "(top level)" not in message
+    assert "selection.weights: score 'weighted' needs" in _error({"selection": {"score": "weighted"}})
+    assert "tasks: task names must be unique; repeated: ['a']" in _error({"tasks": [TASKS[0], TASKS[0]]})
+    assert "tasks: a table needs tasks" in _error({"data": TABLE})
+    assert "data.sources: is empty" in _error({"data": {"sources": []}})
+    two_tables = {"sources": [{"name": "x", **TABLE}, {"name": "y", **TABLE}]}
+    assert "tasks[0].source: name the source holding column 'a'" in _error({"data": two_tables, "tasks": TASKS})

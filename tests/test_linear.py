@@ -106,3 +106,54 @@ def test_input_errors_say_what_to_do():
         MultiTaskLinear().predict(X)
     with pytest.raises(ValueError, match="n_clusters"):
         MultiTaskLinear("cluster", n_clusters=9).fit(X, Y)
+
+
+def test_score_is_the_mean_r2_over_tasks_on_labelled_rows():
+    from sklearn.metrics import r2_score
+
+    X, Y = problem(n=60, d=5, seed=5)
+    model = MultiTaskLinear("l21", alpha=0.05).fit(X, Y)
+    holes = Y.copy()
+    holes[np.random.default_rng(6).random(Y.shape) < 0.3] = np.nan
+    predicted = model.predict(X)
+    per_task = [r2_score(holes[~np.isnan(holes[:, t]), t], predicted[~np.isnan(holes[:, t]), t]) for t in range(4)]
+    assert model.score(X, holes) == pytest.approx(np.mean(per_task), rel=1e-12)
+    assert model.score(X, Y) == pytest.approx(r2_score(Y, predicted), rel=1e-12)  # sklearn's uniform average
+    vector = MultiTaskLinear("none").fit(X, Y[:, 0])
+    assert vector.predict(X).shape == (60,)
+    assert vector.score(X, Y[:, 0]) == pytest.approx(r2_score(Y[:, 0], vector.predict(X)), rel=1e-12)
+
+
+def test_a_scikit_learn_estimator_in_cross_validation_and_grid_search():
+    from sklearn.base import clone, is_regressor
+    from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
+
+    X, Y = problem(n=60, d=6, T=3, seed=7)
+    estimator = MultiTaskLinear("l21", alpha=0.05, max_iter=np.int64(500))
+    assert is_regressor(estimator) and clone(estimator).get_params() == estimator.get_params()
+    folds = KFold(3, shuffle=True, random_state=0)
+    scores = cross_val_score(estimator, X, Y, cv=folds)
+    expected = [MultiTaskLinear("l21", alpha=0.05, max_iter=500).fit(X[a], Y[a]).score(X[b], Y[b])
+                for a, b in folds.split(X)]
+    assert np.allclose(scores, expected, rtol=1e-12)
+    search = GridSearchCV(estimator, {"alpha": [1e-3, 10.0], "max_iter": np.array([200, 400])}, cv=folds).fit(X, Y)
+    assert search.best_params_["alpha"] == 1e-3  # alpha = 10 zeroes every coefficient: R^2 about 0
+    assert search.best_estimator_.coef_.shape == (3, 6) and search.score(X, Y) > 0.9
+
+
+def test_max_iter_accepts_numpy_integers_and_refuses_others():
+    X, Y = problem(n=40, d=6, seed=8)
+    assert MultiTaskLinear(max_iter=np.int32(50)).fit(X, Y).n_iter_ <= 50
+    for bad in (2.5, True, 0):
+        with pytest.raises(ValueError, match="max_iter must be an integer >= 1"):
+            MultiTaskLinear(max_iter=bad).fit(X, Y)
+
+
+def test_the_gap_rule_is_scikit_learns():
+    """Both stop once the gap of (1/(2n))||Y - XW||^2 + alpha ||W||_21 is at most tol ||Yc||_F^2 / n."""
+    X, Y = problem(n=80, d=10, seed=9)
+    tol = 1e-3
+    threshold = tol * ((Y - Y.mean(0)) ** 2).sum() / len(X)
+    ours = MultiTaskLinear("l21", alpha=0.05, tol=tol).fit(X, Y)
+    theirs = MultiTaskLasso(alpha=0.05, tol=tol).fit(X, Y)
+    assert 0 <= ours.dual_gap_ <= threshold and theirs.dual_gap_ <= threshold

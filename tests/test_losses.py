@@ -1,4 +1,6 @@
 """Masked losses: the mean over labelled rows; no labels add nothing and never a NaN."""
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -62,3 +64,55 @@ def test_binary_and_regression_losses_match_torch():
     labels = (torch.rand(5, 3) > 0.5).float()
     torch.testing.assert_close(masked_loss(Task("m", "multilabel", 3), out3, labels),
                                F.binary_cross_entropy_with_logits(out3, labels))
+
+
+def _bce(z: float, y: float) -> float:
+    """Binary cross-entropy of one logit, by its definition -[y log s(z) + (1 - y) log(1 - s(z))]."""
+    p = 1 / (1 + math.exp(-z))
+    return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+
+def _ce(scores: list[float], y: int) -> float:
+    """Cross-entropy of one row of class scores: log-sum-exp minus the true class's score."""
+    return math.log(sum(math.exp(s) for s in scores)) - scores[y]
+
+
+def test_binary_class_weights_weigh_each_row_by_its_label():
+    z, y = [0.5, -1.0, 2.0, 0.0, -0.3], [1.0, 0.0, 0.0, 1.0, 1.0]
+    w0, w1 = 0.25, 3.0
+    task = Task("b", "binary", class_weights=[w0, w1])
+    rows = [(w1 if label else w0, _bce(logit, label)) for logit, label in zip(z, y)]
+    expected = sum(w * loss for w, loss in rows) / sum(w for w, _ in rows)
+    got = masked_loss(task, torch.tensor(z).reshape(-1, 1), torch.tensor(y))
+    assert math.isclose(got.item(), expected, rel_tol=1e-6)
+
+
+def test_multilabel_class_weights_are_positive_weights_per_label():
+    z = [[0.2, -1.5, 1.0], [2.0, 0.1, -0.7]]
+    y = [[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]
+    positive = [2.0, 0.5, 4.0]
+    task = Task("m", "multilabel", 3, class_weights=positive)
+    per_row = [
+        sum(-(p * t * math.log(1 / (1 + math.exp(-s))) + (1 - t) * math.log(1 - 1 / (1 + math.exp(-s))))
+            for s, t, p in zip(scores, labels, positive)) / 3
+        for scores, labels in zip(z, y)
+    ]
+    got = masked_loss(task, torch.tensor(z), torch.tensor(y))
+    assert math.isclose(got.item(), sum(per_row) / 2, rel_tol=1e-6)
+    masked = masked_loss(task, torch.tensor(z), torch.tensor(y), torch.tensor([False, True]))
+    assert math.isclose(masked.item(), per_row[1], rel_tol=1e-6)
+
+
+def test_mask_sample_weight_and_class_weight_multiply():
+    scores = [[1.0, 0.0, -1.0], [0.3, 0.2, 0.1], [-0.5, 2.0, 0.0], [0.0, 0.0, 3.0], [1.5, -2.0, 0.5]]
+    labels = [2, 99, 1, 0, 2]  # row 1 is unlabelled and holds garbage
+    mask = [True, False, True, True, True]
+    sample = [1.0, 5.0, 2.0, 0.5, 0.0]
+    classes = [1.0, 2.0, 0.5]
+    task = Task("c", "multiclass", 3, class_weights=classes)
+    terms = [(s * classes[y], _ce(row, y)) for row, y, m, s in zip(scores, labels, mask, sample) if m]
+    expected = sum(w * loss for w, loss in terms) / sum(w for w, _ in terms)
+    batch = Batch(torch.zeros(5, 1), {"c": torch.tensor(labels)}, {"c": torch.tensor(mask)},
+                  {"c": torch.tensor(sample)})
+    got = task_losses({"c": torch.tensor(scores)}, batch, {"c": task})["c"]
+    assert math.isclose(got.item(), expected, rel_tol=1e-6)

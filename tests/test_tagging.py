@@ -1,13 +1,16 @@
-"""The tagging task kind: per-token loss over labelled tokens, padding-free gradients and metrics, label checks."""
+"""The tagging task kind: per-token loss over labelled tokens, padding-free gradients and metrics, label checks,
+and masks derived from the inputs' lengths (no masks, per-sentence masks, mixed sources)."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
+from taskloom.data.batch import Batch
 from taskloom.data.dataset import MultiTaskDataset
+from taskloom.data.mixing import MixedLoader
 from taskloom.evaluate.evaluator import evaluate_model
-from taskloom.losses import masked_loss
+from taskloom.losses import masked_loss, task_losses
 from taskloom.sequence_trunks import BiLSTM
 from taskloom.sharing import MultiTaskModel
 from taskloom.tagging import length_mask, pad_sequences, token_inputs, unpack_inputs
@@ -145,3 +148,125 @@ def test_check_labels_names_sentence_and_token():
     kind.check_labels(target, mask, task)  # bad tags only where masked: fine
     with pytest.raises(ValueError, match="one mask entry per token"):
         kind.check_labels(target, mask[:, :2], task)
+
+
+# -- masks derived from the inputs' lengths: no masks, per-sentence masks, mixed sources -----------------------
+
+def token_nll(output, target, rows_and_tokens):
+    """The mean of -log softmax(output[i, t])[target[i, t]] over the listed (sentence, token) pairs."""
+    terms = [-torch.log_softmax(output[i, t], -1)[target[i, t]] for i, t in rows_and_tokens]
+    return torch.stack(terms).mean()
+
+
+def unmasked_tagging_data(lengths=(3, 1, 4), width=6, num_tags=4, seed=0):
+    """Sentences padded to ``width`` with garbage tags (num_tags - 1) on the padding, and no masks."""
+    g = torch.Generator().manual_seed(seed)
+    sentences = [torch.randint(2, 20, (n,), generator=g).tolist() for n in lengths]
+    tags = [torch.randint(0, num_tags - 1, (n,), generator=g).tolist() for n in lengths]
+    inputs = token_inputs(sentences, length=width)
+    return MultiTaskDataset(inputs, {"pos": pad_sequences(tags, width, value=num_tags - 1)})
+
+
+def real_pairs(lengths, rows=None):
+    rows = range(len(lengths)) if rows is None else rows
+    return [(i, t) for i in rows for t in range(int(lengths[i]))]
+
+
+def test_a_task_without_masks_is_trained_on_real_tokens_only():
+    data = unmasked_tagging_data()  # 3 sentences of width 6: n != T
+    task = tagging_task(4)
+    data.validate([task])
+    batch = data.batch(torch.arange(3))
+    assert "pos" not in batch.masks  # the data set's default mask is one per sentence, all labelled
+    output = torch.randn(3, 6, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    loss = task_losses({"pos": output}, batch, {"pos": task})["pos"]
+    expected = token_nll(output, batch.targets["pos"], real_pairs([3, 1, 4]))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert not output.grad[~length_mask(torch.tensor([3, 1, 4]), 6)].any()  # padding gets no gradient
+
+
+def test_a_bare_token_tensor_gives_the_lengths_too():
+    data = unmasked_tagging_data()
+    tokens = data.inputs["tokens"]
+    batch = Batch(tokens, {"pos": data.targets["pos"]})
+    output = torch.randn(3, 6, 4, generator=torch.Generator().manual_seed(2))
+    loss = task_losses({"pos": output}, batch, {"pos": tagging_task(4)})["pos"]
+    assert loss.item() == pytest.approx(token_nll(output, data.targets["pos"], real_pairs([3, 1, 4])).item(), rel=1e-6)
+
+
+def test_a_sentence_mask_is_spread_over_the_real_tokens():
+    data = unmasked_tagging_data(lengths=(3, 1, 4, 2), width=5)
+    data.masks["pos"] = torch.tensor([True, False, True, False])  # sentences 1 and 3 are untagged
+    task = tagging_task(4)
+    data.validate([task])
+    batch = data.batch(torch.arange(4))
+    assert batch.masks["pos"].shape == (4,)
+    output = torch.randn(4, 5, 4, generator=torch.Generator().manual_seed(3))
+    loss = task_losses({"pos": output}, batch, {"pos": task})["pos"]
+    expected = token_nll(output, batch.targets["pos"], real_pairs([3, 1, 4, 2], rows=[0, 2]))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_sentence_weights_weigh_each_of_their_tokens():
+    data = unmasked_tagging_data(lengths=(2, 3), width=4)
+    weights = torch.tensor([3.0, 1.0])
+    batch = Batch(data.inputs, data.targets, {}, {"pos": weights})
+    output = torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(4))
+    loss = task_losses({"pos": output}, batch, {"pos": tagging_task(4)})["pos"]
+    nll = {(i, t): -torch.log_softmax(output[i, t], -1)[data.targets["pos"][i, t]] for i, t in real_pairs([2, 3])}
+    expected = sum(weights[i] * v for (i, _), v in nll.items()) / (2 * 3.0 + 3 * 1.0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_evaluation_without_masks_counts_real_tokens_only():
+    task = tagging_task(2)
+    inputs = token_inputs([[1, 2, 3], [4]], length=4)
+    target = torch.tensor([[1, 1, 0, 1], [1, 1, 1, 1]])  # padding tagged 1: counting it would change everything
+    result = evaluate_model(FixedScores(), MultiTaskDataset(inputs, {"pos": target}), [task])["pos"]
+    assert result["labelled"] == 4
+    assert result["accuracy"] == pytest.approx(3 / 4)
+    sentence_masked = MultiTaskDataset(inputs, {"pos": target}, {"pos": torch.tensor([False, True])})
+    result = evaluate_model(FixedScores(), sentence_masked, [task])["pos"]
+    assert result["labelled"] == 1 and result["accuracy"] == 1.0
+
+
+def test_validation_checks_real_tokens_only():
+    data = unmasked_tagging_data(lengths=(2, 3), width=7)
+    data.targets["pos"][0, 5] = -100  # garbage on padding: fine
+    data.validate([tagging_task(4)])
+    data.targets["pos"][1, 2] = 9  # a real token: refused
+    with pytest.raises(ValueError, match="sentence 1, token 2 is 9"):
+        data.validate([tagging_task(4)])
+
+
+def test_a_mask_of_another_shape_is_refused():
+    data = unmasked_tagging_data()
+    batch = Batch(data.inputs, data.targets, {"pos": torch.ones(3, 2, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="per sentence"):
+        task_losses({"pos": torch.zeros(3, 6, 4)}, batch, {"pos": tagging_task(4)})
+
+
+@pytest.mark.parametrize("token_masks", [False, True], ids=["no-masks", "token-masks"])
+def test_mixing_a_tagging_source_with_a_source_that_lacks_the_task(token_masks):
+    tagged = unmasked_tagging_data(lengths=(3, 1, 4, 2, 5, 2), width=5, seed=5)
+    if token_masks:  # per-token masks of the real tokens: the other source's placeholder must take their shape
+        tagged = MultiTaskDataset(tagged.inputs, tagged.targets, {"pos": length_mask(tagged.inputs["lengths"], 5)})
+    g = torch.Generator().manual_seed(6)
+    other = MultiTaskDataset(token_inputs([torch.randint(2, 20, (n,), generator=g).tolist() for n in (2, 4, 5, 1)], 5),
+                             {"length": torch.tensor([0, 1, 1, 0])})
+    tasks = {"pos": tagging_task(4), "length": Task("length", "binary")}
+    loader = MixedLoader({"tagged": tagged, "other": other}, batch_size=6, homogeneous=False, seed=0)
+    mixed_batches = 0
+    for batch in loader:
+        output = torch.randn(len(batch), 5, 4, generator=g)
+        mask = batch.masks.get("pos", torch.ones(len(batch), dtype=torch.bool)).reshape(len(batch), -1).any(1)
+        if not mask.any():
+            assert "pos" not in task_losses({"pos": output, "length": torch.zeros(len(batch), 1)}, batch, tasks)
+            continue
+        mixed_batches += int(not mask.all())
+        loss = task_losses({"pos": output, "length": torch.zeros(len(batch), 1)}, batch, tasks)["pos"]
+        rows = torch.nonzero(mask).flatten().tolist()
+        expected = token_nll(output, batch.targets["pos"], real_pairs(batch.inputs["lengths"], rows))
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert mixed_batches > 0  # some batches held rows of both sources

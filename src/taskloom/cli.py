@@ -94,6 +94,10 @@ def print_comparison(comparison: dict[str, Any]) -> None:
                   f"{params['multi']:,}")
     console.print(f"training time: {k} single-task models {seconds['single_total']:.1f} s vs one multi-task model "
                   f"{seconds['multi']:.1f} s")
+    inference = comparison.get("inference_seconds")
+    if inference:
+        console.print(f"inference time (one pass over the test split): {k} single-task models "
+                      f"{inference['single_total']:.3f} s vs one multi-task model {inference['multi']:.3f} s")
     console.print(f"run directory: {comparison['run_dir']}", soft_wrap=True, highlight=False)
 
 
@@ -244,17 +248,20 @@ def print_compare(compare: dict[str, Any]) -> None:
     if test:
         console.print(f"verdict test: {test} (helps / hurts when p < alpha, else within noise)")
     summary = Table(title="per variant: delta-m % (Maninis et al. 2019; 95% t-interval over seeds), cost")
-    for column in ("variant", "delta-m %", "95% CI", "models", "parameters", "train s (mean/seed)", "inference s"):
+    for column in ("variant", "delta-m %", "95% CI", "models", "parameters", "train s (mean/seed)", "analysis s",
+                   "inference s"):
         summary.add_column(column, justify="left" if column == "variant" else "right")
     for name, variant in variants.items():
         raw = compare["variants"][name]
         seconds = raw.get("train_seconds") or {}
         mean_seconds = sum(seconds.values()) / len(seconds) if seconds else None
+        analysis = raw.get("analysis_seconds") or {}
+        mean_analysis = sum(analysis.values()) / len(analysis) if analysis else None
         dm = variant.get("delta_m") or {}
         interval = "" if dm.get("low") is None else f"[{dm['low']:+.2f}, {dm['high']:+.2f}]"
         summary.add_row(name, "baseline" if name == result["baseline"] else _fmt(dm.get("mean"), 2), interval,
                         str(raw.get("models", "")), f"{raw.get('parameters', 0):,}", _fmt(mean_seconds, 2),
-                        _fmt(raw.get("inference_seconds"), 4))
+                        _fmt(mean_analysis, 2), _fmt(raw.get("inference_seconds"), 4))
     console.print(summary)
     for n, grouping in (compare.get("groupings") or {}).items():
         groups = " | ".join("{" + ", ".join(g) + "}" for g in grouping["groups"])
@@ -283,7 +290,7 @@ def print_compare(compare: dict[str, Any]) -> None:
 
 
 def command_affinity(args: argparse.Namespace) -> int:
-    from taskloom.evaluate.grouping import select_groups
+    from taskloom.evaluate.grouping import missing_pairs, select_groups
     from taskloom.evaluate.logged import mean_logged_matrix, read_records
 
     run_dir = Path(args.run_dir)
@@ -323,8 +330,13 @@ def command_affinity(args: argparse.Namespace) -> int:
     groupings = Table(title="suggested task groupings (TAG network selection, exact search)")
     for column in ("networks", "score", "groups"):
         groupings.add_column(column, justify="right" if column != "groups" else "left")
+    missing = missing_pairs(affinity, names)
+    if missing:
+        console.print(f"note: no affinity was measured for {len(missing)} ordered pairs "
+                      f"({', '.join(f'{a}->{b}' for a, b in missing[:6])}{', ...' if len(missing) > 6 else ''}); "
+                      "the grouping leaves them out (they neither help nor hurt a group)")
     for n in range(1, min(args.groups, len(names)) + 1):
-        grouping = select_groups(affinity, n, names)
+        grouping = select_groups(affinity, n, names, allow_missing=bool(missing))
         groupings.add_row(str(n), f"{grouping.score:.3g}", " | ".join("{" + ", ".join(g) + "}" for g in grouping.groups))
     console.print(groupings)
     return 0

@@ -1,8 +1,16 @@
-"""Run configuration: a validated YAML file (pydantic); bad fields are refused with their path."""
+"""Run configuration: a validated YAML file (pydantic); bad fields are refused with their path.
+
+Types are strict (``epochs: true`` or ``epochs: "3"`` is refused; a whole number is a valid
+float), and the ``options`` of a data set, architecture, balancing method or regularizer are
+checked against the signature of what they configure, so a typo fails on load, not mid-run.
+"""
 from __future__ import annotations
 
+import importlib
+import inspect
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import yaml
 from pydantic import (
@@ -14,8 +22,69 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names each bad field by its path."""
 
 
+class FieldError(ValueError):
+    """A validator's error about the field at ``path``, relative to the section that raised it."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+REGISTRIES = {
+    "data set": ("taskloom.data.datasets", "DATASETS"),
+    "architecture": ("taskloom.sharing", "ARCHITECTURES"),
+    "trunk": ("taskloom.trunks", "TRUNKS"),
+    "method": ("taskloom.balancing", "BALANCERS"),
+    "regularizer": ("taskloom.regularizers", "REGULARIZERS"),
+}
+
+
+def _registry(kind: str) -> Any:
+    """The registry of ``kind``, imported when first needed (the registries import torch and the data sets)."""
+    module, name = REGISTRIES[kind]
+    return getattr(importlib.import_module(module), name)
+
+
+def _known(kind: str, name: str, field: str) -> Any:
+    """The object registered as ``name``; a FieldError at ``field`` listing what exists otherwise."""
+    registry = _registry(kind)
+    if name not in registry:
+        raise FieldError(field, f"unknown {registry.what} {name!r}; known: {', '.join(registry)}")
+    return registry.get(name)
+
+
+def check_options(target: Callable[..., Any], options: Mapping[str, Any], path: str, owner: str,
+                  filled: Mapping[str, str]) -> None:
+    """Refuse an option ``target`` does not take, or a required one left out, with a FieldError at its path.
+
+    ``filled`` maps the parameters taskloom passes itself to the field that sets each ("" when none does).
+    """
+    parameters = inspect.signature(target).parameters
+    named = {n: p for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    variadic = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+    known = ", ".join(n for n in named if n not in filled) or "none"
+    for key in options:
+        if key in filled:
+            source = f"; set it with {filled[key]}" if filled[key] else ""
+            raise FieldError(f"{path}.{key}", f"not an option: taskloom passes {key} to {owner} itself{source}")
+        if key not in named and not variadic:
+            raise FieldError(f"{path}.{key}", f"unknown option; known: {known} ({owner})")
+    for name, parameter in named.items():
+        if parameter.default is parameter.empty and name not in filled and name not in options:
+            raise FieldError(f"{path}.{name}", f"required by {owner}")
+
+
+DATA_FILLED = {"tasks": "tasks", "val_fraction": "data.val_fraction", "test_fraction": "data.test_fraction",
+               "seed": "data.split_seed"}
+
+
+def _check_dataset(dataset: str, options: Mapping[str, Any]) -> None:
+    loader = _known("data set", dataset, "dataset")
+    check_options(loader, options, "options", f"data set {dataset}", DATA_FILLED)
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class ConditionConfig(Strict):
@@ -53,6 +122,11 @@ class SourceConfig(Strict):
     options: dict[str, Any] = {}
     tasks: list[str] | None = None
 
+    @model_validator(mode="after")
+    def _options(self) -> "SourceConfig":
+        _check_dataset(self.dataset, self.options)
+        return self
+
 
 class MixingConfig(Strict):
     """How batches are drawn from several sources (see :mod:`taskloom.data.mixing`)."""
@@ -76,41 +150,79 @@ class DataConfig(Strict):
     @model_validator(mode="after")
     def _sources(self) -> "DataConfig":
         if self.sources is None:
+            _check_dataset(self.dataset, self.options)
             return self
         if not self.sources:
-            raise ValueError("sources is empty; list at least one source or remove the key")
+            raise FieldError("sources", "is empty; list at least one source or remove the key")
         if self.options:
-            raise ValueError("options belongs to dataset; with sources, give each source its own options")
+            raise FieldError("options", "options belongs to dataset; with sources, give each source its own options")
         names = [s.name for s in self.sources]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
-            raise ValueError(f"source names must be unique; repeated: {repeated}")
+            raise FieldError("sources", f"source names must be unique; repeated: {repeated}")
         if self.mixing.strategy == "given":
             given = self.mixing.probabilities or {}
             if sorted(given) != sorted(names):
-                raise ValueError(f"mixing.probabilities must give one probability per source {names}; got {sorted(given)}")
+                raise FieldError("mixing.probabilities",
+                                 f"must give one probability per source {names}; got {sorted(given)}")
         return self
 
 
 class TrunkConfig(Strict):
+    """The trunk; its options are checked once the data has given its shape arguments (see the runner)."""
+
     name: str = "mlp"
     options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _registered(self) -> "TrunkConfig":
+        _known("trunk", self.name, "name")
+        return self
 
 
 class ModelConfig(Strict):
     architecture: str = "hard"
-    trunk: TrunkConfig = TrunkConfig()
+    trunk: TrunkConfig = Field(default_factory=TrunkConfig)
     options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _options(self) -> "ModelConfig":
+        builder = _known("architecture", self.architecture, "architecture")
+        check_options(builder, self.options, "options", f"architecture {self.architecture}",
+                      {"trunk_factory": "model.trunk", "tasks": "tasks"})
+        return self
 
 
 class BalancingConfig(Strict):
     method: str = "equal"
     options: dict[str, Any] = {}
 
+    @model_validator(mode="after")
+    def _options(self) -> "BalancingConfig":
+        method = _known("method", self.method, "method")
+        if "mode" in self.options and "mode" not in inspect.signature(method).parameters:
+            registry = _registry("method")
+            gradient = [n for n in registry if "mode" in inspect.signature(registry.get(n)).parameters]
+            raise FieldError("options.mode", f"{self.method} weights the task losses and has no gradient mode; "
+                                             f"mode (parameters or representation) is an option of the "
+                                             f"gradient-level methods: {', '.join(gradient)}")
+        modes = getattr(method, "modes", None)
+        if modes is not None and "mode" in self.options and self.options["mode"] not in modes:
+            raise FieldError("options.mode", f"{self.method} supports mode {' or '.join(modes)} only, "
+                                             f"got {self.options['mode']!r}")
+        check_options(method, self.options, "options", f"method {self.method}", {"task_names": "tasks"})
+        return self
+
 
 class RegularizerConfig(Strict):
     name: str
     options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _options(self) -> "RegularizerConfig":
+        regularizer = _known("regularizer", self.name, "name")
+        check_options(regularizer, self.options, "options", f"regularizer {self.name}", {"model": ""})
+        return self
 
 
 class OptimizerConfig(Strict):
@@ -136,9 +248,10 @@ class SelectionConfig(Strict):
     @model_validator(mode="after")
     def _needs(self) -> "SelectionConfig":
         if self.score == "task" and not self.task:
-            raise ValueError("score 'task' needs selection.task, the task whose main metric selects checkpoints")
+            raise FieldError("task",
+                             "score 'task' needs selection.task, the task whose main metric selects checkpoints")
         if self.score == "weighted" and not self.weights:
-            raise ValueError("score 'weighted' needs selection.weights, one weight per task name")
+            raise FieldError("weights", "score 'weighted' needs selection.weights, one weight per task name")
         return self
 
 
@@ -172,10 +285,10 @@ class Config(Strict):
     """Everything a run needs; every field has a default except the tasks of a table."""
 
     name: str = "run"
-    data: DataConfig = DataConfig()
+    data: DataConfig = Field(default_factory=DataConfig)
     tasks: list[TaskConfig] | None = None
-    model: ModelConfig = ModelConfig()
-    balancing: BalancingConfig = BalancingConfig()
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    balancing: BalancingConfig = Field(default_factory=BalancingConfig)
     regularizers: list[RegularizerConfig] = []
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
@@ -190,37 +303,43 @@ class Config(Strict):
             names = [t.name for t in self.tasks]
             duplicates = sorted({n for n in names if names.count(n) > 1})
             if duplicates:
-                raise ValueError(f"task names must be unique; repeated: {duplicates}")
+                raise FieldError("tasks", f"task names must be unique; repeated: {duplicates}")
             for i, task in enumerate(self.tasks):
                 if task.only_where is not None and task.only_where.task not in names:
-                    raise ValueError(f"tasks[{i}].only_where.task {task.only_where.task!r} is not a task name")
+                    raise FieldError(f"tasks[{i}].only_where.task",
+                                     f"{task.only_where.task!r} is not a task name; tasks are {names}")
             for field, keys in (("selection.weights", self.selection.weights), ("selection.baselines", self.selection.baselines)):
                 unknown = sorted(set(keys or ()) - set(names))
                 if unknown:
-                    raise ValueError(f"{field} names unknown tasks {unknown}; tasks are {names}")
+                    raise FieldError(field, f"names unknown tasks {unknown}; tasks are {names}")
             if self.selection.task is not None and self.selection.task not in names:
-                raise ValueError(f"selection.task {self.selection.task!r} is not a task name; tasks are {names}")
+                raise FieldError("selection.task", f"{self.selection.task!r} is not a task name; tasks are {names}")
         sources = {s.name: s for s in self.data.sources or []}
         for i, task in enumerate(self.tasks or []):
             if task.source is not None and task.source not in sources:
-                raise ValueError(f"tasks[{i}].source {task.source!r} is not a source name; sources are {sorted(sources)}")
+                raise FieldError(f"tasks[{i}].source",
+                                 f"{task.source!r} is not a source name; sources are {sorted(sources)}")
             if task.source is None and sources:
                 tables = [n for n, s in sources.items() if s.dataset == "table"]
                 if len(tables) != 1:
-                    raise ValueError(f"tasks[{i}].source: name the source holding column {task.target!r} "
-                                     f"(table sources: {tables})")
-        for name, source in sources.items():
+                    raise FieldError(f"tasks[{i}].source",
+                                     f"name the source holding column {task.target!r} (table sources: {tables})")
+        for i, (name, source) in enumerate(sources.items()):
             if source.dataset == "table" and not any(t.source in (name, None) for t in self.tasks or []):
-                raise ValueError(f"data.sources: table source {name!r} needs tasks; list them with source: {name}")
+                raise FieldError(f"data.sources[{i}]",
+                                 f"table source {name!r} needs tasks; list them with source: {name}")
         if self.tasks is None and not sources and self.data.dataset == "table":
-            raise ValueError("a table needs tasks: list each task with its name, kind and target column")
+            raise FieldError("tasks", "a table needs tasks: list each task with its name, kind and target column")
         return self
 
 
-def _path(location: tuple[Any, ...]) -> str:
+def _path(location: tuple[Any, ...], tail: str = "") -> str:
+    """A field's dotted path, such as ``tasks[0].target``; ``tail`` continues it (a FieldError's own path)."""
     out = ""
     for part in location:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    if tail:
+        out += tail if not out or tail.startswith("[") else f".{tail}"
     return out or "(top level)"
 
 
@@ -236,10 +355,25 @@ def parse_config(raw: Any, source: str = "config") -> Config:
         lines = []
         for item in error.errors():
             message = item["msg"].removeprefix("Value error, ")
+            cause = (item.get("ctx") or {}).get("error")
+            tail = cause.path if isinstance(cause, FieldError) else ""
+            if isinstance(cause, FieldError):
+                message = str(cause)
             if item["type"] == "extra_forbidden":
                 message = "unknown key; check its spelling against the documented fields"
-            lines.append(f"  {_path(item['loc'])}: {message}")
+            elif item["type"].endswith("_type"):  # a wrong type: show what was given (true, "3", ...)
+                message = f"{message}, got {item['input']!r} ({type(item['input']).__name__})"
+            lines.append(f"  {_path(item['loc'], tail)}: {message}")
         raise ConfigError(f"{source} is not a valid taskloom config:\n" + "\n".join(lines)) from None
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads ``1e-3`` (no dot) as a float, as YAML 1.2 does."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def load_config(path: str | Path) -> Config:
@@ -248,11 +382,12 @@ def load_config(path: str | Path) -> Config:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=YamlLoader)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
     return parse_config(raw, str(path))
 
 
 def dump_config(config: Config) -> str:
+    """The config as YAML text (what a run directory keeps as config.yaml)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

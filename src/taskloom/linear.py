@@ -1,11 +1,14 @@
-"""A linear multi-task estimator with the cross-task penalties, scikit-learn style (fit / predict / coef_).
+"""A linear multi-task estimator with the cross-task penalties, scikit-learn style (fit / predict / score / coef_).
 
 Built on the proximal operators of :mod:`taskloom.regularizers.prox`, so that the block-sparse
-solution can be checked against scikit-learn's ``MultiTaskLasso``.
+solution can be checked against scikit-learn's ``MultiTaskLasso``. With scikit-learn installed it
+is a scikit-learn estimator (``clone``, ``cross_val_score``, ``GridSearchCV``); without, it keeps
+``get_params`` / ``set_params`` of its own.
 """
 from __future__ import annotations
 
 import logging
+import numbers
 from typing import Any
 
 import numpy as np
@@ -18,6 +21,27 @@ from taskloom.regularizers.prox import (
 )
 
 log = logging.getLogger(__name__)
+
+try:
+    from sklearn.base import BaseEstimator, RegressorMixin
+except ImportError:  # scikit-learn is optional: the estimator then keeps its own parameter methods
+    class BaseEstimator:  # type: ignore[no-redef]
+        """``get_params`` / ``set_params`` over the constructor's arguments, as scikit-learn's."""
+
+        _parameters: tuple[str, ...] = ()
+
+        def get_params(self, deep: bool = True) -> dict[str, Any]:
+            return {k: getattr(self, k) for k in self._parameters}
+
+        def set_params(self, **params: Any) -> Any:
+            for key, value in params.items():
+                if key not in self._parameters:
+                    raise ValueError(f"unknown parameter {key!r}; known: {sorted(self._parameters)}")
+                setattr(self, key, value)
+            return self
+
+    class RegressorMixin:  # type: ignore[no-redef]
+        _estimator_type = "regressor"
 
 PENALTIES = ("l21", "l1inf", "trace", "mean", "cluster", "trl", "none")
 _DUAL = ("l21", "l1inf", "trace")
@@ -102,7 +126,7 @@ def _dual_norm(name: str, G: Tensor) -> Tensor:
     return torch.linalg.matrix_norm(G, ord=2)
 
 
-class MultiTaskLinear:
+class MultiTaskLinear(RegressorMixin, BaseEstimator):
     """Linear regression for T tasks at once with a cross-task penalty, fitted by FISTA in float64.
 
     Minimizes ``sum_t (1/(2 n_t)) ||y_t - X w_t - b_t||^2 + penalty(W)`` over the d x T matrix ``W``,
@@ -121,11 +145,20 @@ class MultiTaskLinear:
       through the prox of the squared trace norm; the fitted ``task_covariance_`` is the closed-form Omega;
     - ``"none"``: independent least squares per task.
 
-    Stopping: for l21, l1inf and trace, the duality gap is below ``tol`` times the objective at W = 0
-    (the dual point is the scaled residual, as in scikit-learn); otherwise the step's gradient-mapping
-    norm is below ``tol`` times that at W = 0. Quadratic penalties (mean, cluster) enter through
-    their exact prox, so a large ``alpha`` does not slow the solver. ``coef_`` is T x d, ``intercept_`` has length T.
+    The same penalty as a regularizer in the :class:`~taskloom.train.trainer.Trainer`, whose regression
+    loss is plain MSE (no 1/2), with ``strength`` s matches ``alpha = s / 2`` here (MALSAR ``rho = n s / 2``).
+
+    Stopping: for l21, l1inf and trace, the duality gap of the objective above is at most
+    ``tol * sum_t ||yc_t||^2 / n_t`` (``yc_t``: task t's labelled targets, centred when fitting an
+    intercept), which without NaNs is ``tol * ||Yc||_F^2 / n``: scikit-learn's MultiTaskLasso rule
+    (its gap of ``n`` times this objective at most ``tol * ||Yc||_F^2``), so one ``tol`` means the
+    same in both; the dual point is the scaled residual, as in scikit-learn. Otherwise the step's
+    gradient-mapping norm is below ``tol`` times that at W = 0. Quadratic penalties (mean, cluster)
+    enter through their exact prox, so a large ``alpha`` does not slow the solver. ``coef_`` is
+    T x d, ``intercept_`` has length T; ``score`` is the mean R^2 over tasks on their labelled rows.
     """
+
+    _parameters = ("penalty", "alpha", "fit_intercept", "max_iter", "tol", "n_clusters", "eta", "max_outer_iter")
 
     def __init__(self, penalty: str = "l21", alpha: float = 1.0, fit_intercept: bool = True, max_iter: int = 1000,
                  tol: float = 1e-4, n_clusters: int = 2, eta: float = 1.0, max_outer_iter: int = 50) -> None:
@@ -138,24 +171,22 @@ class MultiTaskLinear:
         self.eta = eta
         self.max_outer_iter = max_outer_iter
 
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("penalty", "alpha", "fit_intercept", "max_iter", "tol", "n_clusters",
-                                              "eta", "max_outer_iter")}
-
-    def set_params(self, **params: Any) -> "MultiTaskLinear":
-        for key, value in params.items():
-            if key not in self.get_params():
-                raise ValueError(f"unknown parameter {key!r}; known: {sorted(self.get_params())}")
-            setattr(self, key, value)
-        return self
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True  # Y is n x T; a NaN in Y is a missing target
+        return tags
 
     def _validate(self, X: Any, Y: Any) -> tuple[Tensor, Tensor]:
         if self.penalty not in PENALTIES:
             raise ValueError(f"penalty must be one of {PENALTIES}; got {self.penalty!r}")
-        if not (isinstance(self.alpha, (int, float)) and self.alpha >= 0):
+        if not (isinstance(self.alpha, numbers.Real) and not isinstance(self.alpha, bool) and self.alpha >= 0):
             raise ValueError(f"alpha must be a number >= 0; got {self.alpha!r}")
-        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
-            raise ValueError(f"max_iter must be an integer >= 1; got {self.max_iter!r}")
+        for name in ("max_iter", "max_outer_iter"):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        if not (isinstance(self.tol, numbers.Real) and self.tol >= 0):
+            raise ValueError(f"tol must be a number >= 0; got {self.tol!r}")
         X = torch.as_tensor(np.asarray(X, dtype=np.float64))
         Y = torch.as_tensor(np.asarray(Y, dtype=np.float64))
         if X.ndim != 2:
@@ -173,7 +204,9 @@ class MultiTaskLinear:
 
     def fit(self, X: Any, Y: Any) -> "MultiTaskLinear":
         """Fit ``W`` (and intercepts) on ``X`` (n x d) and ``Y`` (n x T, NaN where a target is missing)."""
+        self._vector_target = np.ndim(Y) == 1
         X, Y = self._validate(X, Y)
+        self.n_features_in_ = int(X.shape[1])
         data = _LeastSquares(X, Y, self.fit_intercept)
         T = Y.shape[1]
         W = torch.zeros(X.shape[1], T, dtype=torch.float64)
@@ -184,7 +217,7 @@ class MultiTaskLinear:
                 raise ValueError(f"n_clusters must be between 1 and the number of tasks ({T}); got {self.n_clusters}")
             metric = torch.eye(T, dtype=torch.float64) * (self.n_clusters / T)
             previous = float("inf")
-            for _ in range(self.max_outer_iter):
+            for _ in range(int(self.max_outer_iter)):
                 W, iterations, _ = self._fista(data, W, metric)
                 self.n_iter_ += iterations
                 metric = cluster_metric(W, self.n_clusters, self.eta)
@@ -230,16 +263,17 @@ class MultiTaskLinear:
         Returns the weights, the iterations used and the last duality gap (NaN where not computed).
         """
         step = 1.0 / max(data.lipschitz, 1e-300)
-        scale = float(((data.y_norms / data.counts).sum()) / 2)
+        scale = float((data.y_norms / data.counts).sum())  # the gap's yardstick, as scikit-learn's (see the class)
+        max_iter = int(self.max_iter)
         zero = torch.zeros_like(W)
         zero_mapping = float((self._prox(zero - step * data.residual_terms(zero)[1], step, metric)).norm()) / step
         Z, t, gap = W.clone(), 1.0, float("nan")
-        for iteration in range(1, self.max_iter + 1):
+        for iteration in range(1, max_iter + 1):
             grad = data.residual_terms(Z)[1]
             W_next = self._prox(Z - step * grad, step, metric)
             move = W_next - Z
             if self.penalty in _DUAL:
-                if iteration % 10 == 0 or iteration == self.max_iter:
+                if iteration % 10 == 0 or iteration == max_iter:
                     gap = self._duality_gap(data, W_next)
                     if gap <= self.tol * scale:
                         W = W_next
@@ -253,8 +287,8 @@ class MultiTaskLinear:
                 Z = W_next + ((t - 1) / t_next) * (W_next - W)
             W, t = W_next, t_next
         log.warning("MultiTaskLinear(penalty=%r) did not converge in %d iterations (gap %.3g); raise max_iter or tol",
-                    self.penalty, self.max_iter, gap)
-        return W, self.max_iter, gap
+                    self.penalty, max_iter, gap)
+        return W, max_iter, gap
 
     def _duality_gap(self, data: _LeastSquares, W: Tensor) -> float:
         loss, grad, ry = data.residual_terms(W)
@@ -265,10 +299,34 @@ class MultiTaskLinear:
         return float(primal - dual)
 
     def predict(self, X: Any) -> np.ndarray:
-        """Predictions, n x T."""
+        """Predictions, n x T (a vector of n when fitted on a vector target)."""
         if not hasattr(self, "coef_"):
             raise RuntimeError("this MultiTaskLinear is not fitted yet; call fit(X, Y) first")
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.coef_.shape[1]:
             raise ValueError(f"X must be (n_samples, {self.coef_.shape[1]}); got shape {X.shape}")
-        return X @ self.coef_.T + self.intercept_
+        predicted = X @ self.coef_.T + self.intercept_
+        return predicted[:, 0] if getattr(self, "_vector_target", False) else predicted
+
+    def score(self, X: Any, Y: Any, sample_weight: Any = None) -> float:
+        """Mean over tasks of R^2 = 1 - SS_res / SS_tot, each on its labelled (non-NaN) rows of ``Y``.
+
+        A task whose labelled targets are all equal has R^2 1 when predicted exactly, else 0
+        (scikit-learn's convention).
+        """
+        if sample_weight is not None:
+            raise ValueError("score takes no sample_weight; MultiTaskLinear fits and scores unweighted rows")
+        Y = np.asarray(Y, dtype=np.float64)
+        predicted = np.asarray(self.predict(X), dtype=np.float64)
+        Y, predicted = (Y[:, None], predicted[:, None]) if Y.ndim == 1 else (Y, predicted.reshape(len(predicted), -1))
+        if Y.shape != predicted.shape:
+            raise ValueError(f"Y must be (n_samples, {predicted.shape[1]}) for this model; got shape {Y.shape}")
+        scores = []
+        for t in range(Y.shape[1]):
+            labelled = ~np.isnan(Y[:, t])
+            if not labelled.any():
+                raise ValueError(f"target column {t} has no labelled row (all NaN); R^2 is undefined there")
+            y, p = Y[labelled, t], predicted[labelled, t]
+            residual, total = float(((y - p) ** 2).sum()), float(((y - y.mean()) ** 2).sum())
+            scores.append(1.0 - residual / total if total > 0 else float(residual == 0))
+        return float(np.mean(scores))

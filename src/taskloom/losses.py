@@ -33,6 +33,8 @@ def masked_loss(
     for factor in (sample_weight, class_weight):
         if factor is not None:
             factor = factor.to(loss.dtype)
+            if factor.dim() < loss.dim():  # a row's weight, for each of its units (tokens)
+                factor = factor.reshape(factor.shape + (1,) * (loss.dim() - factor.dim())).expand(loss.shape)
             weight = factor if weight is None else weight * factor
     if mask is not None:
         ones = torch.ones((), dtype=loss.dtype, device=loss.device)
@@ -54,10 +56,14 @@ def labelled_tasks(batch: Batch, names: list[str]) -> list[str]:
 
 
 def task_losses(outputs: Mapping[str, Tensor], batch: Batch, tasks: Mapping[str, Task]) -> dict[str, Tensor]:
-    """Loss of every task that has a labelled row in the batch, keyed by task name."""
-    return {
-        name: masked_loss(
-            tasks[name], outputs[name], batch.targets[name], batch.masks.get(name), batch.weights.get(name)
-        )
-        for name in labelled_tasks(batch, list(tasks))
-    }
+    """Loss of every task that has a labelled row in the batch, keyed by task name.
+
+    Each task's kind turns the batch's mask into one over its loss units (tokens for tagging,
+    where padding is read from the inputs' lengths).
+    """
+    losses = {}
+    for name in labelled_tasks(batch, list(tasks)):
+        task, target = tasks[name], batch.targets[name]
+        mask = task.kind_spec.unit_mask(batch.masks.get(name), target, batch.inputs)
+        losses[name] = masked_loss(task, outputs[name], target, mask, batch.weights.get(name))
+    return losses

@@ -2,7 +2,9 @@
 
 Outputs are (N, T, C) scores, targets (N, T) tag indices and masks (N, T), False on padding
 and on tokens without a tag; the loss is the mean over labelled tokens (as in the taggers
-of Plank et al. 2016 and Søgaard & Goldberg 2016, one softmax per token).
+of Plank et al. 2016 and Søgaard & Goldberg 2016, one softmax per token). A task without
+per-token masks, or with one mask entry per sentence (what mixing gives a source that lacks
+the task), is masked on the tokens of ``inputs["lengths"]``, so padding never counts.
 """
 from __future__ import annotations
 
@@ -72,6 +74,37 @@ def unpack_inputs(inputs: Any) -> tuple[Tensor, Tensor]:
     return tokens, lengths
 
 
+def real_tokens(inputs: Any, width: int) -> Tensor | None:
+    """(N, width) mask of the real tokens: from ``inputs["lengths"]``, or the non-padding ids of a bare
+    (N, T) id tensor; None when the inputs say nothing about lengths (every token then counts)."""
+    if isinstance(inputs, dict):
+        lengths = inputs.get("lengths")
+    elif isinstance(inputs, Tensor) and inputs.dim() == 2 and inputs.dtype == torch.long:
+        lengths = (inputs != PAD_INDEX).sum(1)
+    else:
+        lengths = None
+    if not isinstance(lengths, Tensor):
+        return None
+    return length_mask(lengths, width)
+
+
+def token_mask(mask: Tensor | None, target: Tensor, inputs: Any) -> Tensor | None:
+    """The (N, T) mask of labelled tokens: the given per-token mask, or a per-sentence (N,) one spread over
+    the tokens, and with either (or with none) only the real tokens of ``inputs``."""
+    shape = tuple(target.shape[:2])
+    if mask is not None:
+        if mask.dim() == 1 and mask.shape[0] == shape[0]:
+            mask = mask.unsqueeze(1).expand(shape)
+        elif tuple(mask.shape) != shape:
+            raise ValueError(f"a tagging mask has one entry per sentence {shape[:1]} or per token {shape}; "
+                             f"got {tuple(mask.shape)}")
+    real = real_tokens(inputs, shape[1]) if target.dim() >= 2 else None
+    if real is None:
+        return mask
+    real = real.to(target.device)
+    return real if mask is None else mask & real
+
+
 def _flatten(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Scores (M, C) and targets (M,) from (N, T, C)/(N, T) or already-selected (M, C)/(M,) tensors."""
     return output.reshape(-1, output.shape[-1]), target.reshape(-1).long()
@@ -103,6 +136,9 @@ class TaggingKind(TaskKind):
         scores, tags = _flatten(output, target)
         return F.cross_entropy(scores, tags, weight=class_weights)
 
+    def unit_mask(self, mask, target, inputs):
+        return token_mask(mask, target, inputs)
+
     def predict(self, output):
         return output.argmax(-1)
 
@@ -112,11 +148,16 @@ class TaggingKind(TaskKind):
         return {"accuracy": M.accuracy(predicted, tags), "macro_f1": M.macro_f1(predicted, tags, task.num_outputs)}
 
     def check_labels(self, target, mask, task):
+        if target.dim() != 2:
+            raise ValueError(f"task {task.name!r}: tagging targets are (sentences, tokens) tag indices; "
+                             f"got shape {tuple(target.shape)}")
         if mask.shape != target.shape[: mask.dim()]:
             raise ValueError(
                 f"task {task.name!r}: mask shape {tuple(mask.shape)} does not match targets {tuple(target.shape)}; "
-                "a tagging task needs one mask entry per token"
+                "a tagging task needs one mask entry per token or per sentence"
             )
+        if mask.dim() == 1:
+            mask = mask.unsqueeze(1).expand(target.shape)
         values = target.double()
         invalid = (values < 0) | (values >= task.num_outputs) | (values != values.round()) | ~torch.isfinite(values)
         bad = mask & invalid
@@ -129,4 +170,7 @@ class TaggingKind(TaskKind):
             )
 
 
-__all__ = ["PAD_INDEX", "UNKNOWN_INDEX", "TaggingKind", "length_mask", "pad_sequences", "token_inputs", "unpack_inputs"]
+__all__ = [
+    "PAD_INDEX", "UNKNOWN_INDEX", "TaggingKind", "length_mask", "pad_sequences", "real_tokens", "token_inputs",
+    "token_mask", "unpack_inputs",
+]

@@ -7,7 +7,7 @@ predictions, which metrics apply and whether higher is better for each.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +124,13 @@ class TaskKind:
             return loss.mean()
         return (loss * weight).sum() / weight.sum()
 
+    def unit_mask(self, mask: Tensor | None, target: Tensor, inputs: Any) -> Tensor | None:
+        """The mask over this kind's loss units, from a batch's mask (None: every row labelled) and inputs.
+
+        A unit is a row for every kind but token tagging, whose units are tokens (see :mod:`taskloom.tagging`).
+        """
+        return mask
+
     def predict(self, output: Tensor) -> Tensor:
         """Labels (or values) predicted from head outputs."""
         raise NotImplementedError
@@ -144,10 +151,27 @@ class TaskKind:
         if bool(bad.any()):
             rows = torch.nonzero(mask.reshape(len(mask), -1).any(1) if mask.dim() > 1 else mask).flatten()
             row = int(rows[int(torch.nonzero(bad).flatten()[0])]) if bad.dim() == 1 else -1
-            raise ValueError(
-                f"task {task.name!r} (target {task.target!r}): label at row {row} {what}; "
-                "fix the data or mark the cell as missing"
-            )
+            raise LabelError(task, row, what)
+
+
+class LabelError(ValueError):
+    """An invalid label of ``task`` at ``row`` of the data checked (-1: unknown), optionally placed in a split.
+
+    ``source_row`` is that row's index in the whole data set, when the split knows it.
+    """
+
+    def __init__(self, task: Task, row: int, what: str, split: str | None = None,
+                 source_row: int | None = None) -> None:
+        self.task, self.row, self.what, self.split, self.source_row = task, row, what, split, source_row
+        where = f"{split} split, " if split else ""
+        origin = "" if source_row is None else f" (row {source_row} of the whole data set)"
+        super().__init__(f"{where}task {task.name!r} (target {task.target!r}): label at row {row} {what}{origin}; "
+                         "fix the data or mark the cell as missing")
+
+    def located(self, split: str, rows: Sequence[int] | None = None) -> "LabelError":
+        """This error naming ``split`` and, when ``rows`` maps split rows to data-set rows, the original row."""
+        source = int(rows[self.row]) if rows is not None and 0 <= self.row < len(rows) else None
+        return LabelError(self.task, self.row, self.what, split, source)
 
 
 @register_kind("binary", "one probability per row; BCE loss; accuracy, macro-F1, AUROC")

@@ -58,19 +58,6 @@ def train_step(
     return losses
 
 
-def check_updates_every_parameter(name: str, **options) -> None:
-    """One step changes every trainable parameter of the trunk, of every head and of the balancer."""
-    model = make_model()
-    balancer = build(name, **options)
-    x, targets = make_problem()
-    named = list(model.named_parameters()) + [(f"balancer.{n}", p) for n, p in balancer.named_parameters()]
-    before = {n: p.detach().clone() for n, p in named}
-    optimizer = torch.optim.SGD([p for _, p in named], lr=0.05)
-    train_step(balancer, model, optimizer, x, targets)
-    unchanged = [n for n, p in named if torch.equal(p.detach(), before[n])]
-    assert not unchanged, f"{name}: a step left {unchanged} unchanged"
-
-
 def check_trains_to_lower_loss(name: str, steps: int = 120, epoch: int = 10, **options) -> None:
     """A short run on the 2-task problem at least halves the summed task loss; every task improves."""
     model = make_model()

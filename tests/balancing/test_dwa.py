@@ -60,10 +60,6 @@ def test_bad_temperature_is_refused():
         DynamicWeightAverage(["a"], temperature=0.0)
 
 
-def test_step_updates_every_parameter():
-    helpers.check_updates_every_parameter("dwa")
-
-
 def test_trains_two_tasks_to_lower_loss():
     helpers.check_trains_to_lower_loss("dwa")
 

@@ -41,3 +41,33 @@ def test_state_carries_between_steps():
     aggregate("gradvac", grads, state=state, beta=0.5, shuffle=False)
     phi = -1 / math.sqrt(2)
     torch.testing.assert_close(state.targets[0, 1], 0.5 * first[0, 1] + 0.5 * phi)
+
+
+def reference(grads: torch.Tensor, targets: torch.Tensor, orders: torch.Tensor, beta: float):
+    """The paper's rule on vectors: g_i' gains the multiple of g_j that lifts cos(g_i', g_j) to its target."""
+    adjusted, new_targets = [], targets.clone()
+    for i in range(len(grads)):
+        g = grads[i].clone()
+        for j in orders[i].tolist():
+            phi = float(g @ grads[j] / (g.norm() * grads[j].norm()))
+            target = float(targets[i, j])
+            if phi < target:
+                g = g + grads[j] * g.norm() * (target * math.sqrt(1 - phi**2) - phi * math.sqrt(1 - target**2)) / (
+                    grads[j].norm() * math.sqrt(1 - target**2))
+            new_targets[i, j] = (1 - beta) * target + beta * phi
+        adjusted.append(g)
+    return torch.stack(adjusted), new_targets
+
+
+def test_matches_the_rule_on_random_matrices():
+    for seed in range(4):
+        generator = torch.Generator().manual_seed(seed)
+        grads = 0.3 * torch.randn(1, 7, generator=generator, dtype=torch.float64) + torch.randn(
+            5, 7, generator=generator, dtype=torch.float64)
+        targets = 0.8 * torch.rand(5, 5, generator=generator, dtype=torch.float64) - 0.4
+        orders = projection_orders(5, torch.Generator().manual_seed(seed))
+        coef, new_targets = gradvac_coefficients(grads @ grads.T, targets, orders, 0.3)
+        expected, expected_targets = reference(grads, targets, orders, 0.3)
+        torch.testing.assert_close(coef @ grads, expected)
+        off = ~torch.eye(5, dtype=torch.bool)
+        torch.testing.assert_close(new_targets[off], expected_targets[off])

@@ -8,7 +8,7 @@ from scipy.optimize import minimize
 
 from balancing._gradient_helpers import random_grads
 from taskloom.balancing import aggregate
-from taskloom.balancing.mgda import mgda_weights, pair_min_norm
+from taskloom.balancing.mgda import best_pair, mgda_weights, pair_min_norm
 
 
 def scipy_min_norm(grads: torch.Tensor) -> np.ndarray:
@@ -77,3 +77,24 @@ def test_degenerate_problems_more_tasks_than_dimensions_or_duplicates(seed):
     assert weights.min() >= 0 and abs(float(weights.sum()) - 1) < 1e-9
     expected = torch.from_numpy(scipy_min_norm(grads))
     torch.testing.assert_close(weights @ grads, expected, atol=1e-5, rtol=0)
+
+
+def test_frank_wolfe_starts_from_the_best_pair():
+    # pairs' min-norm points by the closed form: (0, 1): gamma 1/13, |.|^2 = 832/169; (0, 2): g2 alone, 2;
+    # (1, 2): gamma 1/3, point [1, 0], |.|^2 = 1 (the best, not the first pair)
+    grads = torch.tensor([[4.0, 0.0], [1.0, 2.0], [1.0, -1.0]], dtype=torch.float64)
+    i, j, gamma = best_pair(grads @ grads.T)
+    assert sorted((int(i), int(j))) == [1, 2]
+    first = float(gamma) if int(i) == 1 else 1 - float(gamma)
+    assert first == pytest.approx(1 / 3)
+    # here the best pair's point is already the min-norm point of the whole hull
+    weights = mgda_weights(grads @ grads.T, solver="frank_wolfe", max_iter=1)
+    torch.testing.assert_close(weights, torch.tensor([0.0, 1 / 3, 2 / 3], dtype=torch.float64))
+
+
+def test_solvers_are_named_and_the_default_is_documented():
+    from taskloom.balancing.mgda import MGDA
+
+    assert "active_set" in MGDA.__doc__ and "frank_wolfe" in MGDA.__doc__ and "default" in MGDA.__doc__
+    with pytest.raises(ValueError, match="frank_wolfe"):
+        mgda_weights(torch.eye(2, dtype=torch.float64), solver="simplex")

@@ -30,5 +30,23 @@ def test_warm_start_state_gives_the_same_solution():
     grads = random_grads(4, 10, seed=3)
     state = NashMTLState()
     first = aggregate("nashmtl", grads, state=state)
-    assert state.alpha is not None
+    assert state.beta is not None
     torch.testing.assert_close(aggregate("nashmtl", grads, state=state), first)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bargaining_condition_holds_tightly_with_norms_spanning_ten_thousand(seed):
+    norms = torch.logspace(0, 4, 5, dtype=torch.float64)  # 1 ... 1e4
+    grads = random_grads(5, 30, seed=seed)
+    grads = grads / grads.norm(dim=1, keepdim=True) * norms.unsqueeze(1)
+    gram = grads @ grads.T
+    alpha = nash_weights(gram)
+    assert alpha.min() > 0
+    torch.testing.assert_close(alpha * (gram @ alpha), torch.ones(5, dtype=torch.float64), rtol=0, atol=1e-9)
+
+
+def test_scaling_a_task_scales_its_weight_inversely():
+    # with beta solving the unit-diagonal problem, alpha_i = beta_i / ||g_i||: the update does not move
+    grads = random_grads(3, 8, seed=4)
+    scaled = grads * torch.tensor([[1.0], [1e3], [1e-2]], dtype=torch.float64)
+    torch.testing.assert_close(aggregate("nashmtl", scaled), aggregate("nashmtl", grads), rtol=1e-9, atol=1e-12)

@@ -67,7 +67,7 @@ def test_tokens_and_tags_line_up_with_the_conllu(small):
     for split in ("train", "val", "test"):
         data = getattr(small, split)
         for row, sent_id in enumerate(small.info["sent_ids"][split]):
-            words = parsed[sent_id][:100]  # max_length cuts longer sentences
+            words = parsed[sent_id][:100] if split == "train" else parsed[sent_id]  # max_length cuts training only
             length = int(data.inputs["lengths"][row])
             assert length == len(words)
             ids = data.inputs["tokens"][row]
@@ -109,13 +109,24 @@ def test_vocabulary_comes_from_training_sentences(small):
     assert lowered.info["vocab_size"] < small.info["vocab_size"]
 
 
-def test_long_sentences_are_cut_and_counted():
+def test_long_training_sentences_are_cut_and_counted_and_evaluation_keeps_every_gold_token():
     parsed = reference(SENTENCES)
     splits = load_dataset("petrogold", max_sentences=SENTENCES, max_length=12)
-    longer = [words for words in parsed.values() if len(words) > 12]
+    train_ids = splits.info["sent_ids"]["train"]
+    longer = [parsed[i] for i in train_ids if len(parsed[i]) > 12]
     assert splits.info["truncated_sentences"] == len(longer) > 0
     assert splits.info["truncated_tokens"] == sum(len(w) - 12 for w in longer)
     assert splits.input_shape == (12,) and splits.train.inputs["tokens"].shape[1] == 12
+    assert splits.train.inputs["lengths"].tolist() == [min(len(parsed[i]), 12) for i in train_ids]
+    for split in ("val", "test"):
+        data, ids = getattr(splits, split), splits.info["sent_ids"][split]
+        assert data.inputs["lengths"].tolist() == [len(parsed[i]) for i in ids]
+        assert max(len(parsed[i]) for i in ids) > 12  # a long sentence is there, whole
+        assert int(data.masks["upos"].sum()) == sum(1 for i in ids for t in parsed[i] if t["upos"] not in (None, "_"))
+        assert splits.info["tokens"][split] == sum(len(parsed[i]) for i in ids)
+        for row, sent_id in enumerate(ids):
+            gold = [splits.info["tags"]["deprel"].index(t["deprel"]) for t in parsed[sent_id]]
+            assert data.targets["deprel"][row, : len(gold)].tolist() == gold
 
 
 def test_tasks_by_name_and_wrong_tag_count_refused():

@@ -189,3 +189,20 @@ def test_sample_weight_must_be_non_negative():
     frame.loc[11, "w"] = -1.0
     with pytest.raises(ValueError, match=r"task 'buy'.*'w'.*row 11"):
         load_table([Task("buy", "binary", sample_weight="w")], frame=frame)
+
+
+def test_a_sample_weight_may_be_missing_where_the_label_is():
+    frame = make_frame()
+    frame["buy"] = frame["buy"].astype(float)
+    frame.loc[[4, 9], "buy"] = np.nan
+    frame.loc[[4, 9], "w"] = np.nan
+    splits = load_table([Task("buy", "binary", sample_weight="w")], frame=frame)
+    for name in ("train", "val", "test"):
+        split = getattr(splits, name)
+        assert torch.isfinite(split.weights["buy"]).all()
+        labelled = split.masks["buy"]
+        expected = torch.tensor(frame["w"].to_numpy(), dtype=torch.float32)[_rows(splits, name, frame)]
+        assert torch.equal(split.weights["buy"][labelled], expected[labelled])
+    frame.loc[12, "w"] = np.nan  # row 12 has a label: its weight must be a number
+    with pytest.raises(ValueError, match=r"task 'buy'.*'w'.*row 12"):
+        load_table([Task("buy", "binary", sample_weight="w")], frame=frame)

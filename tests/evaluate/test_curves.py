@@ -50,3 +50,27 @@ def test_single_task_curves_and_table_from_metric_records():
     table = curve_table(records, {"a": 4.2})
     assert list(table) == ["a"] and table["a"]["gain"] == 4.2
     assert table["a"]["signals"].slopes[0.5] == pytest.approx(-1.0)
+
+
+def test_each_task_sees_its_auxiliaries_plateaus_and_slopes():
+    from taskloom.evaluate.curves import auxiliary_signals
+
+    early = curve_signals([2.0, 1.0, 1.0, 1.0, 1.0])  # flat from epoch 2 on
+    late = curve_signals([5.0, 4.0, 3.0, 2.0, 1.0])   # still falling 1 per epoch: plateau is the last epoch
+    also_late = curve_signals([10.0, 8.0, 6.0, 4.0, 2.0])
+    table = auxiliary_signals({"main": early, "aux": late, "aux2": also_late})
+    assert table["main"]["plateaus"] == {"aux": 5, "aux2": 5}
+    # relative slopes at 50%: -1 / 5 and -2 / 10, both -0.2
+    assert table["main"]["slope"] == pytest.approx(-0.2)
+    assert table["aux"]["plateaus"] == {"main": 2, "aux2": 5}
+    # main at 50% (index 2): numpy.gradient (1 - 1) / 2 = 0; aux2 -0.2; mean -0.1
+    assert table["aux"]["slope"] == pytest.approx(-0.1)
+    assert auxiliary_signals({"alone": early})["alone"] == {"plateaus": {}, "epochs": {}, "slope": None}
+
+
+def test_the_module_states_the_finding_the_right_way_round():
+    import taskloom.evaluate.curves as curves
+
+    text = " ".join(curves.__doc__.split())
+    assert "main task's single-task learning curve flattens early" in text
+    assert "auxiliary tasks' curves keep improving" in text and "plateaus late" not in text

@@ -78,3 +78,27 @@ def test_bad_inputs_say_what_to_do():
         select_groups(np.zeros((17, 17)), 2, [str(i) for i in range(17)])
     with pytest.raises(ValueError, match="in no group"):
         grouping_score(np.zeros((2, 2)), [["a"]], ["a", "b"])
+
+
+# a <-> b measured, a <-> c never (no shared batch), b <-> c measured
+PARTIAL = {"a": {"a": 0.0, "b": 1.0, "c": None}, "b": {"a": 1.0, "b": 0.0, "c": 0.5},
+           "c": {"a": None, "b": -0.2, "c": 0.0}}
+
+
+def test_a_pair_never_measured_is_refused_unless_allowed():
+    from taskloom.evaluate.grouping import missing_pairs
+
+    assert missing_pairs(PARTIAL, ["a", "b", "c"]) == [("a", "c"), ("c", "a")]
+    with pytest.raises(ValueError, match="no value for task pairs"):
+        select_groups(PARTIAL, 2, ["a", "b", "c"])
+
+
+def test_a_missing_pair_neither_helps_nor_hurts_a_group():
+    # {a, b, c}: onto a only b's 1.0 is measured -> 1.0; onto b mean(1.0, -0.2) = 0.4; onto c only b's 0.5
+    assert grouping_score(PARTIAL, [["a", "b", "c"]], ["a", "b", "c"], allow_missing=True) == pytest.approx(1.9)
+    one = select_groups(PARTIAL, 1, ["a", "b", "c"], allow_missing=True)
+    assert one.groups == [["a", "b", "c"]] and one.score == pytest.approx(1.9)
+    # two networks: {a, b} serves a and b (1 + 1), {b, c} or {a, b, c} serves c (0.5): 2.5 beats every other choice
+    two = select_groups(PARTIAL, 2, ["a", "b", "c"], allow_missing=True)
+    assert two.score == pytest.approx(2.5)
+    assert ["a", "b"] in two.groups and two.task_scores["c"] == pytest.approx(0.5)

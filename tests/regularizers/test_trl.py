@@ -57,3 +57,30 @@ def test_estimator_is_jointly_optimal_in_weights_and_covariance():
     assert np.trace(omega) == pytest.approx(1.0)
     assert model.objective_ == pytest.approx(
         ((Yc - Xc @ W) ** 2).sum() / 200 + alpha * np.trace(W @ np.linalg.inv(omega) @ W.T), rel=1e-9)
+
+
+def test_the_final_covariance_reaches_the_run_directory(tmp_path):
+    from taskloom.config import parse_config
+    from taskloom.regularizers.prox import task_covariance
+    from taskloom.train.checkpoint import load_checkpoint
+    from taskloom.train.runner import run_training
+
+    torch.set_default_dtype(torch.float32)  # the run's data are float32 (the fixture restores float64)
+    config = parse_config({
+        "name": "trl", "data": {"dataset": "synthetic", "options": {"n": 120, "d": 5, "num_tasks": 3}},
+        "model": {"trunk": {"name": "mlp", "options": {"hidden": [6]}}},
+        "regularizers": [{"name": "trl", "options": {"strength": 0.05, "eps": 1e-4}}],
+        "train": {"epochs": 2, "batch_size": 32}, "output_dir": str(tmp_path),
+    })
+    summary = run_training(config, tmp_path / "run")
+    written = json.loads((tmp_path / "run" / "multitask" / "regularizers.json").read_text())
+    assert summary["run_dir"] == str(tmp_path / "run") and [r["name"] for r in written] == ["TaskRelationship"]
+    report = written[0]
+    assert report["tasks"] == ["y1", "y2", "y3"]
+    last = load_checkpoint(tmp_path / "run" / "multitask" / "checkpoints" / "last.pt")["model"]
+    W = torch.stack([last[f"heads.{t}.weight"].reshape(-1) for t in report["tasks"]], dim=1).double()
+    expected = task_covariance(W, eps=1e-4)  # Omega after the last step, in closed form at the final weights
+    assert np.allclose(report["omega"], expected.numpy(), atol=1e-6)
+    assert np.trace(report["omega"]) == pytest.approx(1.0, abs=1e-6)
+    assert summary["regularizers"] == written  # and results.json carries it
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["regularizers"] == written

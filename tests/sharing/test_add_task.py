@@ -73,6 +73,43 @@ def test_removing_a_soft_task_leaves_the_others_untouched():
     assert all(torch.equal(after[k], before[k]) for k in after)
 
 
+REMOVABLE = {
+    "hybrid": lambda: build_hybrid(mlp, tasks(), strength=0.1),
+    "mmoe": lambda: build_mmoe(mlp, tasks(), num_experts=2),
+    "low_level": lambda: build_low_level(mlp, tasks(), depths={"sign": 3, "quadrant": 3}),
+}
+
+
+@pytest.mark.parametrize("name", list(REMOVABLE))
+@pytest.mark.parametrize("removed", ["quadrant", "level"])
+def test_removing_a_task_leaves_the_others_untouched(name, removed):
+    torch.manual_seed(0)
+    model = REMOVABLE[name]()
+    x = batch().inputs
+    before = model(x)
+    remove_task(model, removed)
+    after = model(x)
+    assert list(after) == [n for n in ("sign", "quadrant", "level") if n != removed]
+    assert all(torch.equal(after[k], before[k]) for k in after)
+    roles = {id(p) for p in model.shared_parameters()}.union(*[{id(p) for p in model.task_parameters(n)}
+                                                               for n in model.task_names])
+    assert roles == {id(p) for p in model.parameters() if p.requires_grad}  # nothing left that no loss reaches
+    total_loss(model, batch()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_removing_the_only_top_task_of_low_level_drops_the_trunk_above():
+    torch.manual_seed(0)
+    model = build_low_level(mlp, tasks(), depths={"sign": 3, "quadrant": 3})
+    top_stage = sum(p.numel() for p in model.stages[-1].parameters())
+    before = sum(p.numel() for p in model.parameters())
+    remove_task(model, "level")  # the only task at depth 5
+    assert model.stage_ends == [3]
+    assert sum(p.numel() for p in model.parameters()) == before - top_stage - 13  # the stage and level's head
+    with pytest.raises(ValueError, match="only task"):
+        remove_task(remove_task(model, "quadrant"), "sign")
+
+
 def test_add_task_refuses_duplicates_and_unsupported_architectures():
     with pytest.raises(ValueError, match="already has"):
         add_task(build_hard(mlp, OLD), OLD[0])

@@ -22,6 +22,8 @@ CASES = [
     ("cascade", {"depths": {"sign": 3}, "successive": 0.1}),
     ("cascade", {"order": ["quadrant", "level", "sign"], "embedding_dim": 4}),
     ("interaction", {}),
+    ("interaction", {"order": ["level", "quadrant", "sign"], "embedding_dim": None}),
+    ("interaction", {"mode": "features"}),
     ("adversarial", {"adversarial": ["sign"], "strength": 0.5}),
     ("adversarial", {"adversarial": ["level"], "base": "mmoe", "num_experts": 2}),
 ]

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from taskloom import cli
 from taskloom.cli import main
-from taskloom.config import ConfigError
+from taskloom.config import ConfigError, parse_config
 from taskloom.evaluate.verdict import compare_variants
 from taskloom.train import grid
 from taskloom.train.trainer import Trainer
@@ -86,7 +86,7 @@ def test_compare_logs_tracking_and_writes_the_report(compared):
                                    for r in multi)
     assert not any("affinity" in r for r in records if r["model"].startswith("single/"))
     text = (run_dir / "report.html").read_text()
-    assert "Compare grid" in text and "hard+pcgrad gain" in text
+    assert "Compare grid" in text and "gain in</th>" in text and "<th>hard+<wbr>pcgrad</th>" in text
 
 
 def test_groups_follow_the_affinity_and_reuse_single_task_models(compared):
@@ -162,3 +162,152 @@ def test_report_command_writes_the_report(compared, capsys):
     (run_dir / "report.html").unlink()
     assert main(["report", str(run_dir)]) == 0
     assert (run_dir / "report.html").is_file()
+
+
+def _mean_by_hand(paths: list[Path], key: str) -> dict[tuple[str, str], float]:
+    values: dict[tuple[str, str], list[float]] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            for a, row in (json.loads(line).get(key) or {}).items():
+                for b, value in row.items():
+                    if value is not None:
+                        values.setdefault((a, b), []).append(value)
+    return {pair: sum(v) / len(v) for pair, v in values.items()}
+
+
+def test_the_grouping_affinity_is_stored_and_labelled_as_the_one_used(compared):
+    """compare.json keeps the matrix --groups used: the grouping variant's mean over every epoch of every seed."""
+    run_dir, _ = compared
+    compare = json.loads((run_dir / "compare.json").read_text())
+    used = compare["grouping_affinity"]
+    assert used["variant"] == "hard+equal" and used["epochs"] == 4 and used["missing_pairs"] == []
+    expected = _mean_by_hand([run_dir / "hard+equal" / f"seed{s}" / "metrics.jsonl" for s in (0, 1)], "affinity")
+    for (a, b), value in expected.items():
+        assert used["matrix"][a][b] == pytest.approx(value)
+    text = (run_dir / "report.html").read_text()
+    assert text.count("chose the task groups by") == 1
+    section = text.split("<section id='conflict'>")[1].split("</section>")[0]
+    assert "group/" not in section and "<h3>hard+pcgrad</h3>" in section
+
+
+def test_compare_table_is_also_written_as_csv_and_markdown(compared):
+    import csv
+
+    run_dir, _ = compared
+    compare = json.loads((run_dir / "compare.json").read_text())
+    rows = list(csv.DictReader((run_dir / "compare.csv").open()))
+    variants = list(compare["variants"])
+    assert [(r["task"], r["variant"]) for r in rows] == [(t, v) for t in TASKS for v in variants]
+    cells = {s: {v: json.loads((run_dir / v / f"seed{s}" / "results.json").read_text())["values"]
+                 for v in ("hard+pcgrad",)} for s in (0, 1)}
+    single = {s: {t: json.loads((run_dir / "single" / t / f"seed{s}" / "results.json").read_text())["values"][t]
+                  for t in TASKS} for s in (0, 1)}
+    row = next(r for r in rows if r["task"] == "y2" and r["variant"] == "hard+pcgrad")
+    mean = (cells[0]["hard+pcgrad"]["y2"] + cells[1]["hard+pcgrad"]["y2"]) / 2
+    base = (single[0]["y2"] + single[1]["y2"]) / 2
+    assert float(row["mean"]) == pytest.approx(mean, rel=1e-5)
+    assert float(row["relative_change_pct"]) == pytest.approx(-100 * (mean - base) / base, rel=1e-4)  # mse: lower
+    assert row["higher_is_better"] == "false" and row["seeds"] == "2" and row["verdict"] in ("helps", "hurts",
+                                                                                               "within noise")
+    assert next(r for r in rows if r["variant"] == "single")["verdict"] == "baseline"
+    markdown = (run_dir / "compare.md").read_text()
+    assert markdown.count("| y1 | mse | false |") == len(variants)
+    assert "## Per variant" in markdown and "| hard+pcgrad | multi | 1 |" in markdown
+
+
+class FakeClock:
+    """perf_counter that moves only when told: training steps and monitors advance it by known amounts."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _tiny_grid(tmp_path: Path, epochs: int = 2, **spec):
+    config = yaml.safe_load(_config(tmp_path).read_text())
+    config["train"]["epochs"] = epochs
+    settings = parse_config(config)
+    spec = grid.GridSpec(**{"methods": ["equal"], "architectures": ["hard"], "seeds": [0], **spec})
+    return settings, spec
+
+
+def test_training_seconds_leave_out_analysis_and_count_epochs_before_an_interruption(tmp_path, monkeypatch):
+    """A step costs 1 s and a monitor call 5 s on a fake clock: train_seconds counts steps only, resumed or not."""
+    import time
+
+    from taskloom.train.tracking import AnalysisMonitor
+
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, batch: (setattr(clock, "now", clock.now + 1.0),
+                                                                   step(self, batch))[1])
+    monkeypatch.setattr(AnalysisMonitor, "before_step", lambda self, trainer, batch, s: setattr(
+        clock, "now", clock.now + 5.0))
+    settings, spec = _tiny_grid(tmp_path, epochs=3, measure=["conflict"])
+    splits = grid.load_data(settings)
+    steps = -(-len(splits.train) // settings.train.batch_size)
+    run_dir = tmp_path / "run"
+    multi = grid.plan_cells(spec, list(TASKS))[-1]
+    single = grid.plan_cells(spec, list(TASKS))[0]
+    assert multi.kind == "multi" and single.kind == "single"
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_two(record):
+        if record["epoch"] == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        grid.train_cell(settings, spec, splits, multi, run_dir, {"epoch": stop_after_two})
+    saved = json.loads((run_dir / multi.key / "seconds.json").read_text())["epochs"]
+    assert saved == {str(e): {"train": float(steps), "analysis": 5.0 * steps} for e in (1, 2)}
+    resumed = grid.train_cell(settings, spec, splits, multi, run_dir)
+    assert resumed["train_seconds"] == pytest.approx(3 * steps)  # epochs 1-2 before the interruption, 3 after
+    assert resumed["analysis_seconds"] == pytest.approx(3 * 5.0 * steps)
+    records = [json.loads(line) for line in (run_dir / multi.key / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["seconds"] == pytest.approx(steps) and r["analysis_seconds"] == pytest.approx(5.0 * steps)
+               for r in records)
+    baseline = grid.train_cell(settings, spec, splits, single, run_dir)
+    assert baseline["train_seconds"] == pytest.approx(3 * steps) and baseline["analysis_seconds"] == 0.0
+
+
+def test_soft_sharing_with_tracking_is_skipped_with_one_warning_per_model(tmp_path, caplog):
+    """Soft sharing has no shared parameters: conflict / affinity are undefined, the grid still finishes."""
+    settings, spec = _tiny_grid(tmp_path, architectures=["soft"], seeds=[0, 1], measure=["conflict", "affinity"],
+                                groups=[2])
+    with caplog.at_level("WARNING"):
+        compare = grid.run_grid(settings, spec, tmp_path / "run")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "taskloom.train.tracking"]
+    assert len(warnings) == 2 and {w.split(":")[0] for w in warnings} == {"soft+equal"}  # one per seed's model
+    variant = compare["variants"]["soft+equal"]
+    assert "no shared parameters" in variant["tracking_skipped"]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    soft = [r for r in records if r["model"] == "soft+equal"]
+    assert len(soft) == 2 and not any("conflict" in r or "affinity" in r for r in soft)
+    assert compare["groupings"] == {} and "groups-2" not in compare["variants"]
+    assert "no task groups trained" in compare["grouping_affinity"]["skipped"]
+    text = (tmp_path / "run" / "report.html").read_text()
+    assert "Not measured for soft+equal" in text and "no task groups trained" in text
+
+
+def test_groups_go_on_when_an_affinity_pair_was_never_measured(tmp_path, monkeypatch, caplog):
+    measured = grid.grid_affinity
+
+    def without_one_pair(run_dir, spec):
+        affinity, epochs = measured(run_dir, spec)
+        affinity["y1"]["y3"] = None
+        return affinity, epochs
+
+    monkeypatch.setattr(grid, "grid_affinity", without_one_pair)
+    settings, spec = _tiny_grid(tmp_path, measure=["affinity"], groups=[1, 2])
+    with caplog.at_level("WARNING"):
+        compare = grid.run_grid(settings, spec, tmp_path / "run")
+    assert "y1->y3" in caplog.text and "never measured" in caplog.text
+    assert compare["grouping_affinity"]["missing_pairs"] == [["y1", "y3"]]
+    assert {"groups-1", "groups-2"} <= set(compare["variants"])
+    assert compare["groupings"]["1"]["groups"] == [list(TASKS)]
+    assert "Never measured, left out of the grouping: y1&rarr;y3" in (tmp_path / "run" / "report.html").read_text()

@@ -63,10 +63,38 @@ def test_bad_tracking_fields_are_named(tmp_path):
 def test_missing_packages_give_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     monkeypatch.setitem(sys.modules, "mlflow", None)
-    with pytest.raises(ConfigError, match="tracking.tensorboard: the tensorboard package is not installed"):
+    with pytest.raises(ConfigError, match="tracking.tensorboard: the tensorboard package is not installed; "
+                                          "pip install tensorboard"):
         run_training(_config(tmp_path, tensorboard=True))
-    with pytest.raises(ConfigError, match="tracking.mlflow: the mlflow package is not installed"):
+    with pytest.raises(ConfigError, match="tracking.mlflow: the mlflow package is not installed; pip install mlflow"):
         run_training(_config(tmp_path, mlflow=True))
+
+
+def test_the_tracking_extra_names_both_packages():
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    assert sorted(e.split(">")[0] for e in extras["tracking"]) == ["mlflow", "tensorboard"]
+    assert not any(e.startswith(("mlflow", "tensorboard")) for e in extras["dev"])
+
+
+def test_a_model_without_shared_parameters_is_not_tracked_and_says_why_once(tmp_path, caplog):
+    config = parse_config({**BASE, "output_dir": str(tmp_path), "model": {**BASE["model"], "architecture": "soft"},
+                           "tracking": {"measure": ["conflict", "affinity"], "every": 1}})
+    with caplog.at_level(logging.WARNING, logger="taskloom.train.tracking"):
+        records = _records(run_training(config))
+    warnings = [r for r in caplog.records if r.name == "taskloom.train.tracking"]
+    assert len(warnings) == 1 and "SoftSharing has no shared parameters" in warnings[0].getMessage()
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all("conflict" not in r and "affinity" not in r and "no shared parameters" in r["tracking_skipped"]
+               for r in records)
+
+
+def test_analysis_time_is_recorded_apart_from_the_epoch_seconds(tmp_path):
+    tracked = _records(run_training(_config(tmp_path, measure=["affinity"], every=1)))
+    assert all(r["analysis_seconds"] >= 0 and r["seconds"] >= 0 for r in tracked)
+    plain = _records(run_training(_config(tmp_path / "plain")))
+    assert not any("analysis_seconds" in r for r in plain)
 
 
 def test_tensorboard_and_mlflow_get_per_task_scalars(tmp_path, monkeypatch):

@@ -90,8 +90,7 @@ def test_metrics_and_losses_are_logged_under_task_names(tmp_path):
 
 def test_a_task_with_no_labels_in_a_split_is_reported_as_such():
     data, tasks = make_three_task_data(n=100)
-    data.masks["sign"][:] = False
-    data._complete["sign"] = False
+    data.masks["sign"][:] = False  # changed after construction: evaluation must still see it
     results = _trainer(tasks, epochs=1).evaluate(data)
     assert results["sign"] == {"labelled": 0, "note": "no labelled rows in this split"}
     assert results["level"]["labelled"] == 100
@@ -110,3 +109,18 @@ def test_predict_returns_every_task_from_one_forward():
     predictions = _trainer(tasks).predict(data.inputs)
     assert set(predictions) == {"sign", "quadrant", "level"}
     assert predictions["quadrant"].shape == (16,) and predictions["quadrant"].max() < 4
+
+
+def test_a_checkpoint_loads_into_a_model_of_the_same_tasks_in_another_order(tmp_path):
+    data, tasks = make_three_task_data(n=64)
+    first = _trainer(tasks, tmp_path, epochs=1)
+    first.fit(data)
+    reordered = [tasks[2], tasks[0], tasks[1]]
+    second = _trainer(reordered, seed=1)
+    second.load(tmp_path / "checkpoints" / "last.pt", restore_training=False)
+    for name, output in first.predict(data.inputs).items():
+        assert torch.equal(second.predict(data.inputs)[name], output)
+    with pytest.raises(ValueError, match=r"continuing its training needs that order"):
+        second.load(tmp_path / "checkpoints" / "last.pt")
+    with pytest.raises(ValueError, match=r"is for tasks \['sign', 'quadrant', 'level'\], not \['sign', 'quadrant'\]"):
+        _trainer(tasks[:2]).load(tmp_path / "checkpoints" / "last.pt", restore_training=False)

@@ -15,8 +15,8 @@ from taskloom.balancing.gradient import AggregatorBalancer
 
 
 def alignment_matrix(gram: Tensor) -> Tensor:
-    """B (K x K, float64) with B @ grads orthogonal and of equal norms on the span of the gradients."""
-    g = gram.detach().to(torch.float64)
+    """B (K x K, float64, on the host: one transfer) with B @ grads orthogonal and of equal norms on their span."""
+    g = gram.detach().to("cpu", torch.float64)
     values, vectors = torch.linalg.eigh(g)
     tol = values.max().clamp_min(0) * g.shape[0] * torch.finfo(torch.float32).eps
     kept = values > tol
@@ -29,9 +29,9 @@ def alignment_matrix(gram: Tensor) -> Tensor:
 def alignedmtl_weights(gram: Tensor, preferences: Sequence[float] | Tensor | None = None) -> Tensor:
     """Aligned-MTL's row weights B @ w (w = the task preferences, ones by default)."""
     b = alignment_matrix(gram)
-    w = torch.ones(gram.shape[0], dtype=b.dtype, device=b.device) if preferences is None else \
-        torch.as_tensor(preferences, dtype=b.dtype, device=b.device)
-    return (b @ w).to(gram.dtype)
+    w = torch.ones(gram.shape[0], dtype=b.dtype) if preferences is None else \
+        torch.as_tensor(preferences, dtype=b.dtype, device="cpu")
+    return (b @ w).to(gram.device, gram.dtype)
 
 
 def alignedmtl(grads: Tensor, preferences: Sequence[float] | Tensor | None = None) -> Tensor:

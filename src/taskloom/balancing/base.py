@@ -1,15 +1,68 @@
 """The balancing interface: per-task losses in, one update (the ``.grad`` of every parameter) out."""
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+import logging
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from taskloom.sharing.base import MultiTaskModule
 
+log = logging.getLogger(__name__)
+
 #: the loss scaler's multiplication (``torch.amp.GradScaler.scale``) under fp16 mixed precision
 LossScale = Callable[[Tensor], Tensor]
+
+
+class SeededGenerator:
+    """A ``torch.Generator`` made on the device where the numbers are drawn, so none are copied from the host.
+
+    Seeded once from ``seed`` (None: draws use torch's global generator). ``state()`` (a byte
+    tensor, empty before the first draw) and ``load(state)`` carry it through a balancer's
+    ``state_dict``; a loaded state is applied on the device of the next draw, so a resumed run repeats.
+    """
+
+    def __init__(self, seed: int | None) -> None:
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+        self._pending: Tensor | None = None
+
+    def on(self, device: torch.device | str) -> torch.Generator | None:
+        """The generator on ``device`` (made there on first use or after a move: from a loaded state, else seeded)."""
+        if self.seed is None:
+            return None
+        device = torch.device(device)
+        if device.type != "cpu" and device.index is None:
+            device = torch.device(device.type, torch.get_device_module(device.type).current_device())
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+            pending, self._pending = self._pending, None
+            try:
+                if pending is None:
+                    self._generator.manual_seed(int(self.seed))
+                else:
+                    self._generator.set_state(pending)
+            except RuntimeError as error:  # a state saved by another device's generator
+                log.warning("cannot resume the random draws on %s (%s); starting again from seed %s",
+                            device, error, self.seed)
+                self._generator.manual_seed(int(self.seed))
+        return self._generator
+
+    def state(self) -> Tensor:
+        """The generator's state as a byte tensor (empty before the first draw)."""
+        if self._pending is not None:
+            return self._pending.clone()
+        if self._generator is None:
+            return torch.empty(0, dtype=torch.uint8)
+        return self._generator.get_state()
+
+    def load(self, state: Tensor | Mapping[str, Any]) -> None:
+        """Continue from a ``state()`` at the next draw (an empty one starts again from the seed)."""
+        if isinstance(state, Mapping):  # the layout of earlier checkpoints
+            state = state.get("generator_state", torch.empty(0, dtype=torch.uint8))
+        self._generator = None
+        self._pending = state.detach().to("cpu", torch.uint8).clone() if state.numel() else None
 
 
 class Balancer(nn.Module):

@@ -3,6 +3,7 @@
 Loss scale: each task contributes the gradient of log(loss). Gradient magnitude: an EMA
 g_hat_k <- beta_t g_hat_k + (1 - beta_t) g_k with beta_t = beta / t^sigma, and the update is
 sum_k (max_j ||g_hat_j|| / ||g_hat_k||) g_hat_k, so every task moves with the largest norm.
+Defined on parameter gradients (representation mode is refused).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from taskloom.balancing.gradient import GradientBalancer
+from taskloom.balancing.gradient import MODES, GradientBalancer
 
 
 @dataclass
@@ -38,31 +39,58 @@ def dbmtl(grads: Tensor, state: DBMTLState | None = None, beta: float = 0.9, sig
 
 
 class DBMTL(GradientBalancer):
-    """DB-MTL (Lin et al. 2023): log-loss gradients, EMA-smoothed and rescaled to the largest norm."""
+    """DB-MTL (Lin et al. 2023): log-loss gradients, EMA-smoothed and rescaled to the largest norm.
+
+    Parameter gradients only: a moving average of per-sample representation gradients would
+    mix different samples across batches (as LibMTL, it refuses ``mode="representation"``).
+    The averages and per-task step counts are buffers, so checkpoints save and resume them.
+    """
+
+    modes = ("parameters",)
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
                  beta: float = 0.9, sigma: float = 0.5, eps: float = 1e-8) -> None:
+        if mode not in self.modes and mode in MODES:
+            raise ValueError(
+                "dbmtl averages parameter gradients across steps and cannot use representation gradients "
+                "(they are per sample, of a different batch each step): set balancing.options.mode to "
+                "'parameters' (the default) or pick a method that allows it, such as mgda_ub"
+            )
         super().__init__(task_names, mode=mode, batched=batched)
         self.beta, self.sigma, self.eps = beta, sigma, eps
-        self._buffer: Tensor | None = None
-        self._steps: Tensor | None = None
+        k = len(self.task_names)
+        self.register_buffer("_buffer", torch.zeros((k, 0)))  # K x P, sized at the first step
+        self.register_buffer("_steps", torch.zeros(k, dtype=torch.long))
 
     def transform_losses(self, losses: list[Tensor]) -> list[Tensor]:
         return [torch.log(loss + self.eps) for loss in losses]
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        saved = state_dict.get(prefix + "_buffer")
+        if saved is not None and saved.shape != self._buffer.shape:  # made lazily: take the saved size
+            self._buffer = torch.empty(saved.shape, dtype=saved.dtype, device=self._buffer.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def combine(self, grads: Tensor, names: Sequence[str]) -> tuple[Tensor, Tensor | None]:
-        k = len(self.task_names)
-        if self._buffer is None or self._buffer.shape[1] != grads.shape[1]:
-            self._buffer = grads.new_zeros((k, grads.shape[1]))
-            self._steps = torch.zeros(k, dtype=torch.long)
-        index = self.task_index(names)
-        self._steps[index] += 1
-        rate = (self.beta / self._steps[index].to(torch.float64) ** self.sigma).to(grads)
-        if len(names) == k and names == self.task_names:
-            buffer = self._buffer.lerp_(grads, (1 - rate).unsqueeze(1))
+        k, size = len(self.task_names), grads.shape[1]
+        if self._buffer.shape[1] != size:
+            if self._buffer.numel():
+                raise ValueError(f"dbmtl's averages have {self._buffer.shape[1]} entries per task but the "
+                                 f"gradients {size}: the shared parameters changed; build a new balancer")
+            self._buffer = grads.new_zeros((k, size))
+        if self._buffer.device != grads.device or self._buffer.dtype != grads.dtype:
+            self._buffer = self._buffer.to(grads)
+        if self._steps.device != grads.device:
+            self._steps = self._steps.to(grads.device)
+        if list(names) == self.task_names:
+            self._steps += 1
+            rate = self.beta * self._steps.to(torch.float64).pow(-self.sigma)
+            buffer = self._buffer.lerp_(grads, (1 - rate).to(grads.dtype).unsqueeze(1))
         else:
-            rows = index.to(grads.device)
-            buffer = self._buffer[rows].lerp_(grads, (1 - rate).unsqueeze(1))
+            rows = self.task_index(names).to(grads.device)
+            self._steps[rows] += 1
+            rate = self.beta * self._steps[rows].to(torch.float64).pow(-self.sigma)
+            buffer = self._buffer[rows].lerp_(grads, (1 - rate).to(grads.dtype).unsqueeze(1))
             self._buffer[rows] = buffer
         norms = buffer.norm(dim=1)
         scale = torch.where(norms > 0, norms.max() / norms.clamp_min(torch.finfo(norms.dtype).tiny),

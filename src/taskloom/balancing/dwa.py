@@ -25,7 +25,7 @@ class DynamicWeightAverage(LossWeighting):
     def __init__(self, task_names: Sequence[str], temperature: float = 2.0) -> None:
         super().__init__(task_names)
         if not temperature > 0:
-            raise ValueError(f"balancing.temperature must be positive, got {temperature!r}")
+            raise ValueError(f"balancing.options.temperature must be positive, got {temperature!r}")
         self.temperature = float(temperature)
         self._index = {name: i for i, name in enumerate(self.task_names)}
         count = len(self.task_names)

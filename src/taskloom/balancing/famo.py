@@ -41,11 +41,11 @@ class FAMO(LossWeighting):
     ) -> None:
         super().__init__(task_names)
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"balancing.optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
+            raise ValueError(f"balancing.options.optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
         if not lr > 0:
-            raise ValueError(f"balancing.lr must be positive, got {lr!r}")
+            raise ValueError(f"balancing.options.lr must be positive, got {lr!r}")
         if not decay >= 0:
-            raise ValueError(f"balancing.decay must be non-negative, got {decay!r}")
+            raise ValueError(f"balancing.options.decay must be non-negative, got {decay!r}")
         self.lr, self.decay, self.optimizer, self.eps = float(lr), float(decay), optimizer, float(eps)
         self._index = {name: i for i, name in enumerate(self.task_names)}
         count = len(self.task_names)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from taskloom.balancing.base import Balancer, LossScale
 from taskloom.balancing.jacobian import (
+    VmapFallback,
     chain_gradients,
     head_gradients,
     task_gradients,
@@ -34,18 +35,25 @@ class GradientBalancer(Balancer):
     the representation itself: ``z = model.representation(inputs)``, ``outputs =
     model.heads_forward(z)``, ``backward(losses, model, representation=z)``. Parameter mode
     also works with a plain ``model(inputs)`` and ``backward(losses, model)``. ``batched``
-    picks the engine's path for the trunk (None: batched with a sequential fallback).
+    picks the engine's path for the trunk (None: batched on accelerators); where vmap cannot
+    run, this balancer goes sequential from then on (its own ``vmap_fallback``, no global flag).
     """
 
     needs_task_gradients = True
+    #: the values of ``mode`` the method is defined for (a config can check them before building)
+    modes: tuple[str, ...] = MODES
+    #: True when :meth:`combine` takes ``representation=`` (the shared representation) in representation mode
+    combines_representation: bool = False
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None) -> None:
         super().__init__(task_names)
         if mode not in MODES:
-            raise ValueError(f"balancing.mode must be one of {list(MODES)}, got {mode!r}")
+            raise ValueError(f"balancing.options.mode must be one of {list(MODES)}, got {mode!r}")
         self.mode = mode
         self.batched = batched
+        self.vmap_fallback = VmapFallback()
         self._representation: Tensor | None = None
+        self._weights: tuple[list[str], Tensor] | None = None
 
     @property
     def needs_representation(self) -> bool:
@@ -61,7 +69,11 @@ class GradientBalancer(Balancer):
             raise KeyError(f"losses name tasks {unknown} that this balancer was not built for: {self.task_names}")
 
     def combine(self, grads: Tensor, names: Sequence[str]) -> tuple[Tensor, Tensor | None]:
-        """The update direction (P) from the K x P gradients of tasks ``names``, and the task weights if any."""
+        """The update direction (P) from the K x P gradients of tasks ``names``, and the task weights if any.
+
+        A method with ``combines_representation = True`` also gets ``representation=z`` in
+        representation mode (its rows are then gradients of z, flattened).
+        """
         raise NotImplementedError
 
     def transform_losses(self, losses: list[Tensor]) -> list[Tensor]:
@@ -85,7 +97,7 @@ class GradientBalancer(Balancer):
     def _check_representation(self, model: MultiTaskModule) -> None:
         if not getattr(model, "has_representation", False):
             raise ValueError(
-                f"balancing.mode='representation' needs a model with one shared representation; "
+                f"balancing.options.mode='representation' needs a model with one shared representation; "
                 f"{type(model).__name__} has none: use mode='parameters'"
             )
 
@@ -116,11 +128,12 @@ class GradientBalancer(Balancer):
             for params, grads in zip(own, head_grads):
                 write_gradients(params, grads)
             if self.mode == "representation":
-                direction = self._scaled_combine(rep_grads, names, factor)
+                direction = self._scaled_combine(rep_grads, names, factor, representation)
                 representation.backward(direction.view_as(representation).to(representation.dtype))
                 return
             shared = model.shared_parameters()
-            grads = chain_gradients(representation, shared, rep_grads, batched=self.batched)
+            grads = chain_gradients(representation, shared, rep_grads, batched=self.batched,
+                                    fallback=self.vmap_fallback)
         else:
             heads = unique(p for n in names for p in model.task_parameters(n))
             if heads:
@@ -129,10 +142,11 @@ class GradientBalancer(Balancer):
             shared = model.shared_parameters()
             if not shared:
                 return
-            grads = task_gradients(values, shared, batched=self.batched)
+            grads = task_gradients(values, shared, batched=self.batched, fallback=self.vmap_fallback)
         write_gradient(shared, self._scaled_combine(grads, names, factor))
 
-    def _scaled_combine(self, grads: Tensor, names: Sequence[str], factor: Tensor | None) -> Tensor:
+    def _scaled_combine(self, grads: Tensor, names: Sequence[str], factor: Tensor | None,
+                        representation: Tensor | None = None) -> Tensor:
         """The update from gradients in at least float32; with a loss scale, of the unscaled ones, scaled back.
 
         A scaled step whose gradients overflowed returns their sum (non-finite, so the scaler
@@ -141,16 +155,26 @@ class GradientBalancer(Balancer):
         if grads.dtype in (torch.float16, torch.bfloat16):
             grads = grads.float()
         if factor is None:
-            return self._combine(grads, names)
+            return self._combine(grads, names, representation)
         if not bool(torch.isfinite(grads).all()):
             return grads.sum(0)
-        return self._combine(grads / factor.to(grads.dtype), names) * factor.to(grads.dtype)
+        return self._combine(grads / factor.to(grads.dtype), names, representation) * factor.to(grads.dtype)
 
-    def _combine(self, grads: Tensor, names: Sequence[str]) -> Tensor:
-        direction, weights = self.combine(grads, names)
+    def _combine(self, grads: Tensor, names: Sequence[str], representation: Tensor | None = None) -> Tensor:
+        if representation is not None and self.combines_representation:
+            direction, weights = self.combine(grads, names, representation=representation.detach())
+        else:
+            direction, weights = self.combine(grads, names)
         if weights is not None:
-            self._last_weights = dict(zip(names, weights.detach().unbind(0)))
+            self._weights = (list(names), weights.detach())
         return direction
+
+    def last_weights(self) -> dict[str, float]:
+        """Task weights of the last step, for logging (one host transfer)."""
+        if self._weights is None:
+            return {}
+        names, weights = self._weights
+        return dict(zip(names, weights.to("cpu", torch.float32).tolist()))
 
 
 class AggregatorBalancer(GradientBalancer):

@@ -80,9 +80,9 @@ class GradNorm(Balancer):
     ) -> None:
         super().__init__(task_names)
         if not alpha >= 0:
-            raise ValueError(f"balancing.alpha must be non-negative, got {alpha!r}")
+            raise ValueError(f"balancing.options.alpha must be non-negative, got {alpha!r}")
         if not lr > 0:
-            raise ValueError(f"balancing.lr must be positive, got {lr!r}")
+            raise ValueError(f"balancing.options.lr must be positive, got {lr!r}")
         self.alpha = float(alpha)
         self.lr = float(lr)
         self.layer = layer

@@ -8,11 +8,12 @@ the Gram matrix; the update is the sum of the adjusted gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
+from taskloom.balancing.base import SeededGenerator
 from taskloom.balancing.gradient import GradientBalancer
 from taskloom.balancing.pcgrad import projection_orders
 
@@ -28,39 +29,45 @@ class GradVacState:
 def gradvac_coefficients(gram: Tensor, targets: Tensor, orders: Tensor, beta: float) -> tuple[Tensor, Tensor]:
     """(C, new targets): adjusted g_i' = sum_m C[i, m] g_m, by the paper's rule applied in ``orders``.
 
-    Inner products and squared norms of the adjusted gradients are tracked incrementally
-    (each step adds a multiple of one g_j), so a step is a handful of K-vector operations.
+    The adjusted gradient's squared norm and its inner products with the gradients still to
+    visit are tracked incrementally (each step adds a multiple of one g_j), so a step is a
+    handful of K-vector operations on the Gram matrix.
     """
     k = gram.shape[0]
     g = gram.detach().to(torch.float64)
+    coef = torch.eye(k, dtype=g.dtype, device=g.device)
+    phi_hat = targets.detach().to(g).clone()
+    if k == 1:
+        return coef, phi_hat
     rows = torch.arange(k, device=g.device).unsqueeze(1)
     tiny = torch.finfo(g.dtype).tiny
-    norms = g.diagonal().clamp_min(0).sqrt()
-    wanted = targets.detach().to(torch.float64)[rows, orders]
+    square = g.diagonal().clone()  # ||g_i'||^2
+    wanted = phi_hat[rows, orders]
     root_wanted = (1 - wanted**2).clamp_min(0).sqrt()
-    norm_j = norms[orders]
-    scale_j = (norm_j * root_wanted).clamp_min(tiny)
-    inner_all = g.clone()
-    square = g.diagonal().clone()
+    squares_j = g.diagonal()[orders]
+    norms_j = squares_j.clamp_min(0).sqrt()
+    inverse_scales = (norms_j * root_wanted).clamp_min(tiny).reciprocal()
+    inner = g[rows, orders]  # inner[i, t] = g_i' . g_j(t)
+    cross = g[orders.unsqueeze(2), orders.unsqueeze(1)].unbind(dim=1)  # cross[s][i, t] = g_j(s) . g_j(t)
+    ones = torch.ones(k, dtype=g.dtype, device=g.device)
+    columns = zip(wanted.unbind(1), root_wanted.unbind(1), squares_j.unbind(1), norms_j.unbind(1),
+                  inverse_scales.unbind(1), cross)
     gains, cosines = [], []
-    for t in range(k - 1):
-        j = orders[:, t]
-        inner = inner_all.gather(1, j.unsqueeze(1)).squeeze(1)
+    for t, (target, root_target, square_j, norm_j, inverse_scale, cross_t) in enumerate(columns):
+        now = inner[:, t]
         norm_i = square.clamp_min(0).sqrt()
-        denom = norm_i * norm_j[:, t]
-        phi = inner / denom.clamp_min(tiny)
-        target = wanted[:, t]
-        gain = norm_i * (target * (1 - phi**2).clamp_min(0).sqrt() - phi * root_wanted[:, t]) / scale_j[:, t]
-        gain = torch.where((phi < target) & (denom > 0), gain, torch.zeros_like(gain))
-        inner_all = inner_all + gain.unsqueeze(1) * g[j]
-        square = square + gain * (2 * inner + gain * norms[j] ** 2)
+        denom = norm_i * norm_j
+        phi = now / denom.clamp_min(tiny)
+        sine = torch.addcmul(ones, phi, phi, value=-1).clamp_min(0).sqrt()
+        # gain = ||g_i'|| (target sin - phi sqrt(1 - target^2)) / (||g_j|| sqrt(1 - target^2))
+        gain = torch.addcmul(target * sine, phi, root_target, value=-1).mul_(norm_i).mul_(inverse_scale)
+        gain = torch.where((phi < target) & (denom > 0), gain, 0.0)
+        inner = torch.addcmul(inner, gain.unsqueeze(1), cross_t)
+        square = torch.addcmul(square, gain, torch.addcmul(now, gain, square_j, value=0.5), value=2)
         gains.append(gain)
         cosines.append(phi)
-    coef = torch.eye(k, dtype=g.dtype, device=g.device)
-    phi_hat = targets.detach().to(torch.float64).clone()
-    if k > 1:
-        coef[rows, orders] = torch.stack(gains, dim=1)
-        phi_hat[rows, orders] = (1 - beta) * wanted + beta * torch.stack(cosines, dim=1)
+    coef[rows, orders] = torch.stack(gains, dim=1)
+    phi_hat[rows, orders] = (1 - beta) * wanted + beta * torch.stack(cosines, dim=1)
     return coef, phi_hat
 
 
@@ -82,23 +89,40 @@ def gradvac(grads: Tensor, state: GradVacState | None = None, beta: float = 0.01
 
 
 class GradVac(GradientBalancer):
-    """Gradient Vaccine (Wang et al. 2021): adaptive pairwise cosine targets with EMA rate ``beta``."""
+    """Gradient Vaccine (Wang et al. 2021): adaptive pairwise cosine targets with EMA rate ``beta``.
+
+    The targets are a buffer and the random orders come from its own generator on the
+    gradients' device (seeded by ``seed``, state saved), so a resumed run repeats.
+    """
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
                  beta: float = 0.01, seed: int = 0, shuffle: bool = True) -> None:
         super().__init__(task_names, mode=mode, batched=batched)
         if not 0 <= beta <= 1:
-            raise ValueError(f"balancing.beta must be in [0, 1], got {beta!r}")
+            raise ValueError(f"balancing.options.beta must be in [0, 1], got {beta!r}")
         self.beta = beta
         self.shuffle = shuffle
-        self.generator = torch.Generator().manual_seed(seed)
+        self.random = SeededGenerator(seed)
         k = len(self.task_names)
         self.register_buffer("targets", torch.zeros((k, k), dtype=torch.float64))
 
     def combine(self, grads: Tensor, names: Sequence[str]) -> tuple[Tensor, Tensor | None]:
-        index = self.task_index(names).to(self.targets.device)
-        sub = self.targets[index][:, index]
-        state = GradVacState(sub, self.generator)
+        if self.targets.device != grads.device:
+            self.targets = self.targets.to(grads.device)
+        generator = self.random.on(grads.device) if self.shuffle else None
+        if list(names) == self.task_names:
+            state = GradVacState(self.targets, generator)
+            weights = gradvac_weights(grads @ grads.T, state, self.beta, self.shuffle)
+            self.targets.copy_(state.targets)
+            return weights @ grads, weights
+        index = self.task_index(names).to(grads.device)
+        state = GradVacState(self.targets[index][:, index], generator)
         weights = gradvac_weights(grads @ grads.T, state, self.beta, self.shuffle)
-        self.targets[index.unsqueeze(1), index.unsqueeze(0)] = state.targets.to(self.targets.device)
+        self.targets[index.unsqueeze(1), index.unsqueeze(0)] = state.targets
         return weights @ grads, weights
+
+    def get_extra_state(self) -> Any:
+        return self.random.state()
+
+    def set_extra_state(self, state: Any) -> None:
+        self.random.load(state)

@@ -2,6 +2,9 @@
 
 With u_i = g_i / ||g_i||, the weights alpha (summing to 1) solve the (K-1) x (K-1) linear
 system that makes d . (u_1 - u_i) = 0 for every i; everything is read off the Gram matrix.
+Parallel gradients make that system singular (their condition holds for any weights): it is
+solved on the host by a pseudo-inverse that drops directions below the gradients' precision,
+the same on every device (CUDA's least squares needs full rank).
 """
 from __future__ import annotations
 
@@ -14,17 +17,19 @@ from taskloom.balancing.gradient import AggregatorBalancer
 
 
 def imtl_g_weights(gram: Tensor) -> Tensor:
-    """IMTL-G's weights (summing to 1) from the K x K Gram matrix."""
+    """IMTL-G's weights (summing to 1) from the K x K Gram matrix (float64 on the host, one transfer)."""
     k = gram.shape[0]
     if k == 1:
         return torch.ones(1, dtype=gram.dtype, device=gram.device)
-    g = gram.detach().to(torch.float64)
+    g = gram.detach().to("cpu", torch.float64)
     norms = g.diagonal().clamp_min(torch.finfo(g.dtype).tiny).sqrt()
-    along = g / norms[None, :]
+    along = g / norms[None, :]  # along[i, j] = g_i . u_j
     system = along[0, 0] - along[0, 1:][None, :] - along[1:, 0][:, None] + along[1:, 1:]
     rhs = along[0, 0] - along[0, 1:]
-    rest = torch.linalg.lstsq(system.T, rhs.unsqueeze(1)).solution.squeeze(1)
-    return torch.cat([(1 - rest.sum()).reshape(1), rest]).to(gram.dtype)
+    # entries are differences of g_i . u_j, known to about eps(dtype) * ||g||: below that, a direction is noise
+    precision = torch.finfo(gram.dtype).eps ** 0.5 * norms.max()
+    rest = torch.linalg.pinv(system.T, atol=float(precision)) @ rhs
+    return torch.cat([(1 - rest.sum()).reshape(1), rest]).to(gram.device, gram.dtype)
 
 
 def imtl_g(grads: Tensor) -> Tensor:

@@ -9,7 +9,9 @@ faster there, and wherever vmap refuses the graph). Representation mode (Sener &
 """
 from __future__ import annotations
 
+import functools
 import logging
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -17,13 +19,31 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-#: graphs (by the type of error) on which vmap failed once: we go sequential straight away afterwards
-_VMAP_FAILED: set[str] = set()
+
+@dataclass
+class VmapFallback:
+    """Whether the batched (vmapped) backward failed at one call site, so that it goes sequential from then on.
+
+    Each :class:`~taskloom.balancing.gradient.GradientBalancer` owns one and passes it down:
+    a graph that vmap cannot run in one model never turns batching off for another.
+    """
+
+    failed: bool = False
+    reason: str = ""
+
+    def record(self, error: BaseException, k: int) -> None:
+        """Remember that vmap failed here (one log line) and why."""
+        self.failed, self.reason = True, f"{type(error).__name__}: {error}"
+        log.info("batched backward failed (%s); using %d sequential backward passes from now on", error, k)
 
 
-def _batched_by_default(tensor: Tensor, k: int) -> bool:
-    """vmap where it pays: on accelerators (launch-bound); on CPU, K sequential passes measured faster."""
-    return k > 1 and tensor.device.type != "cpu" and "vmap" not in _VMAP_FAILED
+def _use_vmap(tensor: Tensor, k: int, batched: bool | None, fallback: VmapFallback | None) -> bool:
+    """vmap where it pays (accelerators, launch-bound; on CPU K sequential passes measured faster) or when asked."""
+    if fallback is not None and fallback.failed:
+        return False
+    if batched is None:
+        return k > 1 and tensor.device.type != "cpu"
+    return batched
 
 
 def _flatten(grads: Sequence[Tensor | None], inputs: Sequence[Tensor], rows: int) -> Tensor:
@@ -35,18 +55,36 @@ def _flatten(grads: Sequence[Tensor | None], inputs: Sequence[Tensor], rows: int
     return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
 
+def _flatten_into(out: Tensor, grads: Sequence[Tensor | None], inputs: Sequence[Tensor]) -> None:
+    """Write one row's gradients, flattened and concatenated, into the row ``out`` (one copy, no temporary)."""
+    parts = [tensor.new_zeros(tensor.numel()) if grad is None else grad.reshape(-1)
+             for grad, tensor in zip(grads, inputs)]
+    if len(parts) > 1:
+        torch.cat(parts, out=out)
+    else:
+        out.copy_(parts[0])
+
+
+def _sequential_rows(k: int, inputs: Sequence[Tensor]) -> Tensor:
+    """The K x P matrix that K sequential backward passes fill row by row."""
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in inputs))
+    return torch.empty((k, sum(t.numel() for t in inputs)), dtype=dtype, device=inputs[0].device)
+
+
 def task_gradients(
     losses: Sequence[Tensor],
     inputs: Sequence[Tensor],
     batched: bool | None = None,
     retain_graph: bool = False,
+    fallback: VmapFallback | None = None,
 ) -> Tensor:
     """The K x P matrix whose row k is the gradient of ``losses[k]`` w.r.t. ``inputs`` (flattened, concatenated).
 
-    ``batched``: True forces one vmapped backward, False forces K sequential ones, None
+    ``batched``: True asks for one vmapped backward, False for K sequential ones, None
     (default) batches on accelerators (on CPU the loop measured faster: the backward is
-    matmul-bound there) and falls back to the loop, with one log line, where vmap cannot run
-    (some RNN, AMP or normalization graphs).
+    matmul-bound there). Where vmap cannot run (some RNN, AMP or normalization graphs) it
+    falls back to the loop, with one log line, and records it in ``fallback`` (the caller's
+    own flag) so later calls there go sequential at once. Out-of-memory errors propagate.
     """
     inputs = list(inputs)
     k = len(losses)
@@ -54,28 +92,26 @@ def task_gradients(
         raise ValueError("task_gradients needs at least one loss")
     if not inputs:
         raise ValueError("task_gradients needs at least one input tensor (no shared parameters?)")
-    if batched is None:
-        batched = _batched_by_default(losses[0], k)
-    if batched:
+    if _use_vmap(losses[0], k, batched, fallback):
         stacked = torch.stack([loss.reshape(()) for loss in losses])
         eye = torch.eye(k, dtype=stacked.dtype, device=stacked.device)
         try:
             grads = torch.autograd.grad(
                 stacked, inputs, grad_outputs=eye, is_grads_batched=True, retain_graph=True, allow_unused=True
             )
+        except torch.OutOfMemoryError:
+            raise
         except RuntimeError as error:
-            _VMAP_FAILED.add("vmap")
-            log.info("batched backward failed (%s); using %d sequential backward passes from now on", error, k)
+            (fallback or VmapFallback()).record(error, k)
         else:
             if not retain_graph:
                 del stacked
             return _flatten(grads, inputs, k)
-    rows = []
+    rows = _sequential_rows(k, inputs)
     for index, loss in enumerate(losses):
         keep = retain_graph or index < k - 1
-        grads = torch.autograd.grad(loss, inputs, retain_graph=keep, allow_unused=True)
-        rows.append(_flatten(grads, inputs, 1))
-    return torch.cat(rows, dim=0)
+        _flatten_into(rows[index], torch.autograd.grad(loss, inputs, retain_graph=keep, allow_unused=True), inputs)
+    return rows
 
 
 def head_gradients(
@@ -83,6 +119,7 @@ def head_gradients(
     representation: Tensor,
     task_parameters: Sequence[Sequence[Tensor]],
     batched: bool = False,
+    fallback: VmapFallback | None = None,
 ) -> tuple[Tensor, list[tuple[Tensor | None, ...]]]:
     """Per-task gradients of the representation (K x |z|) and of each task's own parameters, from the heads only.
 
@@ -92,7 +129,7 @@ def head_gradients(
     """
     k = len(losses)
     if batched:
-        rows = task_gradients(losses, [representation], batched=True, retain_graph=True)
+        rows = task_gradients(losses, [representation], batched=True, retain_graph=True, fallback=fallback)
         own = [torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True) if params else ()
                for loss, params in zip(losses, task_parameters)]
         return rows, own
@@ -107,33 +144,34 @@ def head_gradients(
 
 
 def chain_gradients(
-    representation: Tensor, inputs: Sequence[Tensor], rep_grads: Tensor, batched: bool | None = None
+    representation: Tensor, inputs: Sequence[Tensor], rep_grads: Tensor, batched: bool | None = None,
+    fallback: VmapFallback | None = None,
 ) -> Tensor:
     """K x P gradients of ``inputs`` (the trunk's parameters) from K gradients of the representation.
 
     One vmapped vector-Jacobian product through the trunk on accelerators, K sequential
-    ones on CPU (faster there), as an option (``batched``), or where vmap cannot run.
+    ones on CPU (faster there), as an option (``batched``), or where vmap cannot run (recorded
+    in ``fallback`` as in :func:`task_gradients`).
     """
     inputs = list(inputs)
     k = rep_grads.shape[0]
     cotangents = rep_grads.reshape(k, *representation.shape).to(representation.dtype)
-    if batched is None:
-        batched = _batched_by_default(representation, k)
-    if batched:
+    if _use_vmap(representation, k, batched, fallback):
         try:
             grads = torch.autograd.grad(representation, inputs, grad_outputs=cotangents, is_grads_batched=True,
                                         retain_graph=True, allow_unused=True)
+        except torch.OutOfMemoryError:
+            raise
         except RuntimeError as error:
-            _VMAP_FAILED.add("vmap")
-            log.info("batched backward failed (%s); using %d sequential backward passes from now on", error, k)
+            (fallback or VmapFallback()).record(error, k)
         else:
             return _flatten(grads, inputs, k)
-    rows = []
+    rows = _sequential_rows(k, inputs)
     for index in range(k):
         grads = torch.autograd.grad(representation, inputs, grad_outputs=cotangents[index],
                                     retain_graph=index < k - 1, allow_unused=True)
-        rows.append(_flatten(grads, inputs, 1))
-    return torch.cat(rows, dim=0)
+        _flatten_into(rows[index], grads, inputs)
+    return rows
 
 
 def gram(grads: Tensor) -> Tensor:

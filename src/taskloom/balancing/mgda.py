@@ -23,24 +23,36 @@ def pair_min_norm(g11: Tensor, g12: Tensor, g22: Tensor) -> Tensor:
     return torch.where(denom > 0, gamma.clamp(0, 1), torch.where(g11 <= g22, 1.0, 0.0).to(denom.dtype))
 
 
+def best_pair(gram: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The pair (i, j), i != j, whose min-norm combination is the shortest, and its weight on i.
+
+    Every pair's closed form at once on the K x K Gram matrix: the Frank-Wolfe start of the
+    authors' solver, which then only has to improve on the best two-task answer.
+    """
+    k = gram.shape[0]
+    diag = gram.diagonal()
+    gamma = pair_min_norm(diag[:, None], gram, diag[None, :])
+    value = gamma**2 * diag[:, None] + 2 * gamma * (1 - gamma) * gram + (1 - gamma) ** 2 * diag[None, :]
+    value = value.masked_fill(torch.eye(k, dtype=torch.bool, device=gram.device), float("inf"))
+    best = torch.argmin(value.reshape(-1))
+    return best // k, best % k, gamma.reshape(-1)[best]
+
+
 def min_norm_weights(gram: Tensor, max_iter: int = 500, tol: float = 1e-12, check_every: int = 8) -> Tensor:
     """Simplex weights of the min-norm point of the convex hull of K vectors, from their Gram matrix.
 
-    Frank-Wolfe with away steps and exact line search, in float64; stops when the duality
-    gap falls below ``tol`` times the largest squared norm (checked every ``check_every`` steps).
+    Frank-Wolfe (Sener & Koltun 2018, Algorithm 2) from the best pair, with away steps and
+    exact line search, in float64; stops when the duality gap falls below ``tol`` times the
+    largest squared norm (checked every ``check_every`` steps). On the host, one transfer.
     """
     k = gram.shape[0]
-    g = gram.detach().to(torch.float64)
+    g = gram.detach().to("cpu", torch.float64)
     if k == 1:
         return torch.ones(1, dtype=gram.dtype, device=gram.device)
     diag = g.diagonal()
-    gamma = pair_min_norm(diag[:, None], g, diag[None, :])
-    value = gamma**2 * diag[:, None] + 2 * gamma * (1 - gamma) * g + (1 - gamma) ** 2 * diag[None, :]
-    value = value + torch.eye(k, dtype=g.dtype, device=g.device) * float("inf")
-    best = torch.argmin(value.reshape(-1))
-    i, j = best // k, best % k
+    i, j, gamma = best_pair(g)
     eye = torch.eye(k, dtype=g.dtype, device=g.device)
-    w = gamma.reshape(-1)[best] * eye[i] + (1 - gamma.reshape(-1)[best]) * eye[j]
+    w = gamma * eye[i] + (1 - gamma) * eye[j]
     scale = diag.max().clamp_min(torch.finfo(g.dtype).tiny)
     for step in range(max_iter):
         grad = g @ w
@@ -61,26 +73,26 @@ def min_norm_weights(gram: Tensor, max_iter: int = 500, tol: float = 1e-12, chec
         w = w / w.sum()
         if (step + 1) % check_every == 0 and bool(gap_fw <= tol * scale):
             break
-    return w.to(gram.dtype)
+    return w.to(gram.device, gram.dtype)
 
 
 def min_norm_weights_active_set(gram: Tensor) -> Tensor:
     """The same weights, exactly, by an active-set solve of the equivalent problem min_{u >= 0} u'Gu/2 - sum(u).
 
     Its solution u* is w* / ||g_w*||^2, so w* = u* / sum(u*); this takes a few batched solves
-    where Frank-Wolfe takes hundreds of steps at 40 tasks.
+    where Frank-Wolfe takes hundreds of steps at 40 tasks. On the host, one transfer.
     """
     k = gram.shape[0]
     if k == 1:
         return torch.ones(1, dtype=gram.dtype, device=gram.device)
-    g = gram.detach().to(torch.float64)
-    zeros = torch.zeros((1, k), dtype=g.dtype, device=g.device)
+    g = gram.detach().to("cpu", torch.float64)
+    zeros = torch.zeros((1, k), dtype=g.dtype)
     u = box_qp(g, zeros, torch.ones_like(zeros))[0]
     w = u / u.sum().clamp_min(torch.finfo(u.dtype).tiny)
     grad = g @ w
     if bool(grad.min() < w @ grad - 1e-9 * g.diagonal().max()) or not bool(torch.isfinite(w).all()):
         return min_norm_weights(gram)  # 0 in the hull or a degenerate system: Frank-Wolfe is robust there
-    return w.to(gram.dtype)
+    return w.to(gram.device, gram.dtype)
 
 
 def _solve(gram: Tensor, solver: str, options: dict) -> Tensor:
@@ -107,7 +119,11 @@ def mgda(grads: Tensor, **options) -> Tensor:
 
 
 class MGDA(AggregatorBalancer):
-    """MGDA (Sener & Koltun 2018): the min-norm convex combination of the per-task gradients."""
+    """MGDA (Sener & Koltun 2018): the min-norm convex combination of the per-task gradients.
+
+    Options: ``solver="active_set"`` (the default: exact, a few batched solves) or
+    ``solver="frank_wolfe"`` (the paper's Frank-Wolfe solver); ``normalize="none"`` or ``"l2"``.
+    """
 
     weights_fn = mgda_weights
 

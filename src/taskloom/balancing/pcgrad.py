@@ -6,38 +6,52 @@ they run on the K x K Gram matrix and the update is one weighted sum of the K ro
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
+from taskloom.balancing.base import SeededGenerator
 from taskloom.balancing.gradient import GradientBalancer
 
 
 def projection_orders(k: int, generator: torch.Generator | None = None, shuffle: bool = True,
                       device: torch.device | str = "cpu") -> Tensor:
-    """A K x (K-1) matrix: row i is the order in which task i visits the other tasks (random or ascending)."""
+    """A K x (K-1) matrix on ``device``: row i is the order in which task i visits the others (random or ascending).
+
+    Drawn on ``device`` (on the generator's, then moved, when a generator lives elsewhere).
+    """
+    device = torch.device(device)
     if shuffle:
-        keys = torch.rand((k, k), generator=generator)
+        source = device if generator is None else generator.device
+        keys = torch.rand((k, k), generator=generator, device=source).to(device)
     else:
-        keys = torch.arange(k, dtype=torch.float32).expand(k, k).clone()
+        keys = torch.arange(k, dtype=torch.float32, device=device).expand(k, k).clone()
     keys.fill_diagonal_(float("inf"))
-    return keys.argsort(dim=1)[:, : k - 1].to(device)
+    return keys.argsort(dim=1)[:, : k - 1]
 
 
 def pcgrad_coefficients(gram: Tensor, orders: Tensor) -> Tensor:
-    """C (K x K) with projected g_i' = sum_m C[i, m] g_m, by PCGrad's rule applied in ``orders``."""
+    """C (K x K) with projected g_i' = sum_m C[i, m] g_m, by PCGrad's rule applied in ``orders``.
+
+    Row i's inner products with the gradients it will visit, g_i' . g_j(t), are one K x (K-1)
+    matrix updated after each projection, so a step is a few K-vector operations.
+    """
     k = gram.shape[0]
     g = gram.detach().to(torch.float64)
-    coef = torch.eye(k, dtype=g.dtype, device=g.device)
-    rows = torch.arange(k, device=g.device)
-    sq = g.diagonal()
+    if k == 1:
+        return torch.ones((1, 1), dtype=g.dtype, device=g.device)
+    rows = torch.arange(k, device=g.device).unsqueeze(1)
+    inner = g[rows, orders]  # inner[i, t] = g_i' . g_j(t), for the current g_i'
+    cross = g[orders.unsqueeze(2), orders.unsqueeze(1)].unbind(dim=1)  # cross[s][i, t] = g_j(s) . g_j(t)
+    squares = g.diagonal()[orders].clamp_min(torch.finfo(g.dtype).tiny).unbind(dim=1)
+    steps = []
     for t in range(k - 1):
-        j = orders[:, t]
-        inner = (coef * g[:, j].T).sum(dim=1)
-        factor = torch.where(inner < 0, inner / sq[j].clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(inner))
-        coef = coef.index_put((rows, j), -factor, accumulate=True)
-    return coef
+        step = inner[:, t].clamp_max(0) / squares[t]  # g_i' -= step * g_j(t) where they conflict
+        inner = torch.addcmul(inner, step.unsqueeze(1), cross[t], value=-1)
+        steps.append(step)
+    coef = torch.eye(k, dtype=g.dtype, device=g.device)
+    return coef.scatter_add_(1, orders, -torch.stack(steps, dim=1))
 
 
 def pcgrad_weights(gram: Tensor, generator: torch.Generator | None = None, shuffle: bool = True) -> Tensor:
@@ -52,14 +66,25 @@ def pcgrad(grads: Tensor, generator: torch.Generator | None = None, shuffle: boo
 
 
 class PCGrad(GradientBalancer):
-    """PCGrad (Yu et al. 2020): gradient surgery that removes pairwise conflicts before summing."""
+    """PCGrad (Yu et al. 2020): gradient surgery that removes pairwise conflicts before summing.
+
+    The random orders come from its own generator on the gradients' device (seeded by
+    ``seed``); its state is saved with the balancer, so a resumed run repeats them.
+    """
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
                  seed: int = 0, shuffle: bool = True) -> None:
         super().__init__(task_names, mode=mode, batched=batched)
         self.shuffle = shuffle
-        self.generator = torch.Generator().manual_seed(seed)
+        self.random = SeededGenerator(seed)
 
     def combine(self, grads: Tensor, names: Sequence[str]) -> tuple[Tensor, Tensor | None]:
-        weights = pcgrad_weights(grads @ grads.T, self.generator, self.shuffle)
+        generator = self.random.on(grads.device) if self.shuffle else None
+        weights = pcgrad_weights(grads @ grads.T, generator, self.shuffle)
         return weights @ grads, weights
+
+    def get_extra_state(self) -> Any:
+        return self.random.state()
+
+    def set_extra_state(self, state: Any) -> None:
+        self.random.load(state)

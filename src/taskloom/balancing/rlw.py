@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from taskloom.balancing.base import LossWeighting
+from taskloom.balancing.base import LossWeighting, SeededGenerator
 
 DISTRIBUTIONS = ("normal", "uniform", "dirichlet")
 
@@ -27,23 +27,17 @@ class RandomLossWeighting(LossWeighting):
     def __init__(self, task_names: Sequence[str], distribution: str = "normal", seed: int | None = None) -> None:
         super().__init__(task_names)
         if distribution not in DISTRIBUTIONS:
-            raise ValueError(f"balancing.distribution must be one of {list(DISTRIBUTIONS)}, got {distribution!r}")
+            raise ValueError(
+                f"balancing.options.distribution must be one of {list(DISTRIBUTIONS)}, got {distribution!r}"
+            )
         self.distribution = distribution
         self.seed = seed
-        self._generator: torch.Generator | None = None
-
-    def _generator_on(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is None:
-            return None
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device)
-            self._generator.manual_seed(int(self.seed))
-        return self._generator
+        self.random = SeededGenerator(seed)
 
     def sample(self, count: int, device: torch.device | str = "cpu") -> Tensor:
         """One draw of ``count`` weights on the simplex."""
         device = torch.device(device)
-        generator = self._generator_on(device)
+        generator = self.random.on(device)
         if self.distribution == "normal":
             return torch.softmax(torch.randn(count, generator=generator, device=device), dim=0)
         if self.distribution == "uniform":
@@ -61,12 +55,7 @@ class RandomLossWeighting(LossWeighting):
         return dict(zip(names, drawn.unbind()))
 
     def get_extra_state(self) -> Any:
-        if self._generator is None:
-            return {}
-        return {"generator_device": str(self._generator.device), "generator_state": self._generator.get_state()}
+        return self.random.state()
 
     def set_extra_state(self, state: Any) -> None:
-        if not state:
-            return
-        self._generator = torch.Generator(device=torch.device(state["generator_device"]))
-        self._generator.set_state(state["generator_state"])
+        self.random.load(state)

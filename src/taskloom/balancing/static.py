@@ -16,12 +16,12 @@ class StaticWeighting(LossWeighting):
         unknown = sorted(set(weights) - set(task_names))
         missing = [n for n in task_names if n not in weights]
         if unknown:
-            raise ValueError(f"balancing.weights names unknown tasks {unknown}; tasks are {list(task_names)}")
+            raise ValueError(f"balancing.options.weights names unknown tasks {unknown}; tasks are {list(task_names)}")
         if missing:
-            raise ValueError(f"balancing.weights has no weight for tasks {missing}; give one per task")
+            raise ValueError(f"balancing.options.weights has no weight for tasks {missing}; give one per task")
         for name, value in weights.items():
             if not value >= 0:
-                raise ValueError(f"balancing.weights.{name} must be a non-negative number, got {value!r}")
+                raise ValueError(f"balancing.options.weights.{name} must be a non-negative number, got {value!r}")
         self.fixed = {name: float(weights[name]) for name in task_names}
 
     def weights(self, losses: Mapping[str, Tensor]) -> Mapping[str, float]:

@@ -3,7 +3,8 @@
 Each g_i is projected onto the dual cone {x : g_j . x >= 0 for all j}; the projection is
 J' v_i with v_i = argmin_{v >= e_i} v' G v, and the update is the mean of the projections, so
 it conflicts with no task. The K box-constrained QPs are solved together in torch by a
-primal-dual active-set method (Newton on the KKT system), exact once the active set settles.
+primal-dual active-set method (Newton on the KKT system), exact once the active set settles,
+on the host (the K x K problem is tiny: one transfer per step instead of a sync per iteration).
 """
 from __future__ import annotations
 
@@ -19,37 +20,47 @@ def box_qp(gram: Tensor, lower: Tensor, linear: Tensor | None = None, max_iter: 
            ridge: float = 1e-12, tol: float = 1e-9) -> Tensor:
     """Rows v_b = argmin_{v >= lower_b} v' G v / 2 - linear_b . v for each row of ``lower`` (B x K), in float64.
 
-    Primal-dual active-set iterations, each one batched linear solve, until the active set
-    repeats; rows whose result fails the KKT conditions (degenerate, e.g. more tasks than
-    dimensions) are re-solved by a monotone primal active-set method (Lawson-Hanson style).
+    Primal-dual active-set iterations, each one batched Cholesky solve of the free block,
+    until the active set repeats; rows whose result fails the KKT conditions (degenerate,
+    e.g. more tasks than dimensions) are re-solved by a monotone primal active-set method
+    (Lawson-Hanson style). On the host: one K x K transfer in, one B x K out, per call.
     """
-    g = gram.detach().to(torch.float64)
+    device = lower.device
+    g = gram.detach().to("cpu", torch.float64)
     k = g.shape[0]
-    lower = lower.to(g)
+    lower = lower.detach().to("cpu", torch.float64)
     scale = g.diagonal().mean().clamp_min(torch.finfo(g.dtype).tiny)
-    a = g / scale + ridge * torch.eye(k, dtype=g.dtype, device=g.device)
-    linear = torch.zeros_like(lower) if linear is None else (linear.to(g) / scale).expand_as(lower)
-    eye = torch.eye(k, dtype=g.dtype, device=g.device)
+    a = g / scale
+    a.diagonal().add_(ridge)
+    linear = torch.zeros_like(lower) if linear is None else (linear.detach().to(g) / scale).expand_as(lower)
+    eye = torch.eye(k, dtype=g.dtype)
     active = (lower @ a - linear) >= 0
-    v = lower.clone()
+    v, settled, failed_factor = lower.clone(), False, None
     for _ in range(max_iter or 2 * k + 5):
-        matrix = torch.where(active.unsqueeze(2), eye, a)
-        rhs = torch.where(active, lower, linear)
-        v = torch.linalg.solve(matrix, rhs.unsqueeze(2)).squeeze(2)
+        free = ~active
+        fixed = torch.where(active, lower, 0.0)
+        block = torch.where(free.unsqueeze(2) & free.unsqueeze(1), a, eye)  # the free block, identity elsewhere
+        rhs = torch.where(active, lower, linear - fixed @ a)
+        factor, failed_factor = torch.linalg.cholesky_ex(block)
+        v = torch.cholesky_solve(rhs.unsqueeze(2), factor).squeeze(2)
         multipliers = v @ a - linear
         new_active = (multipliers - (v - lower)) > 0
         if torch.equal(new_active, active):
+            settled = True
             break
         active = new_active
     v = torch.maximum(v, lower)
+    if settled and not bool(failed_factor.any()):  # a settled active set with exact solves is the KKT point
+        return v.to(device)
     multipliers = v @ a - linear
     size = 1 + v.abs().amax(dim=1)
     slack = v - lower
     failed = (multipliers.amin(dim=1) < -tol * size) | ((multipliers * slack).abs().amax(dim=1) > tol * size**2)
+    failed |= ~torch.isfinite(v).all(dim=1)
     if bool(failed.any()):
         for row in failed.nonzero().flatten().tolist():
             v[row] = lower[row] + _nonnegative_qp(a, a @ lower[row] - linear[row], tol)
-    return v
+    return v.to(device)
 
 
 def _nonnegative_qp(a: Tensor, c: Tensor, tol: float, max_iter: int = 500) -> Tensor:
@@ -85,11 +96,10 @@ def _nonnegative_qp(a: Tensor, c: Tensor, tol: float, max_iter: int = 500) -> Te
 def upgrad_weights(gram: Tensor, preferences: Sequence[float] | Tensor | None = None) -> Tensor:
     """UPGrad's weights: the preference-weighted (default: mean) sum of the K dual-cone projection weights."""
     k = gram.shape[0]
-    eye = torch.eye(k, dtype=torch.float64, device=gram.device)
-    v = box_qp(gram, eye)
-    pref = torch.full((k,), 1.0 / k, dtype=v.dtype, device=v.device) if preferences is None else \
-        torch.as_tensor(preferences, dtype=v.dtype, device=v.device)
-    return (pref @ v).to(gram.dtype)
+    v = box_qp(gram, torch.eye(k, dtype=torch.float64))
+    pref = torch.full((k,), 1.0 / k, dtype=v.dtype) if preferences is None else \
+        torch.as_tensor(preferences, dtype=v.dtype, device="cpu")
+    return (pref @ v).to(gram.device, gram.dtype)
 
 
 def upgrad(grads: Tensor, preferences: Sequence[float] | Tensor | None = None) -> Tensor:

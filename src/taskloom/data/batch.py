@@ -24,7 +24,8 @@ class Batch:
     """Inputs plus name-keyed targets, masks and sample weights.
 
     ``masks[name]`` is a bool tensor marking the labelled rows of task ``name``; a task
-    absent from ``masks`` is labelled on every row (the fast path: no masking work).
+    absent from ``masks`` is labelled on every row of this batch (the fast path: losses do
+    no masking work). :meth:`mask` gives every task's mask either way.
     ``weights[name]`` holds optional per-row sample weights.
     """
 
@@ -34,12 +35,21 @@ class Batch:
     weights: dict[str, Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """This batch with every tensor on ``device``."""
         return Batch(
             move(self.inputs, device, non_blocking),
             move(self.targets, device, non_blocking),
             move(self.masks, device, non_blocking),
             move(self.weights, device, non_blocking),
         )
+
+    def mask(self, name: str) -> Tensor:
+        """Task ``name``'s mask: the stored one, or all True (one entry per row) when every row is labelled."""
+        mask = self.masks.get(name)
+        if mask is not None:
+            return mask
+        target = self.targets[name]
+        return torch.ones(len(target), dtype=torch.bool, device=target.device)
 
     def __len__(self) -> int:
         first = self.inputs if isinstance(self.inputs, Tensor) else next(iter(self.inputs.values()))

@@ -1,6 +1,7 @@
 """In-memory multi-task data: inputs, and per task a target, a mask of labelled rows and row weights."""
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -10,7 +11,9 @@ import torch
 from torch import Tensor
 
 from taskloom.data.batch import Batch
-from taskloom.task import Task
+from taskloom.task import LabelError, Task
+
+log = logging.getLogger(__name__)
 
 
 def take(value: Any, index: Tensor) -> Any:
@@ -29,8 +32,9 @@ class MultiTaskDataset:
     """Rows of inputs with name-keyed targets, masks (True = labelled) and optional sample weights.
 
     Targets of unlabelled rows hold a placeholder (0); only the mask says whether a
-    label exists. Every task has a mask; tasks labelled on every row are served to the
-    model without one (the fast path).
+    label exists. Every task has a mask; a batch whose rows are all labelled for a task
+    carries no mask for it (the fast path), decided from the masks as they are when the
+    batch is cut, so a mask changed after construction always counts.
     """
 
     inputs: Any
@@ -53,7 +57,6 @@ class MultiTaskDataset:
                 raise ValueError(f"sample weights given for {name!r}, which has no targets")
             if weight.shape != (n,):
                 raise ValueError(f"task {name!r}: sample weights must have shape ({n},)")
-        self._complete = {name: bool(mask.all()) for name, mask in self.masks.items()}
 
     def __len__(self) -> int:
         return row_count(self.inputs)
@@ -76,8 +79,11 @@ class MultiTaskDataset:
         )
 
     def batch(self, index: Tensor) -> Batch:
-        """The rows ``index`` as a :class:`Batch`; complete tasks are sent without a mask."""
-        masks = {n: m[index] for n, m in self.masks.items() if not self._complete[n]}
+        """The rows ``index`` as a :class:`Batch`; a task labelled on all of them is sent without a mask."""
+        masks = {n: m[index] for n, m in self.masks.items()}
+        if masks:
+            complete = torch.stack([m.all() for m in masks.values()]).tolist()
+            masks = {n: m for (n, m), full in zip(masks.items(), complete) if not full}
         return Batch(take(self.inputs, index), take(self.targets, index), masks, take(self.weights, index))
 
     def apply_conditions(self, tasks: Sequence[Task]) -> None:
@@ -90,25 +96,49 @@ class MultiTaskDataset:
                 raise ValueError(f"task {task.name!r}: only_where.task {cond.task!r} is not a task of this data")
             holds = self.masks[cond.task] & (self.targets[cond.task].double() == float(cond.equals))
             self.masks[task.name] = self.masks[task.name] & holds
-            self._complete[task.name] = bool(self.masks[task.name].all())
 
-    def validate(self, tasks: Sequence[Task], split: str = "train") -> None:
-        """Refuse non-finite inputs and invalid labels, naming the split, task, column and row."""
+    def validate(self, tasks: Sequence[Task], split: str = "train", rows: Sequence[int] | None = None) -> None:
+        """Refuse non-finite inputs, invalid labels and a training split without labels for a task.
+
+        Messages name the split, task, column and row; ``rows`` (this split's row -> row of the
+        whole data set, as in ``DataSplits.info["rows"]``) adds the original row. A task without
+        labelled rows in a validation or test split is only logged: evaluation reports it as such.
+        """
         if len(self) == 0:
             raise ValueError(f"the {split} split is empty; use a smaller validation/test fraction or more data")
-        if isinstance(self.inputs, Tensor) and self.inputs.is_floating_point():
-            flat = self.inputs.reshape(len(self), -1)
-            bad = ~torch.isfinite(flat)
+
+        def origin(row: int) -> str:
+            return "" if rows is None or row >= len(rows) else f" (row {int(rows[row])} of the whole data set)"
+
+        named = self.inputs.items() if isinstance(self.inputs, dict) else [(None, self.inputs)]
+        for key, value in named:
+            if not (isinstance(value, Tensor) and value.is_floating_point()):
+                continue
+            bad = ~torch.isfinite(value.reshape(len(value), -1))
             if bool(bad.any()):
                 row, column = (int(i) for i in torch.nonzero(bad)[0])
+                what = "input feature" if key is None else f"input {key!r} feature"
                 raise ValueError(
-                    f"{split} split: input feature {column} of row {row} is not finite; "
+                    f"{split} split: {what} {column} of row {row}{origin(row)} is not finite; "
                     "impute or drop it before training"
                 )
         for task in tasks:
             if task.name not in self.targets:
                 raise ValueError(f"task {task.name!r} has no targets in the {split} split")
-            task.kind_spec.check_labels(self.targets[task.name], self.masks[task.name], task)
+            mask = self.masks[task.name]
+            if not bool(mask.any()):
+                message = f"task {task.name!r} (target {task.target!r}) has no labelled rows in the {split} split"
+                if split == "train":
+                    raise ValueError(f"{message}; label some of its rows or leave the task out")
+                log.warning("%s; it is reported there as 'no labelled rows'", message)
+                continue
+            try:
+                target = self.targets[task.name]  # checked on the task's loss units (tokens, for tagging)
+                task.kind_spec.check_labels(target, task.kind_spec.unit_mask(mask, target, self.inputs), task)
+            except LabelError as error:
+                raise error.located(split, rows) from None
+            except ValueError as error:
+                raise ValueError(f"{split} split, {error}") from None
 
 
 class BatchLoader:
@@ -169,8 +199,10 @@ class DataSplits:
         return int(np.prod(self.input_shape))
 
     def validate(self) -> None:
+        """Check every split (see :meth:`MultiTaskDataset.validate`), naming original rows when ``info`` has them."""
+        rows = self.info.get("rows") or {}
         for name in ("train", "val", "test"):
-            getattr(self, name).validate(self.tasks, name)
+            getattr(self, name).validate(self.tasks, name, rows.get(name))
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -28,11 +28,11 @@ def align_tasks(datasets: Mapping[str, MultiTaskDataset], task_names: Sequence[s
     names = list(task_names)
     if len(set(names)) != len(names):
         raise ValueError(f"task names must be unique, got {names}")
-    templates: dict[str, Tensor] = {}
+    templates: dict[str, tuple[Tensor, Tensor]] = {}
     for name in names:
         for dataset in datasets.values():
             if name in dataset.targets:
-                templates[name] = dataset.targets[name]
+                templates[name] = (dataset.targets[name], dataset.masks[name])
                 break
         else:
             raise ValueError(f"task {name!r} is in no source; the sources hold {sorted(_union(datasets))}")
@@ -47,9 +47,9 @@ def align_tasks(datasets: Mapping[str, MultiTaskDataset], task_names: Sequence[s
                 if name in dataset.weights:
                     weights[name] = dataset.weights[name]
             else:
-                template = templates[name]
-                targets[name] = torch.zeros((n,) + tuple(template.shape[1:]), dtype=template.dtype)
-                masks[name] = torch.zeros(n, dtype=torch.bool)
+                target, mask = templates[name]  # unlabelled everywhere, in the shapes the task's labels have
+                targets[name] = torch.zeros((n,) + tuple(target.shape[1:]), dtype=target.dtype)
+                masks[name] = torch.zeros((n,) + tuple(mask.shape[1:]), dtype=torch.bool)
         aligned[source] = MultiTaskDataset(dataset.inputs, targets, masks, weights)
     return aligned
 

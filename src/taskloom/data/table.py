@@ -157,12 +157,17 @@ def _multiclass(task: Task, series: pd.Series, labelled: np.ndarray, where: str,
 
 
 def encode_weights(frame: pd.DataFrame, tasks: Sequence[Task], name_row: RowName) -> dict[str, Tensor]:
-    """Per-row sample weights of tasks with a ``sample_weight`` column: finite, non-negative numbers."""
+    """Per-row sample weights of tasks with a ``sample_weight`` column: finite, non-negative numbers.
+
+    A row whose target cell is empty has no label to weigh, so its weight may be anything (kept as 0).
+    """
     out: dict[str, Tensor] = {}
     for task in tasks:
         if task.sample_weight is None:
             continue
         values = pd.to_numeric(frame[task.sample_weight], errors="coerce").to_numpy(dtype=float)
+        labelled = ~_missing(frame[task.target]) if task.target in frame.columns else np.ones(len(frame), dtype=bool)
+        values = np.where(labelled, values, 0.0)
         bad = ~np.isfinite(values) | (values < 0)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])

@@ -2,6 +2,9 @@
 
 Z[i->j] = 1 - L_j(theta_s - lr * grad_s L_i) / L_j(theta_s): how much a step on task i's
 gradient of the shared parameters lowers task j's loss on the same batch. Positive: i helps j.
+The lookahead is a plain SGD step with the optimizer's learning rate, as in Fifty et al.
+2021, whatever optimizer trains the model (no momentum or Adam scaling): every task gets the
+same kind of step, so the affinities compare tasks, not optimizer states.
 """
 from __future__ import annotations
 

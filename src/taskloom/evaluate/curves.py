@@ -1,7 +1,9 @@
 """Learning-curve signals of single-task training (Bingel & Sogaard 2017, "Identifying beneficial task relations").
 
-They found that a main task gains from auxiliary tasks when its own single-task loss
-curve is still falling steeply early on and plateaus late: these signals show that pattern.
+They found gains from multi-task learning more likely when the main task's single-task
+learning curve flattens early (it plateaus after few iterations, perhaps in a poor local
+minimum) while the auxiliary tasks' curves keep improving (they do not plateau): the slopes
+and plateau epochs below, of each task and of the others beside it, show that pattern.
 """
 from __future__ import annotations
 
@@ -58,6 +60,24 @@ def curve_signals(
             plateau = e + 1
             break
     return CurveSignals(slopes, relative, plateau, len(curve))
+
+
+def auxiliary_signals(
+    signals: Mapping[str, CurveSignals], fraction: float = 0.5
+) -> dict[str, dict[str, Any]]:
+    """Per task, the other tasks' (its auxiliaries') plateau epochs and their mean relative slope at ``fraction``.
+
+    Returns ``{task: {"plateaus": {other: epoch}, "epochs": {other: epochs}, "slope": mean or None}}``;
+    ``slope`` is None when no other task has a slope at ``fraction``.
+    """
+    out = {}
+    for task in signals:
+        others = [o for o in signals if o != task]
+        slopes = [signals[o].relative_slopes[fraction] for o in others if fraction in signals[o].relative_slopes]
+        out[task] = {"plateaus": {o: signals[o].plateau_epoch for o in others},
+                     "epochs": {o: signals[o].epochs for o in others},
+                     "slope": float(np.mean(slopes)) if slopes else None}
+    return out
 
 
 def single_task_curves(records: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:

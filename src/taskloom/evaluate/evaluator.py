@@ -36,10 +36,11 @@ def evaluate_model(
             for task in tasks:
                 output, target = outputs[task.name].float(), batch.targets[task.name]
                 weight = batch.weights.get(task.name)
-                mask = batch.masks.get(task.name)
+                mask = task.kind_spec.unit_mask(batch.masks.get(task.name), target, batch.inputs)  # tokens, for tagging
                 if mask is not None:
                     output, target = output[mask], target[mask]
-                    weight = None if weight is None else weight[mask]
+                    if weight is not None:  # a row's weight applies to each of its units
+                        weight = weight.reshape(len(weight), *[1] * (mask.dim() - 1)).expand(mask.shape)[mask]
                 kept[task.name].append((output.cpu(), target.cpu(), None if weight is None else weight.cpu()))
     finally:
         model.train(was_training)

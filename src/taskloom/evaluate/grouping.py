@@ -12,6 +12,10 @@ a set partition: best(S) = max over groups G containing S of sum_{t in S} s(G, t
 F_b(U) = max(F_{b-1}(U), max over S in U holding U's first task of best(S) + F_{b-1}(U \\ S)).
 Both steps enumerate every (subset, sub-subset) pair once: O(3^K) with numpy, exact
 (equal to exhaustive search over all choices of B groups), about a second for K = 14.
+
+A pair never measured (two tasks that never shared a batch) is refused unless
+``allow_missing``; then it is left out of the means, so it neither helps nor hurts a group
+(a task none of whose group-mates' affinity onto it was measured scores 0, as alone).
 """
 from __future__ import annotations
 
@@ -36,15 +40,31 @@ class Grouping:
     task_scores: dict[str, float] = field(default_factory=dict)
 
 
+def missing_pairs(
+    affinity: Mapping[str, Mapping[str, float | None]], task_names: Sequence[str]
+) -> list[tuple[str, str]]:
+    """The ordered pairs ``(from, onto)`` of distinct tasks with no finite affinity value."""
+    out = []
+    for a in task_names:
+        for b in task_names:
+            value = (affinity.get(a) or {}).get(b)
+            if a != b and (value is None or not np.isfinite(value)):
+                out.append((a, b))
+    return out
+
+
 def _as_matrix(
-    affinity: Mapping[str, Mapping[str, float | None]] | np.ndarray, task_names: Sequence[str] | None
+    affinity: Mapping[str, Mapping[str, float | None]] | np.ndarray, task_names: Sequence[str] | None,
+    allow_missing: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
     if isinstance(affinity, Mapping):
         names = list(task_names or affinity)
-        missing = [(a, b) for a in names for b in names if a != b and affinity.get(a, {}).get(b) is None]
-        if missing:
+        missing = missing_pairs(affinity, names)
+        if missing and not allow_missing:
             raise ValueError(f"affinity has no value for task pairs {missing[:5]}; measure them or drop the tasks")
-        z = np.array([[0.0 if a == b else float(affinity[a][b]) for b in names] for a in names])
+        unmeasured = set(missing)
+        z = np.array([[0.0 if a == b else np.nan if (a, b) in unmeasured else float(affinity[a][b]) for b in names]
+                      for a in names])
     else:
         z = np.asarray(affinity, dtype=float)
         if task_names is None:
@@ -52,7 +72,8 @@ def _as_matrix(
         names = list(task_names)
     if z.shape != (len(names), len(names)):
         raise ValueError(f"affinity must be {len(names)} x {len(names)} for tasks {names}, got {z.shape}")
-    if not np.all(np.isfinite(z[~np.eye(len(names), dtype=bool)])):
+    off = z[~np.eye(len(names), dtype=bool)]
+    if np.isinf(off).any() or (np.isnan(off).any() and not allow_missing):
         raise ValueError("affinity has NaN or infinite entries off the diagonal; measure every pair first")
     return z, names
 
@@ -62,13 +83,18 @@ def _bits(width: int) -> np.ndarray:
 
 
 def group_scores(z: np.ndarray, members: Sequence[int], reduce: str = "mean") -> np.ndarray:
-    """s(G, t) for each t in ``members``: the affinity onto t from its group-mates (mean or sum)."""
+    """s(G, t) for each t in ``members``: the affinity onto t from its group-mates (mean or sum; NaN left out)."""
     m = list(members)
     if len(m) == 1:
         return np.zeros(1)
-    sub = z[np.ix_(m, m)]
-    onto = sub.sum(axis=0) - np.diag(sub)
-    return onto / (len(m) - 1) if reduce == "mean" else onto
+    sub = np.array(z[np.ix_(m, m)], dtype=float)
+    np.fill_diagonal(sub, np.nan)
+    measured = np.isfinite(sub)
+    onto = np.where(measured, sub, 0.0).sum(axis=0)
+    if reduce != "mean":
+        return onto
+    count = measured.sum(axis=0)
+    return np.where(count > 0, onto / np.maximum(count, 1), 0.0)
 
 
 def select_groups(
@@ -76,12 +102,13 @@ def select_groups(
     networks: int,
     task_names: Sequence[str] | None = None,
     reduce: str = "mean",
+    allow_missing: bool = False,
 ) -> Grouping:
     """The best choice of at most ``networks`` groups for the affinity ``{i: {j: Z[i->j]}}``.
 
-    Exact for up to 16 tasks (see the module docstring for the method).
+    Exact for up to 16 tasks (see the module docstring for the method, and for ``allow_missing``).
     """
-    z, names = _as_matrix(affinity, task_names)
+    z, names = _as_matrix(affinity, task_names, allow_missing)
     k = len(names)
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
@@ -158,9 +185,10 @@ def grouping_score(
     groups: Sequence[Sequence[str]],
     task_names: Sequence[str] | None = None,
     reduce: str = "mean",
+    allow_missing: bool = False,
 ) -> float:
     """TAG's objective of a given choice of groups: each task's best score over the groups holding it."""
-    z, names = _as_matrix(affinity, task_names)
+    z, names = _as_matrix(affinity, task_names, allow_missing)
     index = {n: i for i, n in enumerate(names)}
     best = {n: -np.inf for n in names}
     for group in groups:

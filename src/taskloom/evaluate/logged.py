@@ -11,8 +11,21 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 
+def dedupe_epochs(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One record per (model, epoch), the last one written, in the order the pairs first appear.
+
+    A run interrupted after logging an epoch but before checkpointing it logs that epoch
+    again when resumed; the later record is the one the checkpoint continues from.
+    """
+    kept: dict[Any, dict[str, Any]] = {}
+    for index, record in enumerate(records):
+        key = (record.get("model"), record.get("epoch")) if "epoch" in record else ("line", index)
+        kept[key] = dict(record)
+    return list(kept.values())
+
+
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """The JSON records of a metrics.jsonl file; blank or malformed lines are skipped."""
+    """The JSON records of a metrics.jsonl file, one per (model, epoch); blank or malformed lines are skipped."""
     records = []
     for line in Path(path).read_text().splitlines():
         try:
@@ -21,6 +34,16 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             continue
         if isinstance(record, dict):
             records.append(record)
+    return dedupe_epochs(records)
+
+
+def variant_records(run_dir: str | Path, variant: str, seeds: Iterable[int]) -> list[dict[str, Any]]:
+    """The metrics.jsonl records of every seed of one variant of a compare run (``VARIANT/seedN/``)."""
+    records = []
+    for seed in seeds:
+        path = Path(run_dir) / variant / f"seed{seed}" / "metrics.jsonl"
+        if path.is_file():
+            records += read_records(path)
     return records
 
 

@@ -93,6 +93,19 @@ class Regularizer:
     ``proximal_step(lr)`` right after ``optimizer.step()``; ``strength`` scales the penalty.
     With plain SGD that is exact proximal gradient descent; with adaptive optimizers (Adam) the
     prox at the base learning rate is the usual heuristic. Stateful ones also save ``state_dict()``.
+
+    Scaling of ``strength`` (s) against scikit-learn's ``alpha`` and MALSAR's ``rho``, for T regression
+    tasks with one output each on the same n rows, every row labelled:
+
+    - in the :class:`~taskloom.train.trainer.Trainer` (equal weighting) the objective is
+      ``sum_t (1/n) ||y_t - f_t||^2 + s P(W)``: plain MSE, no 1/2. Halved, that is
+      ``(1/(2n)) ||Y - F||_F^2 + (s/2) P(W)``, so **alpha = s / 2** and **rho = n s / 2**;
+    - under the loss ``(1/(2n)) ||Y - F||_F^2`` (:class:`taskloom.linear.MultiTaskLinear`, or a loop
+      of your own with half the MSE) **alpha = s** and **rho = n s**.
+
+    MALSAR's loss is ``sum_t (1/2) ||y_t - X w_t||^2``, hence ``rho = n alpha``. A task with n_t
+    labelled rows puts n_t for n in its loss; a regression task with k outputs averages its squared
+    errors over them too, so there alpha = k s / 2. Other balancing methods reweight the losses.
     """
 
     smooth: bool = True

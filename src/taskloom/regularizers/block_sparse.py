@@ -17,8 +17,10 @@ from taskloom.regularizers.prox import group_soft_threshold, prox_l1inf
 class BlockSparse(Regularizer):
     """``strength * sum_j ||W[j, :]||_q`` over the feature-by-task matrix, by its proximal operator.
 
-    Scaling: with the loss ``(1/(2n)) ||Y - XW||_F^2`` (scikit-learn's MultiTaskLasso), ``strength``
-    is scikit-learn's ``alpha``; MALSAR's ``rho1`` (loss ``(1/2)||Y - XW||_F^2``) is ``n * alpha``.
+    Scaling (see :class:`~taskloom.regularizers.base.Regularizer`): in the trainer, whose regression
+    loss is plain MSE, ``strength`` s is scikit-learn's ``MultiTaskLasso(alpha=s / 2)`` (q = 2) and
+    MALSAR's ``rho1 = n s / 2`` (loss ``(1/2)||Y - XW||_F^2``); under scikit-learn's loss
+    ``(1/(2n)) ||Y - XW||_F^2`` (as in :class:`taskloom.linear.MultiTaskLinear`) ``alpha = s``, ``rho1 = n s``.
     """
 
     smooth = False

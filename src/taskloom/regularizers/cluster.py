@@ -21,8 +21,12 @@ class ClusteredMTL(Regularizer):
     """``strength * eta (1 + eta) tr(W (eta I + M)^{-1} W^T)``; ``M`` (tr M = k, 0 <= M <= I) in closed form.
 
     ``M`` starts at ``(k / T) I`` and is re-estimated after every ``update_every`` steps, which is an
-    exact alternating minimization of a jointly convex objective. MALSAR's ``rho1`` is ``n * strength``
-    and its ``rho2 = eta * rho1``; small ``eta`` clusters harder, large ``eta`` tends to plain ridge.
+    exact alternating minimization of a jointly convex objective; small ``eta`` clusters harder, large
+    ``eta`` tends to plain ridge. Scaling (see :class:`~taskloom.regularizers.base.Regularizer`): in the
+    trainer, whose regression loss is plain MSE, ``strength`` s is ``alpha = s / 2`` of
+    ``(1/(2n)) ||Y - XW||_F^2 + alpha P(W)`` and MALSAR CMTL's ``rho1 = n s / 2``, ``rho2 = eta rho1``
+    (loss ``(1/2)||Y - XW||_F^2``); under the ``1/(2n)`` loss (:class:`taskloom.linear.MultiTaskLinear`
+    ``penalty="cluster"``) ``alpha = s``, ``rho1 = n s``.
     """
 
     def __init__(self, model: nn.Module, parameters: ParameterSelection = None, strength: float = 1e-3,

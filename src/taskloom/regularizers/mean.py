@@ -17,8 +17,10 @@ def mean_penalty(W: Tensor) -> Tensor:
 class MeanRegularized(Regularizer):
     """``strength * sum_t ||w_t - mean_s w_s||^2`` over each task's selected parameters (a smooth penalty).
 
-    Scaling: with the loss ``(1/(2n)) ||Y - XW||_F^2`` ``strength`` is the ``alpha`` of that objective;
-    MALSAR's mean-regularized ``rho1`` (loss ``(1/2)||Y - XW||_F^2``) is ``n * alpha``.
+    Scaling (see :class:`~taskloom.regularizers.base.Regularizer`): in the trainer, whose regression
+    loss is plain MSE, ``strength`` s is ``alpha = s / 2`` of ``(1/(2n)) ||Y - XW||_F^2 + alpha P(W)``
+    and a MALSAR-style ``rho1 = n s / 2`` (loss ``(1/2)||Y - XW||_F^2``); under the ``1/(2n)`` loss
+    (as in :class:`taskloom.linear.MultiTaskLinear` ``penalty="mean"``) ``alpha = s``, ``rho1 = n s``.
     """
 
     def penalty(self) -> Tensor | None:

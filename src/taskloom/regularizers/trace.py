@@ -16,8 +16,10 @@ from taskloom.regularizers.prox import singular_value_threshold
 class TraceNorm(Regularizer):
     """``strength * ||W||_*`` over the parameter-by-task matrix, applied by its prox after each step.
 
-    Scaling: with the loss ``(1/(2n)) ||Y - XW||_F^2`` ``strength`` plays scikit-learn's ``alpha``;
-    MALSAR's trace-norm ``rho1`` (loss ``(1/2)||Y - XW||_F^2``) is ``n * alpha``.
+    Scaling (see :class:`~taskloom.regularizers.base.Regularizer`): in the trainer, whose regression
+    loss is plain MSE, ``strength`` s is ``alpha = s / 2`` of ``(1/(2n)) ||Y - XW||_F^2 + alpha ||W||_*``
+    and MALSAR's trace-norm ``rho1 = n s / 2`` (loss ``(1/2)||Y - XW||_F^2``); under the ``1/(2n)`` loss
+    (as in :class:`taskloom.linear.MultiTaskLinear` ``penalty="trace"``) ``alpha = s``, ``rho1 = n s``.
     """
 
     smooth = False

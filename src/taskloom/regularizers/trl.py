@@ -14,8 +14,12 @@ class TaskRelationship(Regularizer):
     """``strength * tr(W Omega^{-1} W^T)`` with ``Omega`` re-estimated in closed form after steps.
 
     ``Omega = (W^T W)^{1/2} / tr((W^T W)^{1/2})`` every ``update_every`` proximal steps (starting from
-    ``I / T``); minimized over ``Omega`` the penalty is ``strength * ||W||_*^2``. With the loss
-    ``(1/(2n)) ||Y - XW||_F^2`` ``strength`` is that objective's ``alpha``; MALSAR-style ``rho = n * alpha``.
+    ``I / T``); minimized over ``Omega`` the penalty is ``strength * ||W||_*^2``. Scaling (see
+    :class:`~taskloom.regularizers.base.Regularizer`): in the trainer, whose regression loss is plain
+    MSE, ``strength`` s is ``alpha = s / 2`` of ``(1/(2n)) ||Y - XW||_F^2 + alpha ||W||_*^2`` and a
+    MALSAR-style ``rho = n s / 2``; under the ``1/(2n)`` loss (:class:`taskloom.linear.MultiTaskLinear`
+    ``penalty="trl"``) ``alpha = s``, ``rho = n s``. The trainer writes the final ``Omega`` (``report()``)
+    to ``regularizers.json`` in its run directory.
     """
 
     def __init__(self, model: nn.Module, parameters: ParameterSelection = None, strength: float = 1e-3,

@@ -2,18 +2,22 @@
 
 It answers "does multi-task learning help here, for which task" (comparison and verdicts),
 and shows why (learning curves, task weights, gradient conflict, affinity, Pareto front).
+Conflict and affinity are drawn per multi-task variant, averaged over its seeds; the
+affinity that chose a compare run's task groups is the one marked as such.
 """
 from __future__ import annotations
 
 import html
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from taskloom.evaluate.curves import curve_table
+from taskloom.evaluate.curves import auxiliary_signals, curve_table
+from taskloom.evaluate.logged import mean_logged_matrix
 from taskloom.evaluate.verdict import compare_variants, verdicts_from_comparison
 from taskloom.report import plots
 from taskloom.report.rundir import RunData, load_run
@@ -42,6 +46,12 @@ text-align:right;white-space:nowrap}th{background:#f3f5f9}td.name,th.name{text-a
 img{max-width:100%;height:auto;display:block;margin:.5rem 0}pre{background:#f6f8fa;padding:1rem;overflow:auto;
 font-size:.85rem;border-radius:4px}nav a{margin-right:1rem}.wide{overflow-x:auto}
 .groups{white-space:normal;display:inline-block;max-width:26rem;font-size:.8rem}
+.pair{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-start}.pair figure{margin:0;flex:1 1 45%;min-width:20rem}
+table.signals{font-size:.82rem}table.signals th{white-space:normal;vertical-align:bottom}
+table.signals th[colspan]{text-align:center}
+table.signals td.aux{white-space:normal;min-width:6rem}
+figcaption{font-size:.85rem;color:#5b6372;max-width:32rem}.note{color:#7a4b00;background:#fff7e6;
+padding:.4rem .6rem;border-radius:4px}
 """
 
 
@@ -58,7 +68,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def _pct(value: float | None) -> str:
-    return "&ndash;" if value is None else f"{value:+.2f}%"
+    return "&ndash;" if value is None else f"{round(value, 2) + 0.0:+.2f}%"  # + 0.0: no "-0.00%"
 
 
 def _verdict_cell(verdict: str | None, test: str | None = None) -> str:
@@ -130,8 +140,15 @@ def _groups_against_all_in_one(compare: Mapping[str, Any]) -> str:
         interval = "" if dm.get("low") is None else f" [{dm['low']:+.2f}, {dm['high']:+.2f}]"
         rows.append(f"<tr><td class='name'>{html.escape(name)} vs {html.escape(reference)}</td>"
                     f"<td class='name'>groups</td><td>{_pct(dm.get('mean'))}{interval}</td>"
-                    "<td colspan='3' class='noise'>against the all-in-one model</td></tr>")
+                    "<td colspan='4' class='noise'>against the all-in-one model</td></tr>")
     return "".join(rows)
+
+
+def _seed_mean(value: Any) -> float | None:
+    """A per-seed mapping's mean (a plain number is returned as it is)."""
+    if isinstance(value, Mapping):
+        return float(np.mean(list(value.values()))) if value else None
+    return value
 
 
 def _grid_table(compare: Mapping[str, Any]) -> str:
@@ -141,14 +158,13 @@ def _grid_table(compare: Mapping[str, Any]) -> str:
     for name, variant in result["variants"].items():
         dm = variant.get("delta_m") or {}
         interval = "" if dm.get("low") is None else f" [{dm['low']:+.2f}, {dm['high']:+.2f}]"
-        seconds = variant.get("train_seconds")
-        if isinstance(seconds, Mapping):
-            seconds = float(np.mean(list(seconds.values()))) if seconds else None
+        seconds, analysis = (_seed_mean(compare["variants"][name].get(key)) for key in ("train_seconds",
+                                                                                       "analysis_seconds"))
         summary.append(
             f"<tr><td class='name'>{html.escape(name)}{_groups_line(variant.get('groups'))}</td>"
             f"<td class='name'>{_fmt(variant.get('kind'))}</td>"
             f"<td>{'baseline' if name == baseline else _pct(dm.get('mean')) + interval}</td>"
-            f"<td>{_fmt(variant.get('parameters'))}</td><td>{_fmt(seconds, 3)}</td>"
+            f"<td>{_fmt(variant.get('parameters'))}</td><td>{_fmt(seconds, 3)}</td><td>{_fmt(analysis, 3)}</td>"
             f"<td>{_fmt(variant.get('inference_seconds'), 3)}</td></tr>")
     summary.append(_groups_against_all_in_one(compare))
     rows = []
@@ -173,12 +189,16 @@ def _grid_table(compare: Mapping[str, Any]) -> str:
     return (
         f"<h3>Compare grid ({_fmt(compare.get('dataset'))}, baseline: {html.escape(baseline)})</h3>"
         "<table><tr><th class='name'>variant</th><th class='name'>kind</th><th>&Delta;<sub>m</sub> (95% CI)</th>"
-        "<th>parameters</th><th>train seconds (mean)</th><th>inference seconds</th></tr>" + "".join(summary)
+        "<th>parameters</th><th>train seconds (mean)</th><th>analysis seconds (mean)</th>"
+        "<th>inference seconds</th></tr>"
+        + "".join(summary)
         + "</table><div class='wide'><table><tr><th class='name'>task</th><th class='name'>variant</th>"
         "<th>test mean &plusmn; sd</th><th>seeds</th><th>change vs baseline</th><th class='name'>verdict</th>"
         "<th>p</th></tr>" + "".join(rows) + "</table></div>"
         "<p class='lead'>Verdicts: paired t-test over seeds (Welch's when seeds do not pair) at &alpha; = 0.05; "
-        "with one seed, a relative change beyond &plusmn;5% (hover a verdict for its test).</p>"
+        "with one seed, a relative change beyond &plusmn;5% (hover a verdict for its test). Train seconds: a seed's "
+        "models' epochs (steps, validation, checkpoints), without the conflict / affinity analysis, which is the "
+        "analysis column.</p>"
     )
 
 
@@ -197,17 +217,21 @@ def _curves_section(run: RunData) -> str:
     parts = []
     for task in run.tasks():
         metric = run.main_metric(task)
-        train, val = {}, {}
+        train, val_loss, val = {}, {}, {}
         for model in run.models():
             if model.startswith("single/") and model != f"single/{task}":
                 continue
             records = run.model_records(model)
             train[model] = _series(records, lambda r: (r.get("train_loss") or {}).get(task))
+            val_loss[model] = _series(records, lambda r: (r.get("val_loss") or {}).get(task))
             val[model] = _series(records, lambda r: ((r.get("val") or {}).get(task) or {}).get(metric))
-        if any(train.values()) or any(val.values()):
-            parts.append(f"<h3>{html.escape(task)}</h3>"
-                         + _img(plots.learning_curves(task, train, val, metric), f"learning curves of {task}"))
-    return "".join(parts) or _absent("The metrics hold no per-task losses to plot.")
+        if any(train.values()) or any(val.values()) or any(val_loss.values()):
+            uri = plots.learning_curves(task, train, val, metric, val_loss)
+            parts.append(f"<h3>{html.escape(task)}</h3>" + _img(uri, f"learning curves of {task}"))
+    lead = ("<p class='lead'>Per task and model: training and validation loss on one axis (a widening gap is "
+            "overfitting), the validation metric beside it." + (" First seed of a compare run." if run.seeds() else "")
+            + "</p>")
+    return lead + "".join(parts) if parts else _absent("The metrics hold no per-task losses to plot.")
 
 
 def _variant_gains(run: RunData) -> dict[str, dict[str, float | None]]:
@@ -221,26 +245,50 @@ def _variant_gains(run: RunData) -> dict[str, dict[str, float | None]]:
             for name, variant in result["variants"].items() if name != result["baseline"]}
 
 
+def _plateau_list(entry: Mapping[str, Any], epochs: int) -> str:
+    """``y2 3, y3 12``: each other task's plateau epoch (with its epoch count where it differs from ``epochs``)."""
+    parts = [f"{html.escape(o)} {e}" + ("" if entry["epochs"][o] == epochs else f"/{entry['epochs'][o]}")
+             for o, e in entry["plateaus"].items()]
+    return ", ".join(parts) or "&ndash;"
+
+
+def _breakable(name: str) -> str:
+    """A variant name that may wrap after its ``+`` and ``/`` (narrow table headers)."""
+    return re.sub(r"([+/])", r"\1<wbr>", html.escape(name))
+
+
 def _signals_section(run: RunData) -> str:
     gains = _variant_gains(run)
     table = curve_table(run.records)
     if not table:
         return _absent("No single-task training curves (needs single-task baselines with 2+ epochs).")
     fractions = list(next(iter(table.values()))["signals"].relative_slopes)
-    head = "".join(f"<th>slope at {int(f * 100)}%</th>" for f in fractions)
+    middle = 0.5 if 0.5 in fractions else fractions[len(fractions) // 2]
+    others = auxiliary_signals({task: entry["signals"] for task, entry in table.items()}, middle)
     rows = []
     for task, entry in table.items():
         s = entry["signals"]
         cells = "".join(f"<td>{s.relative_slopes[f]:+.3f}</td>" for f in fractions)
+        aux = others[task]
+        aux_slope = "&ndash;" if aux["slope"] is None else f"{aux['slope']:+.3f}"
         gain_cells = "".join(f"<td>{_pct(by_task.get(task))}</td>" for by_task in gains.values())
         rows.append(f"<tr><td class='name'>{html.escape(task)}</td>{cells}<td>{s.plateau_epoch} / {s.epochs}</td>"
-                    f"{gain_cells}</tr>")
-    gain_head = "".join(f"<th>{html.escape(name)} gain</th>" for name in gains)
-    return ("<p class='lead'>Slopes of each task's single-task training loss per epoch, relative to its first-epoch "
-            "loss (Bingel &amp; S&oslash;gaard 2017: tasks whose curve is still falling steeply early and plateaus "
-            "late tend to gain from others). Plateau: first epoch after which the loss falls by less than 1%.</p>"
-            f"<div class='wide'><table><tr><th class='name'>task</th>{head}<th>plateau epoch</th>{gain_head}</tr>"
-            + "".join(rows) + "</table></div>")
+                    f"<td class='name aux'>{_plateau_list(aux, s.epochs)}</td><td>{aux_slope}</td>{gain_cells}</tr>")
+    percent = int(middle * 100)
+    head = ("<tr><th class='name' rowspan='2'>task</th>"
+            f"<th colspan='{len(fractions)}'>slope of its loss at (share of training)</th>"
+            "<th rowspan='2'>plateau epoch</th><th colspan='2'>the other tasks</th>"
+            + (f"<th colspan='{len(gains)}'>gain in</th>" if gains else "") + "</tr><tr>"
+            + "".join(f"<th>{int(f * 100)}%</th>" for f in fractions)
+            + f"<th class='name'>plateau epochs</th><th>mean slope at {percent}%</th>"
+            + "".join(f"<th>{_breakable(name)}</th>" for name in gains) + "</tr>")
+    return ("<p class='lead'>Each task's single-task training loss: its slope per epoch at shares of training, "
+            "relative to its first-epoch loss, and its plateau epoch (the first after which the loss falls by less "
+            "than 1%); beside them the other tasks' (its auxiliaries') plateau epochs and mean slope, then the "
+            "task's gain in each multi-task variant. Bingel &amp; S&oslash;gaard (2017) found gains more likely when "
+            "the main task's curve plateaus early (flattens after few epochs) while the auxiliary tasks' curves "
+            "keep improving (plateau late, slope still negative).</p>"
+            f"<div class='wide'><table class='signals'>{head}" + "".join(rows) + "</table></div>")
 
 
 def _weights_section(run: RunData) -> str:
@@ -261,36 +309,84 @@ def _weights_section(run: RunData) -> str:
     return "".join(parts) or _absent("No task weights logged (the balancing method has none).")
 
 
-def _mean_matrix(run: RunData, key: str) -> tuple[list[list[float | None]], list[str], int] | None:
-    records = [r for r in run.records if isinstance(r.get(key), Mapping) and r[key]]
-    if not records:
-        return None
-    names = list(dict.fromkeys(n for r in records for n in r[key]))
-    values = np.full((len(records), len(names), len(names)), np.nan)
-    for k, record in enumerate(records):
-        for i, a in enumerate(names):
-            for j, b in enumerate(names):
-                value = (record[key].get(a) or {}).get(b)
-                if value is not None:
-                    values[k, i, j] = value
-    counts = np.isfinite(values).sum(0)
-    mean = np.where(counts > 0, np.nansum(values, 0) / np.maximum(counts, 1), np.nan)
-    return [[None if not np.isfinite(v) else float(v) for v in row] for row in mean], names, len(records)
+MATRICES = (("conflict", "gradient cosine similarity (shared parameters)", "cosine"),
+            ("affinity", "lookahead affinity Z[from \u2192 onto] (TAG)", "affinity"))
+
+
+def _tracked_models(run: RunData) -> list[tuple[str, Mapping[str, Any]]]:
+    """The multi-task variants of a compare run (group models left out), else every non-baseline model."""
+    if run.compare:
+        return [(name, v) for name, v in run.compare.get("variants", {}).items() if v.get("kind") == "multi"]
+    return [(m, {}) for m in run.models() if not m.startswith(("single/", "group/"))]
+
+
+def _skip_reason(run: RunData, model: str, variant: Mapping[str, Any]) -> str | None:
+    if variant.get("tracking_skipped"):
+        return str(variant["tracking_skipped"])
+    return next((str(r["tracking_skipped"]) for r in run.model_records(model) if r.get("tracking_skipped")), None)
+
+
+def variant_matrices(run: RunData) -> list[dict[str, Any]]:
+    """Per tracked variant and measure: the mean matrix over every logged epoch of every seed, or the skip reason.
+
+    Each entry holds ``model``, ``key``, ``matrix`` ({a: {b: mean}}), ``epochs``, ``seeds``, ``grouping`` (True
+    for the affinity a compare run chose its task groups by, taken from compare.json) and ``skipped``.
+    """
+    chosen = (run.compare or {}).get("grouping_affinity") or {}
+    out = []
+    for model, variant in _tracked_models(run):
+        skipped = _skip_reason(run, model, variant)
+        records, seeds = run.all_seed_records(model)
+        for key, _, _ in MATRICES:
+            entry: dict[str, Any] = {"model": model, "key": key, "grouping": False, "skipped": skipped}
+            if key == "affinity" and chosen.get("variant") == model and chosen.get("matrix"):
+                entry.update(matrix=chosen["matrix"], epochs=chosen["epochs"], seeds=len(chosen.get("seeds") or []),
+                             grouping=True, missing_pairs=chosen.get("missing_pairs") or [])
+            else:
+                matrix, epochs = mean_logged_matrix(records, key)
+                entry.update(matrix=matrix, epochs=epochs, seeds=seeds)
+            if entry["epochs"] or skipped:
+                out.append(entry)
+    return out
+
+
+def _matrix_figure(entry: Mapping[str, Any]) -> str:
+    names = list(entry["matrix"])
+    values = [[entry["matrix"][a].get(b) for b in names] for a in names]
+    title = next(t for k, t, _ in MATRICES if k == entry["key"])
+    label = next(lab for k, _, lab in MATRICES if k == entry["key"])
+    caption = f"{html.escape(entry['model'])}: mean over {entry['epochs']} logged epoch(s) of {entry['seeds']} seed(s)."
+    if entry["grouping"]:
+        caption += (" <b>This is the matrix <code>taskloom affinity</code> prints and <code>--groups</code> chose the "
+                    "task groups by.</b>")
+        if entry.get("missing_pairs"):
+            pairs = ", ".join(f"{a}&rarr;{b}" for a, b in entry["missing_pairs"][:10])
+            caption += f" Never measured, left out of the grouping: {pairs}."
+    uri = plots.heatmap(values, names, f"{entry['model']}\n{title}", label)
+    return (f"<figure>{_img(uri, entry['key'] + ' heatmap of ' + entry['model'])}"
+            f"<figcaption>{caption}</figcaption></figure>")
 
 
 def _conflict_section(run: RunData) -> str:
-    parts = []
-    for key, title, label in (("conflict", "Gradient cosine similarity on the shared parameters", "cosine"),
-                              ("affinity", "Lookahead inter-task affinity Z[from -> onto] (Fifty et al. 2021)",
-                               "affinity")):
-        found = _mean_matrix(run, key)
-        if found is None:
-            parts.append(_absent(f"No {key} logged in this run."))
+    entries = variant_matrices(run)
+    parts = ["<p class='lead'>Per multi-task variant (models of suggested task groups left out): the cosine "
+             "similarity of the task gradients on the shared parameters (Yu et al. 2020) and TAG's lookahead "
+             "affinity, how much a step on the row task lowers the column task's loss (Fifty et al. 2021); "
+             "negative values mean the tasks pull against each other.</p>"] if entries else []
+    for model in dict.fromkeys(e["model"] for e in entries):
+        mine = [e for e in entries if e["model"] == model]
+        parts.append(f"<h3>{html.escape(model)}</h3>")
+        if mine[0]["skipped"]:
+            reason = html.escape(mine[0]["skipped"])
+            parts.append(f"<p class='note'>Not measured for {html.escape(model)}: {reason}.</p>")
             continue
-        matrix, names, epochs = found
-        parts.append(f"<h3>{html.escape(title)}</h3><p class='lead'>Mean over {epochs} logged "
-                     "epoch(s); negative values mean the tasks pull against each other.</p>"
-                     + _img(plots.heatmap(matrix, names, title, label), f"{key} heatmap"))
+        parts.append("<div class='pair'>" + "".join(_matrix_figure(e) for e in mine if e["epochs"]) + "</div>")
+    chosen = (run.compare or {}).get("grouping_affinity") or {}
+    if chosen.get("skipped"):
+        parts.append(f"<p class='note'>{html.escape(chosen['skipped'])}.</p>")
+    for key, _, _ in MATRICES:
+        if not any(e["key"] == key and e["epochs"] for e in entries) and not any(e["skipped"] for e in entries):
+            parts.append(_absent(f"No {key} logged in this run."))
     return "".join(parts)
 
 
@@ -311,12 +407,35 @@ def _pareto_section(run: RunData) -> str:
     tasks = list(spec)
     if len(tasks) < 2 or len(variants) < 2:
         return _absent("Needs per-task metrics of at least two variants on at least two tasks.")
+    higher = [bool(spec[t]["higher_is_better"]) for t in tasks]
+    front = plots.pareto_front(np.array([[variants[v][t] for t in tasks] for v in variants], dtype=float), higher)
+    on_front = dict(zip(variants, (bool(f) for f in front)))
+    changes, baseline = _relative_changes(run, variants, tasks)
+    strip = ("<h3>Relative change per task, every variant</h3>"
+             + _img(plots.relative_change_strip(changes, tasks, on_front, baseline),
+                    "relative change per task of every variant") if changes else "")
     note = "" if len(tasks) <= plots.MAX_PAIR_TASKS else (
-        f"<p class='lead'>Showing pairs of the first {plots.MAX_PAIR_TASKS} of {len(tasks)} tasks; the front is "
-        "computed over all tasks.</p>")
-    uri = plots.pareto_scatter(variants, tasks, [bool(spec[t]["higher_is_better"]) for t in tasks],
-                               [spec[t].get("metric") for t in tasks])
-    return note + _img(uri, "Pareto scatter of per-task metrics")
+        f"<p class='lead'>The pair plots show the first {plots.MAX_PAIR_TASKS} of {len(tasks)} tasks; the front, "
+        "and the strip above, cover all tasks.</p>")
+    uri = plots.pareto_scatter(variants, tasks, higher, [spec[t].get("metric") for t in tasks])
+    front_names = ", ".join(html.escape(v) for v, f in on_front.items() if f)
+    return (f"<p class='lead'>Pareto-optimal over all {len(tasks)} tasks (test means; no other variant is at least "
+            f"as good on every task and better on one): {front_names}.</p>" + strip
+            + "<h3>Per-task metrics, task pairs</h3>" + note + _img(uri, "Pareto scatter of per-task metrics"))
+
+
+def _relative_changes(run: RunData, variants: Mapping[str, Mapping[str, float]],
+                      tasks: list[str]) -> tuple[dict[str, dict[str, float | None]], str]:
+    """Each variant's relative change per task against the baseline (the baseline's own row is 0)."""
+    if run.compare:
+        result = compare_variants(run.compare)
+        baseline = result["baseline"]
+        return ({name: {t: (0.0 if name == baseline else result["variants"][name]["tasks"][t].get("relative_change"))
+                        for t in tasks} for name in variants}, baseline)
+    gains = _variant_gains(run)
+    rows = {"single-task": {t: 0.0 for t in tasks}}
+    rows.update({name: dict(by_task) for name, by_task in gains.items()})
+    return rows, "single-task"
 
 
 def _config_section(run: RunData) -> str:

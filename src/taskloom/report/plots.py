@@ -2,6 +2,7 @@
 
 Pareto plot: for 2 tasks a 2-D scatter; for more, one panel per task pair (up to
 ``MAX_PAIR_TASKS`` tasks). Filled markers are variants on the Pareto front over all tasks.
+With any number of tasks, :func:`relative_change_strip` shows every variant on every task.
 """
 from __future__ import annotations
 
@@ -34,22 +35,34 @@ def learning_curves(
     train: Mapping[str, Sequence[tuple[int, float]]],
     val: Mapping[str, Sequence[tuple[int, float]]],
     metric: str | None,
+    val_loss: Mapping[str, Sequence[tuple[int, float]]] | None = None,
 ) -> str:
-    """Train loss and validation main metric per epoch for one task, one line per model."""
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for model, points in train.items():
-        if points:
-            left.plot(*zip(*points), marker="o", markersize=3, label=model)
-    for model, points in val.items():
-        if points:
-            right.plot(*zip(*points), marker="o", markersize=3, label=model)
-    left.set(title=f"{task}: training loss", xlabel="epoch", ylabel="loss")
+    """One task per epoch: training (solid) and validation (dashed) loss on one axis, validation metric beside.
+
+    One colour per model, the same in both panels.
+    """
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    models = list(dict.fromkeys([*train, *(val_loss or {}), *val]))
+    for k, model in enumerate(models):
+        color = colors[k % len(colors)]
+        if train.get(model):
+            left.plot(*zip(*train[model]), marker="o", markersize=3, color=color, label=f"{model} train")
+        if (val_loss or {}).get(model):
+            left.plot(*zip(*val_loss[model]), marker="s", markersize=3, linestyle="--", color=color,
+                      label=f"{model} validation")
+        if val.get(model):
+            right.plot(*zip(*val[model]), marker="o", markersize=3, color=color, label=model)
+    left.set(title=f"{task}: loss (solid: training, dashed: validation)", xlabel="epoch", ylabel="loss")
     right.set(title=f"{task}: validation {metric or 'metric'}", xlabel="epoch", ylabel=metric or "")
     for axis in (left, right):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
-        if axis.lines:
-            axis.legend(fontsize=8)
+        axis.title.set_fontsize(10)
+    handles = [plt.Line2D([], [], color=colors[k % len(colors)], marker="o", markersize=3, label=model)
+               for k, model in enumerate(models)]
+    if handles:
+        right.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return to_data_uri(figure)
 
 
@@ -137,4 +150,42 @@ def pareto_scatter(
     figure.suptitle("per-task metrics of every variant "
                     "(filled: Pareto front over all tasks; dashed: front of the pair)",
                     fontsize=9)
+    return to_data_uri(figure)
+
+
+def relative_change_strip(
+    changes: Mapping[str, Mapping[str, float | None]],
+    tasks: Sequence[str],
+    pareto: Mapping[str, bool],
+    baseline: str,
+) -> str:
+    """Variants (rows) x tasks (columns): relative change against ``baseline`` in %, blue better, red worse.
+
+    Rows of Pareto-optimal variants (no variant at least as good on every task and better on
+    one) are marked with a star and a black frame; an undefined change is a grey cell.
+    """
+    names = list(changes)
+    values = np.array([[np.nan if changes[v].get(t) is None else float(changes[v][t]) for t in tasks]
+                       for v in names], dtype=float)
+    limit = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+    limit = limit if limit > 0 else 1.0
+    width = min(18.0, max(5.0, 0.62 * len(tasks) + 3.2))
+    figure, axis = plt.subplots(figsize=(width, 0.42 * len(names) + 1.8))
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="#d9d9d9")
+    image = axis.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
+    labels = [("\u2605 " if pareto.get(v) else "") + v for v in names]
+    axis.set_xticks(range(len(tasks)), tasks, rotation=45 if len(tasks) > 4 else 0,
+                    ha="right" if len(tasks) > 4 else "center", fontsize=8)
+    axis.set_yticks(range(len(names)), labels, fontsize=8)
+    for i, name in enumerate(names):
+        if pareto.get(name):
+            axis.add_patch(plt.Rectangle((-0.5, i - 0.5), len(tasks), 1, fill=False, edgecolor="black", lw=1.6))
+        for j in range(len(tasks)):
+            if np.isfinite(values[i, j]):
+                strong = abs(values[i, j]) > 0.6 * limit
+                axis.text(j, i, f"{round(values[i, j], 1) + 0.0:+.1f}", ha="center", va="center", fontsize=7,
+                          color="white" if strong else "black")
+    axis.set_title(f"relative change vs {baseline} per task, % (\u2605 and frame: Pareto-optimal over all tasks)",
+                   fontsize=9)
+    figure.colorbar(image, ax=axis, label="% (positive: better)", shrink=0.9, pad=0.02)
     return to_data_uri(figure)

@@ -1,6 +1,7 @@
 """Reading a run directory: the resolved config, per-epoch metrics and the comparison files.
 
 Every part is optional, so a report can be written for a run that is partway through.
+A repeated (model, epoch) record (an epoch logged again after a resume) counts once: the last.
 """
 from __future__ import annotations
 
@@ -10,18 +11,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from taskloom.evaluate.logged import dedupe_epochs, variant_records
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunData:
-    """What the report draws from: config text, metrics.jsonl records, comparison.json, compare.json."""
+    """What the report draws from: config text, metrics.jsonl records, comparison.json, compare.json, grid.json."""
 
     path: Path
     config_text: str | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     comparison: dict[str, Any] | None = None
     compare: dict[str, Any] | None = None
+    grid: dict[str, Any] | None = None
+
+    def seeds(self) -> list[int]:
+        """The seeds of a compare run (empty for a single run)."""
+        for source in (self.compare, self.grid):
+            if source and source.get("seeds"):
+                return [int(s) for s in source["seeds"]]
+        return []
+
+    def all_seed_records(self, model: str) -> tuple[list[dict[str, Any]], int]:
+        """``(records, seeds)``: a compare variant's records over every seed (its cells' metrics.jsonl),
+        else the run's records of ``model`` with ``seeds`` 1."""
+        seeds = self.seeds()
+        if seeds:
+            found = [s for s in seeds if (self.path / model / f"seed{s}" / "metrics.jsonl").is_file()]
+            if found:
+                return variant_records(self.path, model, found), len(found)
+        return self.model_records(model), 1
 
     def models(self) -> list[str]:
         """Model names in the order they first appear, multitask first."""
@@ -84,6 +105,8 @@ def load_run(run_dir: str | Path) -> RunData:
                 log.warning("%s line %d lacks 'model' or 'epoch'; skipped", metrics, number)
                 continue
             data.records.append(record)
+    data.records = dedupe_epochs(data.records)
     data.comparison = _read_json(path / "comparison.json")
     data.compare = _read_json(path / "compare.json")
+    data.grid = _read_json(path / "grid.json")
     return data

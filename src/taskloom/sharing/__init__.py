@@ -16,7 +16,7 @@ from taskloom.sharing.cascade import Cascade, build_cascade
 from taskloom.sharing.cross_stitch import CrossStitchNetwork, CrossStitchUnit, build_cross_stitch
 from taskloom.sharing.hard import MultiTaskModel, build_hard, predict
 from taskloom.sharing.hybrid import HybridSharing, build_hybrid
-from taskloom.sharing.interaction import FeatureInteraction, build_interaction
+from taskloom.sharing.interaction import FeatureInteraction, PredictionInteraction, build_interaction
 from taskloom.sharing.low_level import LowLevelSupervision, build_low_level
 from taskloom.sharing.mmoe import MMoE, build_mmoe
 from taskloom.sharing.parameters import count_parameters
@@ -24,20 +24,34 @@ from taskloom.sharing.ple import PLE, build_ple
 from taskloom.sharing.soft import SoftSharing, build_soft, tie_penalty
 
 ARCHITECTURES: Registry = Registry("architecture")
-ARCHITECTURES.add("hard", build_hard, "hard parameter sharing: one trunk, one head per task (Caruana 1997)")
-ARCHITECTURES.add("soft", build_soft, "one tower per task tied by an L2 or trace-norm penalty (Duong 2015; Yang 2017)")
-ARCHITECTURES.add("hybrid", build_hybrid, "hard-shared lower layers, soft-tied upper towers; option split")
-ARCHITECTURES.add("cross_stitch", build_cross_stitch, "task towers mixed by cross-stitch units (Misra et al. 2016)")
-ARCHITECTURES.add("mmoe", build_mmoe, "shared experts, one softmax gate per task (Ma et al. 2018)")
-ARCHITECTURES.add("ple", build_ple, "shared and task experts with per-task gates; 1 level = CGC (Tang et al. 2020)")
-ARCHITECTURES.add("low_level", build_low_level, "each head at its own trunk depth (Søgaard & Goldberg 2016)")
-ARCHITECTURES.add("cascade", build_cascade, "higher tasks read lower tasks' label embeddings (Hashimoto et al. 2017)")
-ARCHITECTURES.add("interaction", build_interaction, "task towers exchange and fuse features at a layer (Xia & Ding 2019)")
-ARCHITECTURES.add("adversarial", build_adversarial, "tasks behind a gradient-reversal layer (Ganin & Lempitsky 2015)")
+ARCHITECTURES.add("hard", build_hard, "hard parameter sharing: one trunk, one head per task "
+                  "(Caruana 1997, 'Multitask learning', Machine Learning 28)")
+ARCHITECTURES.add("soft", build_soft, "one tower per task tied by an L2 penalty (Duong, Cohn, Bird & Cook 2015, "
+                  "'Low resource dependency parsing: cross-lingual parameter sharing in a neural network parser') "
+                  "or a trace-norm one (Yang & Hospedales 2017, 'Trace norm regularised deep multi-task learning')")
+ARCHITECTURES.add("hybrid", build_hybrid, "hard-shared lower layers (Caruana 1997), soft-tied upper towers "
+                  "(Duong et al. 2015; Yang & Hospedales 2017); option split")
+ARCHITECTURES.add("cross_stitch", build_cross_stitch, "task towers mixed by cross-stitch units (Misra, Shrivastava, "
+                  "Gupta & Hebert 2016, 'Cross-stitch networks for multi-task learning', CVPR)")
+ARCHITECTURES.add("mmoe", build_mmoe, "shared experts, one softmax gate per task (Ma, Zhao, Yi, Chen, Hong & Chi "
+                  "2018, 'Modeling task relationships in multi-task learning with multi-gate mixture-of-experts', KDD)")
+ARCHITECTURES.add("ple", build_ple, "shared and task experts with per-task gates, 1 level = CGC (Tang, Liu, Zhao & "
+                  "Gong 2020, 'Progressive layered extraction (PLE): a novel multi-task learning (MTL) model for "
+                  "personalized recommendations', RecSys)")
+ARCHITECTURES.add("low_level", build_low_level, "each head at its own trunk depth (Søgaard & Goldberg 2016, "
+                  "'Deep multi-task learning with low level tasks supervised at lower layers', ACL)")
+ARCHITECTURES.add("cascade", build_cascade, "higher tasks read lower tasks' label embeddings (Hashimoto, Xiong, "
+                  "Tsuruoka & Socher 2017, 'A joint many-task model: growing a neural network for multiple NLP "
+                  "tasks', EMNLP)")
+ARCHITECTURES.add("interaction", build_interaction, "task towers, earlier towers' predictions fed into later ones' "
+                  "upper layer (Xia & Ding 2019, 'Emotion-cause pair extraction: a new task to emotion analysis in "
+                  "texts', ACL); mode features: fused features (an extension)")
+ARCHITECTURES.add("adversarial", build_adversarial, "tasks behind a gradient-reversal layer (Ganin & Lempitsky "
+                  "2015, 'Unsupervised domain adaptation by backpropagation', ICML)")
 
 __all__ = [
     "ARCHITECTURES", "Cascade", "CrossStitchNetwork", "CrossStitchUnit", "FeatureInteraction", "GradientReversal",
     "GradientReversalLayer", "HybridSharing", "LowLevelSupervision", "MMoE", "MultiTaskModel", "MultiTaskModule",
-    "PLE", "SoftSharing", "add_task", "count_parameters", "make_adversarial", "predict", "remove_task",
+    "PLE", "PredictionInteraction", "SoftSharing", "add_task", "count_parameters", "make_adversarial", "predict", "remove_task",
     "reverse_gradient", "tie_penalty",
 ]

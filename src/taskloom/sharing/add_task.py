@@ -61,7 +61,8 @@ def add_task(model: MultiTaskModule, task: Task, **options: Any) -> MultiTaskMod
 
 
 def remove_task(model: MultiTaskModule, name: str) -> MultiTaskModule:
-    """Drop a task's head (or, for soft sharing, its tower and head); the rest is untouched."""
+    """Drop a task's head (hard sharing, low-level supervision), its gate and head (MMoE) or its tower and head
+    (soft and hybrid sharing), in place; the other tasks' outputs are unchanged."""
     if hasattr(model, "detach_task"):
         model.detach_task(name)
         return model

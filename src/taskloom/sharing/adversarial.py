@@ -1,5 +1,5 @@
 """Adversarial auxiliary tasks through a gradient-reversal layer (Ganin & Lempitsky 2015,
-"Unsupervised domain adaptation by backpropagation"): the shared layers learn to defeat them."""
+"Unsupervised domain adaptation by backpropagation", ICML 2015): the shared layers learn to defeat them."""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence

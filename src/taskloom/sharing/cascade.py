@@ -1,5 +1,6 @@
-"""Cascade after the joint many-task model (Hashimoto et al. 2017, "A joint many-task model:
-growing a neural network for multiple NLP tasks"): higher tasks read lower tasks' label embeddings."""
+"""Cascade after the joint many-task model (Hashimoto, Xiong, Tsuruoka & Socher 2017, "A joint many-task
+model: growing a neural network for multiple NLP tasks", EMNLP 2017): higher tasks read lower tasks'
+label embeddings."""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence

@@ -1,4 +1,5 @@
-"""Cross-stitch networks (Misra et al. 2016): task towers mixed by learned linear units.
+"""Cross-stitch networks (Misra, Shrivastava, Gupta & Hebert 2016, "Cross-stitch networks for multi-task
+learning", CVPR 2016): task towers mixed by learned linear units.
 
 After each chosen layer, task k's activation becomes sum_j alpha[k, j] * x_j, with alpha
 initialized to alpha_self on the diagonal and alpha_other elsewhere (the paper's 0.9/0.1).

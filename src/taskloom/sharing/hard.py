@@ -1,4 +1,5 @@
-"""Hard parameter sharing (Caruana 1997): one shared trunk, one head per task."""
+"""Hard parameter sharing (Caruana 1997, "Multitask learning", Machine Learning 28(1)): one shared trunk,
+one head per task."""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence

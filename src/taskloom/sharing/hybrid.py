@@ -1,7 +1,9 @@
 """Hybrid sharing: hard-shared lower layers, soft-tied upper towers per task.
 
-The lower layers are shared as in hard sharing (Caruana 1997); the upper layers are one
-tower per task tied as in soft sharing (Duong et al. 2015; Yang & Hospedales 2017).
+The lower layers are shared as in hard sharing (Caruana 1997, "Multitask learning"); the upper
+layers are one tower per task tied as in soft sharing (Duong, Cohn, Bird & Cook 2015, "Low resource
+dependency parsing: cross-lingual parameter sharing in a neural network parser"; Yang & Hospedales
+2017, "Trace norm regularised deep multi-task learning").
 """
 from __future__ import annotations
 
@@ -55,6 +57,16 @@ class HybridSharing(TiedTowers):
         self.towers[task.name] = tower
         self.heads[task.name] = task.build_head(head_width(next(iter(self.heads.values()))))
         self.task_names.append(task.name)
+
+    def detach_task(self, name: str) -> None:
+        """Drop a task's tower and head; the shared bottom and the other towers are untouched."""
+        if name not in self.task_names:
+            raise KeyError(f"unknown task {name!r}; this model has tasks {self.task_names}")
+        if len(self.task_names) == 1:
+            raise ValueError(f"cannot remove {name!r}, the model's only task")
+        del self.towers[name]
+        del self.heads[name]
+        self.task_names.remove(name)
 
 
 def build_hybrid(trunk_factory: Callable[[], nn.Module], tasks: Sequence[Task], split: int | None = None,

@@ -1,5 +1,5 @@
 """Low-level supervision (Søgaard & Goldberg 2016, "Deep multi-task learning with low level
-tasks supervised at lower layers"): each task's head reads the shared trunk at its own depth."""
+tasks supervised at lower layers", ACL 2016): each task's head reads the shared trunk at its own depth."""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
@@ -129,6 +129,25 @@ class LowLevelSupervision(DepthTapped):
         self.heads[task.name] = task.build_head(self.tap_widths[depth])
         self.depths[task.name] = depth
         self.task_names.append(task.name)
+
+    def detach_task(self, name: str) -> None:
+        """Drop a task's head; trunk stages above the deepest remaining tap, which no loss would reach, go too."""
+        if name not in self.task_names:
+            raise KeyError(f"unknown task {name!r}; this model has tasks {self.task_names}")
+        if len(self.task_names) == 1:
+            raise ValueError(f"cannot remove {name!r}, the model's only task")
+        top = max(d for n, d in self.depths.items() if n != name)
+        if self.layered and top < self.stage_ends[-1]:
+            raise ValueError(f"cannot remove {name!r}: it is the only task at the trunk's top layer, whose layers "
+                             "would then train for no task; tap another task there first")
+        del self.heads[name]
+        del self.depths[name]
+        self.task_names.remove(name)
+        if not self.layered:
+            kept = [i for i, end in enumerate(self.stage_ends) if end <= top]
+            self.stages = nn.ModuleList([self.stages[i] for i in kept])
+            self.stage_ends = [self.stage_ends[i] for i in kept]
+            self.tap_widths = {end: self.tap_widths[end] for end in self.stage_ends}
 
 
 def build_low_level(trunk_factory: Callable[[], nn.Module], tasks: Sequence[Task],

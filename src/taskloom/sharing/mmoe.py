@@ -1,5 +1,5 @@
-"""Multi-gate mixture of experts (Ma et al. 2018, "Modeling task relationships in multi-task
-learning with multi-gate mixture-of-experts"): shared experts, one softmax gate per task."""
+"""Multi-gate mixture of experts (Ma, Zhao, Yi, Chen, Hong & Chi 2018, "Modeling task relationships in
+multi-task learning with multi-gate mixture-of-experts", KDD 2018): shared experts, one softmax gate per task."""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -55,6 +55,16 @@ class MMoE(ReachSplit):
         self.gates[task.name] = Gate(gate.linear.in_features, len(self.experts))
         self.heads[task.name] = task.build_head(output_width(self.experts[0], "mmoe"))
         self.task_names.append(task.name)
+
+    def detach_task(self, name: str) -> None:
+        """Drop a task's gate and head; the experts and the other gates are untouched."""
+        if name not in self.task_names:
+            raise KeyError(f"unknown task {name!r}; this model has tasks {self.task_names}")
+        if len(self.task_names) == 1:
+            raise ValueError(f"cannot remove {name!r}, the model's only task")
+        del self.gates[name]
+        del self.heads[name]
+        self.task_names.remove(name)
 
 
 def build_mmoe(trunk_factory: Callable[[], nn.Module], tasks: Sequence[Task], num_experts: int = 4,

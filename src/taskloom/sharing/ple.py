@@ -1,5 +1,6 @@
-"""Progressive layered extraction (Tang et al. 2020, "Progressive layered extraction (PLE)"):
-shared and task-specific experts with per-task gates; one level is CGC."""
+"""Progressive layered extraction (Tang, Liu, Zhao & Gong 2020, "Progressive layered extraction (PLE): a
+novel multi-task learning (MTL) model for personalized recommendations", RecSys 2020): shared and
+task-specific experts with per-task gates; one level is CGC (customized gate control)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence

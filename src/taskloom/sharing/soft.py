@@ -1,8 +1,8 @@
 """Soft parameter sharing: one tower per task, tied by a penalty on their distance.
 
-The L2 tie follows Duong et al. 2015 ("Low resource dependency parsing: cross-lingual
-parameter sharing in a neural network parser"); the trace-norm tie follows Yang &
-Hospedales 2017 ("Trace norm regularised deep multi-task learning"), last-axis flattening.
+The L2 tie follows Duong, Cohn, Bird & Cook 2015 ("Low resource dependency parsing: cross-lingual
+parameter sharing in a neural network parser", ACL 2015); the trace-norm tie follows Yang &
+Hospedales 2017 ("Trace norm regularised deep multi-task learning", ICLR 2017 workshop), last-axis flattening.
 """
 from __future__ import annotations
 

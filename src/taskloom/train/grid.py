@@ -7,7 +7,14 @@ baselines are the plain trunk + head, so every variant is compared to the same m
 (Bingel & Sogaard 2017 found most task pairs lose under such identical settings).
 With ``groups``, the TAG affinity (Fifty et al. 2021) of the first variant chooses task
 groups, one multi-task model is trained per group, and the grouping is compared too.
-``compare.json`` follows the schema in :mod:`taskloom.evaluate.verdict`; delta-m is Maninis et al. 2019.
+``compare.json`` follows the schema in :mod:`taskloom.evaluate.verdict`; delta-m is Maninis et al. 2019;
+the same table is written as ``compare.csv`` and ``compare.md``.
+
+Training seconds are the wall time of a cell's epochs (steps, validation, checkpoint) without
+the time its monitors spend on conflict / affinity analysis, which is ``analysis_seconds``:
+only multi-task cells are tracked, and the comparison of times must not charge them for it.
+Each epoch's seconds are saved as it ends (``seconds.json``), so a resumed cell counts the
+epochs trained before the interruption.
 """
 from __future__ import annotations
 
@@ -24,8 +31,13 @@ import torch
 from taskloom.config import Config, ConfigError, parse_config
 from taskloom.data.dataset import BatchLoader, DataSplits, MultiTaskDataset
 from taskloom.evaluate.curves import curve_signals, single_task_curves
-from taskloom.evaluate.grouping import select_groups
+from taskloom.evaluate.grouping import missing_pairs, select_groups
 from taskloom.evaluate.logged import mean_logged_matrix, read_records
+from taskloom.evaluate.logged import variant_records as logged_variant_records
+from taskloom.evaluate.table import write_compare_tables
+from taskloom.train.timing import (
+    TIMING_FILE, EpochClock, inference_seconds, read_epoch_seconds, write_json_atomically,
+)
 from taskloom.train.runner import (
     Callbacks, build_trainer, count_parameters, load_data, prepare_run, training_data, write_report_safely,
 )
@@ -154,33 +166,8 @@ def cell_config(config: Config, spec: GridSpec, cell: Cell) -> Config:
 
 
 @torch.no_grad()
-def inference_seconds(model: torch.nn.Module, data: MultiTaskDataset, batch_size: int,
-                      device: str | torch.device) -> float:
-    """Seconds to predict every row of ``data`` (one warm-up batch first, not timed)."""
-    was_training = model.training
-    model.eval()
-    try:
-        loader = BatchLoader(data, batch_size, shuffle=False)
-        for batch in loader:
-            model(batch.to(device).inputs)
-            break
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        for batch in loader:
-            model(batch.to(device).inputs)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - started
-    finally:
-        model.train(was_training)
-
-
-def write_json_atomically(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it: a reader never sees half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, path)
+def _skipped_tracking(trainer: Any) -> str | None:
+    return next((m.skipped for m in trainer.monitors if getattr(m, "skipped", None)), None)
 
 
 def train_cell(config: Config, spec: GridSpec, splits: DataSplits, cell: Cell, run_dir: Path,
@@ -193,17 +180,18 @@ def train_cell(config: Config, spec: GridSpec, splits: DataSplits, cell: Cell, r
     cell_dir.mkdir(parents=True, exist_ok=True)
     settings = cell_config(config, spec, cell)
     tasks = [t for t in splits.tasks if t.name in cell.tasks]
+    callbacks = dict(callbacks or {})
     trainer = build_trainer(settings, tasks, splits, cell_dir, cell.model_name, balancing=cell.kind != "single",
                             callbacks=callbacks)
     trainer.resume()
-    timing_file = cell_dir / "seconds.json"
-    previous = json.loads(timing_file.read_text())["seconds"] if timing_file.exists() else 0.0
-    if callbacks and "start" in callbacks:
+    clock = EpochClock(cell_dir / TIMING_FILE, read_epoch_seconds(cell_dir / TIMING_FILE, trainer.start_epoch),
+                       callbacks.get("epoch"))
+    trainer.on_epoch = clock
+    if "start" in callbacks:
         callbacks["start"](cell.key, trainer.epochs, trainer.start_epoch)
-    started = time.perf_counter()
+    clock.mark = time.perf_counter()
     trainer.fit(training_data(settings, splits, [t.name for t in tasks]), splits.val)
-    seconds = previous + time.perf_counter() - started
-    write_json_atomically(timing_file, {"seconds": seconds})
+    seconds = clock.train_seconds
     best = trainer.checkpoint_dir / "best.pt"
     if best.is_file():
         trainer.load(best, restore_training=False)
@@ -214,22 +202,21 @@ def train_cell(config: Config, spec: GridSpec, splits: DataSplits, cell: Cell, r
         "values": {t.name: test[t.name].get(t.main_metric) for t in tasks},
         "parameters": count_parameters(trainer.model),
         "train_seconds": seconds,
+        "analysis_seconds": clock.analysis_seconds,
         "inference_seconds": inference_seconds(trainer.model, splits.test, max(settings.train.batch_size, 512),
                                                trainer.device),
         "best_epoch": trainer.history.best_epoch,
     }
+    skipped = _skipped_tracking(trainer)
+    if skipped:
+        result["tracking_skipped"] = skipped
     write_json_atomically(results_file, result)
     return result
 
 
 def variant_records(run_dir: Path, spec: GridSpec, variant: str) -> list[dict[str, Any]]:
     """The metrics.jsonl records of every seed of one multi-task variant of a compare run."""
-    records = []
-    for seed in spec.seeds:
-        path = run_dir / variant / f"seed{seed}" / "metrics.jsonl"
-        if path.is_file():
-            records += read_records(path)
-    return records
+    return logged_variant_records(run_dir, variant, spec.seeds)
 
 
 def grid_affinity(run_dir: Path, spec: GridSpec) -> tuple[dict[str, dict[str, float | None]], int]:
@@ -241,18 +228,26 @@ def _variant_entry(results: Sequence[dict[str, Any]], seeds: Sequence[int], **ex
     """Sum a variant's models per seed: values merged, parameters / times added."""
     values: dict[str, dict[str, Any]] = {}
     train_seconds: dict[str, float] = {}
+    analysis_seconds: dict[str, float] = {}
     inference: dict[str, float] = {}
     parameters = 0
+    skipped = None
     for result in results:
         seed = str(result["seed"])
         values.setdefault(seed, {}).update(result["values"])
         train_seconds[seed] = train_seconds.get(seed, 0.0) + result["train_seconds"]
+        analysis_seconds[seed] = analysis_seconds.get(seed, 0.0) + result.get("analysis_seconds", 0.0)
         inference[seed] = inference.get(seed, 0.0) + result["inference_seconds"]
         if result["seed"] == seeds[0]:
             parameters += result["parameters"]
-    return {**extra, "values": {str(s): values[str(s)] for s in seeds if str(s) in values},
-            "parameters": parameters, "train_seconds": train_seconds,
-            "inference_seconds": sum(inference.values()) / max(1, len(inference)), "models": len(results) // len(seeds)}
+        skipped = skipped or result.get("tracking_skipped")
+    entry = {**extra, "values": {str(s): values[str(s)] for s in seeds if str(s) in values},
+             "parameters": parameters, "train_seconds": train_seconds, "analysis_seconds": analysis_seconds,
+             "inference_seconds": sum(inference.values()) / max(1, len(inference)),
+             "models": len(results) // len(seeds)}
+    if skipped:
+        entry["tracking_skipped"] = skipped
+    return entry
 
 
 def _curve_signals(run_dir: Path, task_names: Sequence[str], seed: int) -> dict[str, Any]:
@@ -330,14 +325,29 @@ def run_grid(config: Config, spec: GridSpec | None, run_dir: Path | None = None,
             variants[name] = _variant_entry([results[c.key] for c in cells if c.variant == name], spec.seeds,
                                             kind="multi", architecture=architecture, balancing=method)
     groupings: dict[str, Any] = {}
-    if spec.groups:
-        affinity, epochs = grid_affinity(run_dir, spec)
+    grouping_affinity: dict[str, Any] | None = None
+    affinity, epochs = grid_affinity(run_dir, spec) if spec.groups else ({}, 0)
+    if spec.groups and not epochs:
+        reason = variants.get(spec.grouping_variant, {}).get("tracking_skipped") or "no affinity was logged"
+        log.warning("--groups: %s logged no task affinity (%s); no task groups are trained",
+                    spec.grouping_variant, reason)
+        grouping_affinity = {"variant": spec.grouping_variant, "matrix": {}, "epochs": 0, "seeds": spec.seeds,
+                             "skipped": f"no task groups trained: {reason}"}
+    elif spec.groups:
+        missing = missing_pairs(affinity, names)
+        if missing:
+            shown = ", ".join(f"{a}->{b}" for a, b in missing[:10]) + (" ..." if len(missing) > 10 else "")
+            log.warning("--groups: the affinity of %d task pair(s) was never measured (%s): they are treated as "
+                        "missing and the groups are chosen on the measured pairs only", len(missing), shown)
+        grouping_affinity = {"variant": spec.grouping_variant, "matrix": affinity, "epochs": epochs,
+                             "seeds": spec.seeds, "missing_pairs": [list(pair) for pair in missing]}
         extra_cells: list[Cell] = []
         chosen = {}
         for n in spec.groups:
-            grouping = select_groups(affinity, n, names)
+            grouping = select_groups(affinity, n, names, allow_missing=True)
             chosen[n] = grouping
-            groupings[str(n)] = {"groups": grouping.groups, "score": grouping.score, "served_by": grouping.served_by}
+            groupings[str(n)] = {"groups": grouping.groups, "score": grouping.score, "served_by": grouping.served_by,
+                                 "missing_pairs": len(missing)}
             extra_cells += [c for c in group_cells(spec, grouping.groups) if c not in extra_cells]
         total = len(cells) + len(extra_cells)
         for cell in extra_cells:
@@ -364,9 +374,11 @@ def run_grid(config: Config, spec: GridSpec | None, run_dir: Path | None = None,
         "grid": asdict(spec),
         "variants": variants,
         "groupings": groupings,
+        "grouping_affinity": grouping_affinity,
         "curve_signals": _curve_signals(run_dir, names, spec.seeds[0]),
         "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
     }
     write_json_atomically(run_dir / "compare.json", compare)
+    write_compare_tables(compare, run_dir)
     write_report_safely(run_dir)
     return compare

@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from taskloom.sharing import ARCHITECTURES
 from taskloom.sharing.base import MultiTaskModule
 from taskloom.task import Condition, Task
 from taskloom.train.score import SelectionScore
+from taskloom.train.timing import (
+    TIMING_FILE, EpochClock, inference_seconds, read_epoch_seconds, write_json_atomically,
+)
 from taskloom.train.trainer import Trainer
 from taskloom.train.tracking import build_monitors
 from taskloom.trunks import TRUNKS
@@ -173,8 +176,11 @@ def build_model(config: Config, tasks: list[Task], splits: DataSplits, single_ta
 
 def build_trainer(config: Config, tasks: list[Task], splits: DataSplits, run_dir: Path | None,
                   model_name: str = "multitask", balancing: bool = True,
-                  callbacks: Callbacks | None = None) -> Trainer:
-    """A trainer for ``tasks`` (all of them, or one for a single-task baseline) with the config's settings."""
+                  callbacks: Callbacks | None = None, baselines: Mapping[str, float] | None = None) -> Trainer:
+    """A trainer for ``tasks`` (all of them, or one for a single-task baseline) with the config's settings.
+
+    ``baselines`` (task -> main metric) replaces ``selection.baselines`` for the selection score.
+    """
     torch.manual_seed(config.train.seed)
     model = build_model(config, tasks, splits, single_task=not balancing)
     names = [t.name for t in tasks]
@@ -185,7 +191,7 @@ def build_trainer(config: Config, tasks: list[Task], splits: DataSplits, run_dir
     selection = SelectionScore(
         tasks, config.selection.score if balancing else "task",
         weights=config.selection.weights, task=config.selection.task if balancing else names[0],
-        baselines=config.selection.baselines,
+        baselines=config.selection.baselines if baselines is None else baselines,
     )
     regularizers = []
     if balancing and config.regularizers:
@@ -242,24 +248,34 @@ def training_data(config: Config, splits: DataSplits, task_names: list[str]) -> 
 
 
 def _train_one(config: Config, tasks: list[Task], splits: DataSplits, run_dir: Path, name: str, multitask: bool,
-               callbacks: Callbacks | None) -> TrainedModel:
+               callbacks: Callbacks | None, baselines: Mapping[str, float] | None = None) -> TrainedModel:
     model_dir = run_dir / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(config, tasks, splits, model_dir, name, balancing=multitask, callbacks=callbacks)
+    trainer = build_trainer(config, tasks, splits, model_dir, name, balancing=multitask, callbacks=callbacks,
+                            baselines=baselines)
     trainer.resume()
-    timing_file = model_dir / "seconds.json"
-    previous = json.loads(timing_file.read_text())["seconds"] if timing_file.exists() else 0.0
+    clock = EpochClock(model_dir / TIMING_FILE, read_epoch_seconds(model_dir / TIMING_FILE, trainer.start_epoch),
+                       (callbacks or {}).get("epoch"))
+    trainer.on_epoch = clock
     if callbacks and "start" in callbacks:
         callbacks["start"](name, trainer.epochs, trainer.start_epoch)
-    started = time.perf_counter()
+    clock.mark = time.perf_counter()
     trainer.fit(training_data(config, splits, [t.name for t in tasks]), splits.val)
-    seconds = previous + time.perf_counter() - started
-    timing_file.write_text(json.dumps({"seconds": seconds}))
+    seconds = clock.train_seconds
     best = trainer.checkpoint_dir / "best.pt"
     if best.is_file():
         trainer.load(best, restore_training=False)
     test = trainer.evaluate(splits.test)
     return TrainedModel(name, trainer, test, seconds, count_parameters(trainer.model))
+
+
+def best_validation(trained: TrainedModel, task: Task) -> float | None:
+    """``task``'s main metric on the validation split at the model's best epoch (None if never measured)."""
+    history = trained.trainer.history
+    for record in history.records:
+        if record["epoch"] == history.best_epoch:
+            return record.get("val", {}).get(task.name, {}).get(task.main_metric)
+    return None
 
 
 def _merge_metrics(run_dir: Path, names: list[str]) -> None:
@@ -316,21 +332,36 @@ def run_training(config: Config, run_dir: Path | None = None, resume: bool = Fal
         "train_seconds": trained.seconds,
         "best_epoch": trained.trainer.history.best_epoch,
     }
-    (run_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    reports = run_dir / "multitask" / "regularizers.json"
+    if reports.is_file():
+        summary["regularizers"] = json.loads(reports.read_text())
+    write_json_atomically(run_dir / "results.json", summary)
     write_report_safely(run_dir)
     return summary
 
 
 def run_comparison(config: Config, run_dir: Path | None = None, resume: bool = False,
                    callbacks: Callbacks | None = None) -> dict[str, Any]:
-    """Single-task models vs one multi-task model under identical settings; writes comparison.json."""
+    """Single-task models vs one multi-task model under identical settings; writes comparison.json.
+
+    The multi-task model's checkpoints are selected against each single-task model's best
+    validation main metric (``selection.baselines`` given in the config take precedence).
+    """
+
     config, run_dir = prepare_run(config, run_dir, resume)
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
     splits = load_data(config)
     tasks = splits.tasks
     singles = {t.name: _train_one(config, [t], splits, run_dir, f"single/{t.name}", False, callbacks) for t in tasks}
-    multi = _train_one(config, tasks, splits, run_dir, "multitask", True, callbacks)
+    measured = {t.name: best_validation(singles[t.name], t) for t in tasks}
+    baselines = {n: v for n, v in measured.items() if v is not None}
+    baselines.update(config.selection.baselines or {})
+    multi = _train_one(config, tasks, splits, run_dir, "multitask", True, callbacks, baselines)
+    batch_size = max(config.train.batch_size, 512)
+    inference = {n: inference_seconds(s.trainer.model, splits.test, batch_size, s.trainer.device)
+                 for n, s in singles.items()}
+    multi_inference = inference_seconds(multi.trainer.model, splits.test, batch_size, multi.trainer.device)
     _merge_metrics(run_dir, [f"single/{t.name}" for t in tasks] + ["multitask"])
     table: dict[str, Any] = {}
     for task in tasks:
@@ -354,10 +385,12 @@ def run_comparison(config: Config, run_dir: Path | None = None, resume: bool = F
                        "single": {n: s.parameters for n, s in singles.items()}},
         "train_seconds": {"single_total": sum(s.seconds for s in singles.values()), "multi": multi.seconds,
                           "single": {n: s.seconds for n, s in singles.items()}},
+        "inference_seconds": {"single_total": sum(inference.values()), "multi": multi_inference, "single": inference},
+        "selection_baselines": baselines,
         "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
         "balancing": config.balancing.method,
         "architecture": config.model.architecture,
     }
-    (run_dir / "comparison.json").write_text(json.dumps(comparison, indent=2))
+    write_json_atomically(run_dir / "comparison.json", comparison)
     write_report_safely(run_dir)
     return comparison

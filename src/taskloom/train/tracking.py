@@ -43,7 +43,10 @@ class AnalysisMonitor(Monitor):
     """Measures conflict and/or affinity every ``every`` steps, before the step, and logs the epoch means.
 
     The measurement leaves the training untouched: buffers (batch-norm statistics) and the
-    random state are restored, and no ``.grad`` is written.
+    random state are restored, and no ``.grad`` is written. Both measures are defined on the
+    shared parameters: for a model with none (soft sharing, cross-stitch: one tower per task)
+    nothing is measured, one warning is logged, and each epoch record says why under
+    ``tracking_skipped``.
     """
 
     def __init__(self, tasks: Sequence[Task], measure: Sequence[str], every: int = 10) -> None:
@@ -57,9 +60,21 @@ class AnalysisMonitor(Monitor):
         self.every = every
         self.conflict = ConflictTracker(names) if "conflict" in measure else None
         self.affinity = AffinityTracker(names) if "affinity" in measure else None
+        self.skipped: str | None = None
+        self._checked = False
+
+    def _measurable(self, trainer: Any) -> bool:
+        if not self._checked:
+            self._checked = True
+            shared = getattr(trainer.model, "shared_parameters", None)
+            if callable(shared) and not shared():
+                self.skipped = (f"{type(trainer.model).__name__} has no shared parameters (each task has its own "
+                                "tower), so gradient conflict and task affinity are not defined; not measured")
+                log.warning("%s: %s", getattr(trainer, "model_name", "model"), self.skipped)
+        return self.skipped is None
 
     def before_step(self, trainer: Any, batch: Batch, step: int) -> None:
-        if step % self.every:
+        if step % self.every or not self._measurable(trainer):
             return
         model = trainer.model
         if not model.training:
@@ -78,6 +93,9 @@ class AnalysisMonitor(Monitor):
             self.affinity.measure(model, batch, self.tasks, trainer.optimizer.param_groups[0]["lr"])
 
     def end_epoch(self, trainer: Any, record: dict[str, Any]) -> None:
+        if not self._measurable(trainer):
+            record["tracking_skipped"] = self.skipped
+            return
         for key, tracker in (("conflict", self.conflict), ("affinity", self.affinity)):
             if tracker is not None:
                 record[key] = tracker.epoch_end()

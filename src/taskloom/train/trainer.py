@@ -92,8 +92,9 @@ class Trainer:
     optimizer step, then proximal steps. Every epoch it evaluates on the validation data,
     logs per-task losses and metrics under the task's name, keeps ``last.pt``, ``best.pt``
     (by the selection score) and ``best-<task>.pt`` (by each task's main metric) in
-    ``run_dir/checkpoints`` when a run directory is given, and stops early after
-    ``patience`` epochs without improvement. ``monitors`` (see :mod:`taskloom.train.tracking`)
+    ``run_dir/checkpoints`` when a run directory is given (and, at the end of ``fit``, each
+    regularizer's final ``report()``, e.g. a learned task covariance, in ``run_dir/regularizers.json``),
+    and stops early after ``patience`` epochs without improvement. ``monitors`` (see :mod:`taskloom.train.tracking`)
     are called before each step and at the end of each epoch and of ``fit``.
     """
 
@@ -154,6 +155,7 @@ class Trainer:
         self.on_epoch = on_epoch
         self.save_task_best = save_task_best
         self.monitors = list(monitors)  # see taskloom.train.tracking: before_step, end_epoch, end_fit
+        self.analysis_seconds = 0.0  # this epoch's time in monitors, kept out of its training seconds
         self.forward = torch.compile(self.model) if compile else self.model
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         self.optimizer = build_optimizer(self.model.parameters(), **self.optimizer_spec)
@@ -192,16 +194,20 @@ class Trainer:
         if penalties:
             penalty = sum(penalties)
             (self.scaler.scale(penalty) if self.scaler.is_enabled() else penalty).backward()
+        stepped = True
         if self.scaler.is_enabled():
+            scale = self.scaler.get_scale() if self.regularizers else 0.0  # a host sync, only when a prox follows
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            stepped = not self.regularizers or self.scaler.get_scale() >= scale  # it drops when inf/NaN skipped the step
         else:
             self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        lr = self.optimizer.param_groups[0]["lr"]
-        for regularizer in self.regularizers:
-            regularizer.proximal_step(lr)
+        if stepped:  # a proximal step belongs to the optimizer step it follows
+            lr = self.optimizer.param_groups[0]["lr"]
+            for regularizer in self.regularizers:
+                regularizer.proximal_step(lr)
         if self.balancer.needs_post_step_losses:
             with torch.no_grad(), self._autocast():
                 self.balancer.post_step(task_losses(self.forward(batch.inputs), batch, self.tasks))
@@ -228,13 +234,17 @@ class Trainer:
                     group["lr"] = lr
         for epoch in range(self.start_epoch, self.epochs + 1):
             started = time.perf_counter()
+            self.analysis_seconds = 0.0
             loader.set_epoch(epoch)
             sums = {name: torch.zeros((), device=self.device) for name in self.tasks}
             counts = {name: 0 for name in self.tasks}
             for step, batch in enumerate(loader):
                 batch = batch.to(self.device, non_blocking=True)
-                for monitor in self.monitors:
-                    monitor.before_step(self, batch, step)
+                if self.monitors:
+                    monitor_started = self._monitor_clock()
+                    for monitor in self.monitors:
+                        monitor.before_step(self, batch, step)
+                    self.analysis_seconds += self._monitor_clock() - monitor_started
                 losses = self.train_step(batch)
                 for name, loss in losses.items():
                     sums[name] += loss.detach().float()
@@ -246,7 +256,7 @@ class Trainer:
             model_hook = getattr(self.model, "on_epoch_end", None)  # e.g. the cascade's successive snapshot
             if callable(model_hook):
                 model_hook(epoch)
-            record = self._end_epoch(epoch, train_loss, val, time.perf_counter() - started)
+            record = self._end_epoch(epoch, train_loss, val, time.perf_counter() - started - self.analysis_seconds)
             self.start_epoch = epoch + 1
             if self.run_dir is not None:
                 self.save(self.checkpoint_dir / "last.pt")
@@ -259,6 +269,9 @@ class Trainer:
                 if self.run_dir is not None:
                     self.save(self.checkpoint_dir / "last.pt")
                 break
+        if self.run_dir is not None and self.regularizers:  # their final state, e.g. the learned task covariance
+            reports = [regularizer.report() for regularizer in self.regularizers]
+            (self.run_dir / "regularizers.json").write_text(json.dumps(reports, indent=2))
         for monitor in self.monitors:
             monitor.end_fit(self)
         return self.history
@@ -299,13 +312,23 @@ class Trainer:
                         self.save(self.checkpoint_dir / f"best-{name}.pt")
             log.info("%s epoch %d: score %.3f, %s", self.model_name, epoch, score,
                      {n: results[n].get(t.main_metric) for n, t in self.tasks.items()})
-        for monitor in self.monitors:
-            monitor.end_epoch(self, record)
+        if self.monitors:
+            monitor_started = self._monitor_clock()
+            for monitor in self.monitors:
+                monitor.end_epoch(self, record)
+            self.analysis_seconds += self._monitor_clock() - monitor_started
+            record["analysis_seconds"] = self.analysis_seconds
         self.history.records.append(record)
         if self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a") as file:
                 file.write(json.dumps(record) + "\n")
         return record
+
+    def _monitor_clock(self) -> float:
+        """perf_counter after the device's queued work, so monitor time is not billed to a training step."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def evaluate(self, data: MultiTaskDataset, batch_size: int | None = None) -> dict[str, dict[str, Any]]:
         """Per-task metrics over labelled rows (see :func:`taskloom.evaluate.evaluator.evaluate_model`)."""
@@ -347,8 +370,11 @@ class Trainer:
     def load(self, path: str | Path, restore_training: bool = True) -> None:
         """Restore the model (and, with ``restore_training``, everything needed to continue)."""
         state = load_checkpoint(path, self.device)
-        if state["task_names"] != list(self.tasks):
+        if set(state["task_names"]) != set(self.tasks):
             raise ValueError(f"checkpoint {path} is for tasks {state['task_names']}, not {list(self.tasks)}")
+        if restore_training and state["task_names"] != list(self.tasks):  # optimizer and balancer state are positional
+            raise ValueError(f"checkpoint {path} lists its tasks as {state['task_names']}; continuing its training "
+                             f"needs that order, not {list(self.tasks)} (loading only the model accepts any order)")
         self.model.load_state_dict(state["model"])
         if not restore_training:
             return

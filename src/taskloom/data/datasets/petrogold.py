@@ -115,7 +115,10 @@ def tag_lists(sentences: Sequence[Sentence]) -> dict[str, list[str]]:
 
 
 def truncate(sentences: list[Sentence], max_length: int | None) -> tuple[list[Sentence], int, int]:
-    """Sentences cut to ``max_length`` tokens, with the number of sentences cut and tokens dropped."""
+    """Sentences cut to ``max_length`` tokens, with the number of sentences cut and tokens dropped.
+
+    Only for training: evaluation sentences are scored whole.
+    """
     if max_length is None:
         return sentences, 0, 0
     if max_length < 1:
@@ -197,8 +200,10 @@ def load_petrogold(
     A ``root`` folder holding ``*train*``, ``*dev*`` and ``*test*`` CoNLL-U files is read with
     those splits instead (any UD treebank then loads the same way).
 
-    ``max_sentences`` reads only the first sentences (fast tests); sentences longer than
-    ``max_length`` tokens are cut (the count is logged and kept in ``info``).
+    ``max_sentences`` reads only the first sentences (fast tests). Training sentences longer than
+    ``max_length`` tokens are cut (the count is logged and kept in ``info``); validation and test
+    sentences are never cut, so evaluation scores every gold token. Training batches are padded to
+    the longest (cut) training sentence, validation and test to their longest sentence.
     """
     if min_count < 1:
         raise ValueError(f"min_count must be at least 1, got {min_count}")
@@ -214,18 +219,17 @@ def load_petrogold(
     everything = [s for part in parts.values() for s in part]
     tags = tag_lists(everything)
     chosen = resolve_tagging_tasks(tasks, tags)
-    cut_sentences = dropped = 0
-    for split in parts:
-        parts[split], cut, lost = truncate(parts[split], max_length)
-        cut_sentences, dropped = cut_sentences + cut, dropped + lost
+    parts["train"], cut_sentences, dropped = truncate(parts["train"], max_length)
     if cut_sentences:
-        log.info("PetroGold: %d sentences longer than max_length=%s cut (%d tokens dropped)",
-                 cut_sentences, max_length, dropped)
+        log.info("PetroGold: %d training sentences longer than max_length=%s cut (%d tokens dropped); "
+                 "validation and test keep every token", cut_sentences, max_length, dropped)
     vocabulary = build_vocabulary(parts["train"], lowercase, min_count)
     index = {w: i for i, w in enumerate(vocabulary)}
     tag_index = {column: {t: i for i, t in enumerate(values)} for column, values in tags.items()}
-    length = max(len(s.words) for part in parts.values() for s in part)
-    data = {split: encode(part, chosen, index, tag_index, length, lowercase) for split, part in parts.items()}
+    length = max((len(s.words) for s in parts["train"]), default=1)
+    evaluation_length = max([length] + [len(s.words) for split in ("val", "test") for s in parts[split]])
+    widths = {"train": length, "val": evaluation_length, "test": evaluation_length}
+    data = {split: encode(part, chosen, index, tag_index, widths[split], lowercase) for split, part in parts.items()}
     info: dict[str, Any] = {
         "source": str(path),
         "split_from": "treebank files" if own is not None else f"split_indices(seed={seed})",
@@ -239,8 +243,10 @@ def load_petrogold(
         "tags": tags,
         "tag_counts": {column: len(values) for column, values in tags.items()},
         "max_length": max_length,
+        "truncated_split": "train",
         "truncated_sentences": cut_sentences,
         "truncated_tokens": dropped,
+        "padded_length": widths,
         "trunk_arguments": {"vocab_size": len(vocabulary)},
     }
     splits = DataSplits(data["train"], data["val"], data["test"], chosen, (length,), info)

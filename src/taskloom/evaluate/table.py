@@ -1,0 +1,107 @@
+"""The compare table as plain files: compare.csv (one row per task and variant) and compare.md.
+
+Both are written from ``compare.json`` (schema in :mod:`taskloom.evaluate.verdict`) with the
+same numbers ``taskloom compare`` prints: per task and variant the test metric's mean and
+sample standard deviation over seeds, the relative change against the baseline, the verdict
+and its p-value; per variant delta-m % with its t-interval, parameters and seconds.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from taskloom.evaluate.verdict import compare_variants
+
+TASK_COLUMNS = ("task", "metric", "higher_is_better", "variant", "kind", "mean", "std", "seeds",
+                "relative_change_pct", "verdict", "p_value", "test")
+VARIANT_COLUMNS = ("variant", "kind", "models", "delta_m_pct", "delta_m_low", "delta_m_high", "parameters",
+                   "train_seconds_mean", "analysis_seconds_mean", "inference_seconds", "groups")
+
+
+def _mean(per_seed: Any) -> float | None:
+    if isinstance(per_seed, Mapping):
+        values = [float(v) for v in per_seed.values() if v is not None]
+        return sum(values) / len(values) if values else None
+    return None if per_seed is None else float(per_seed)
+
+
+def compare_rows(compare: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(task rows, variant rows)`` of a compare.json, with the columns ``TASK_COLUMNS`` / ``VARIANT_COLUMNS``."""
+    result = compare_variants(compare)
+    baseline = result["baseline"]
+    task_rows = []
+    for task, spec in compare["tasks"].items():
+        for name, variant in result["variants"].items():
+            row = variant["tasks"][task]
+            is_baseline = name == baseline
+            task_rows.append({
+                "task": task, "metric": spec.get("metric"), "higher_is_better": bool(spec["higher_is_better"]),
+                "variant": name, "kind": variant.get("kind"), "mean": row.get("mean"), "std": row.get("std"),
+                "seeds": row.get("n"),
+                "relative_change_pct": None if is_baseline else row.get("relative_change"),
+                "verdict": "baseline" if is_baseline else row.get("verdict"),
+                "p_value": row.get("p_value"), "test": row.get("test") or row.get("note"),
+            })
+    variant_rows = []
+    for name, variant in result["variants"].items():
+        raw = compare["variants"][name]
+        dm = variant.get("delta_m") or {}
+        variant_rows.append({
+            "variant": name, "kind": variant.get("kind"), "models": raw.get("models"),
+            "delta_m_pct": dm.get("mean"), "delta_m_low": dm.get("low"), "delta_m_high": dm.get("high"),
+            "parameters": raw.get("parameters"), "train_seconds_mean": _mean(raw.get("train_seconds")),
+            "analysis_seconds_mean": _mean(raw.get("analysis_seconds")),
+            "inference_seconds": raw.get("inference_seconds"),
+            "groups": " | ".join("{" + ", ".join(g) + "}" for g in raw.get("groups") or []) or None,
+        })
+    return task_rows, variant_rows
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def rows_to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """CSV text with a header; an undefined value is an empty field."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(c)) for c in columns])
+    return buffer.getvalue()
+
+
+def rows_to_markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """A GitHub-flavoured Markdown table; ``|`` inside a cell is escaped, an undefined value is blank."""
+    def cell(value: Any) -> str:
+        return _cell(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_compare_tables(compare: Mapping[str, Any], run_dir: str | Path) -> tuple[Path, Path]:
+    """Write RUN_DIR/compare.csv (task rows) and RUN_DIR/compare.md (task and variant tables); return both paths."""
+    run_dir = Path(run_dir)
+    task_rows, variant_rows = compare_rows(compare)
+    csv_path, md_path = run_dir / "compare.csv", run_dir / "compare.md"
+    csv_path.write_text(rows_to_csv(task_rows, TASK_COLUMNS))
+    seeds = compare.get("seeds") or []
+    text = [f"# taskloom compare: {compare.get('dataset', '')}", "",
+            f"Test split, {len(seeds)} seed(s); baseline: {compare.get('baseline', 'single')}. Verdicts: paired "
+            "t-test over seeds (Welch's when seeds do not pair) at alpha 0.05; one seed: a relative change beyond "
+            "+-5%. Delta-m % after Maninis et al. 2019, with a 95% t-interval over seeds.", "",
+            "## Per task and variant", "", rows_to_markdown(task_rows, TASK_COLUMNS),
+            "## Per variant", "", rows_to_markdown(variant_rows, VARIANT_COLUMNS)]
+    md_path.write_text("\n".join(text))
+    return csv_path, md_path
