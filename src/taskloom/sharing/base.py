@@ -38,6 +38,13 @@ class MultiTaskModule(nn.Module):
     def heads_forward(self, representation: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError(f"{type(self).__name__} has no single shared representation")
 
+    def check_removable(self, name: str) -> None:
+        """Refuse to remove a task this model lacks, or its only task."""
+        if name not in self.task_names:
+            raise KeyError(f"unknown task {name!r}; this model has tasks {self.task_names}")
+        if len(self.task_names) == 1:
+            raise ValueError(f"cannot remove {name!r}, the model's only task")
+
     @property
     def has_representation(self) -> bool:
         return type(self).representation is not MultiTaskModule.representation

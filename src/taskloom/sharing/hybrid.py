@@ -60,10 +60,7 @@ class HybridSharing(TiedTowers):
 
     def detach_task(self, name: str) -> None:
         """Drop a task's tower and head; the shared bottom and the other towers are untouched."""
-        if name not in self.task_names:
-            raise KeyError(f"unknown task {name!r}; this model has tasks {self.task_names}")
-        if len(self.task_names) == 1:
-            raise ValueError(f"cannot remove {name!r}, the model's only task")
+        self.check_removable(name)
         del self.towers[name]
         del self.heads[name]
         self.task_names.remove(name)

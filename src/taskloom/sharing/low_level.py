@@ -132,10 +132,7 @@ class LowLevelSupervision(DepthTapped):
 
     def detach_task(self, name: str) -> None:
         """Drop a task's head; trunk stages above the deepest remaining tap, which no loss would reach, go too."""
-        if name not in self.task_names:
-            raise KeyError(f"unknown task {name!r}; this model has tasks {self.task_names}")
-        if len(self.task_names) == 1:
-            raise ValueError(f"cannot remove {name!r}, the model's only task")
+        self.check_removable(name)
         top = max(d for n, d in self.depths.items() if n != name)
         if self.layered and top < self.stage_ends[-1]:
             raise ValueError(f"cannot remove {name!r}: it is the only task at the trunk's top layer, whose layers "

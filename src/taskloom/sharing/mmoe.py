@@ -58,10 +58,7 @@ class MMoE(ReachSplit):
 
     def detach_task(self, name: str) -> None:
         """Drop a task's gate and head; the experts and the other gates are untouched."""
-        if name not in self.task_names:
-            raise KeyError(f"unknown task {name!r}; this model has tasks {self.task_names}")
-        if len(self.task_names) == 1:
-            raise ValueError(f"cannot remove {name!r}, the model's only task")
+        self.check_removable(name)
         del self.gates[name]
         del self.heads[name]
         self.task_names.remove(name)

@@ -99,8 +99,7 @@ class SoftSharing(TiedTowers):
 
     def detach_task(self, name: str) -> None:
         """Drop a task's tower and head; the other towers are untouched."""
-        if name not in self.task_names:
-            raise KeyError(f"unknown task {name!r}; this model has tasks {self.task_names}")
+        self.check_removable(name)
         del self.towers[name]
         del self.heads[name]
         self.task_names.remove(name)
