@@ -148,6 +148,8 @@ def infer_features(
         _choose(frame[column], column, choice, explicit, column in listed, column in coerce_numeric, name_row, source)
     if not choice.numeric and not choice.categorical:
         raise ValueError(f"no feature columns left in {source}; name them with the option features=[...]")
+    position = {str(c): i for i, c in enumerate(columns)}
+    choice.report.sort(key=lambda row: position.get(row["column"], len(position)))
     log_report(choice, source)
     return choice
 
