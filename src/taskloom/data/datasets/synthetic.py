@@ -52,6 +52,16 @@ def load_synthetic(
 
     alpha_i, beta_i ~ N(0, 1) are shared by the tasks; eps ~ N(0, 0.01), i.e. ``noise_std`` 0.1.
     Splits are stratified on the targets' quantile bins unless ``stratify`` is False.
+
+    Options:
+        n: rows generated
+        d: input features, x ~ N(0, I_d)
+        num_tasks: regression tasks y1 .. yK (at most d)
+        correlation: cosine between the task weight vectors' shared direction, in [-1, 1]
+        c: scale of the task weight vectors
+        m: sinusoids added to each task
+        noise_std: standard deviation of the label noise
+        stratify: stratify the split on the targets' quantile bins; False: random rows
     """
     if n < 1 or d < 1 or num_tasks < 1 or m < 0:
         raise ValueError(f"synthetic: need n, d, num_tasks >= 1 and m >= 0; got n={n}, d={d}, "

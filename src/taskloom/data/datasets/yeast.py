@@ -67,6 +67,11 @@ def load_yeast(
 
     Splits are stratified on the labels (iterative stratification over all tasks, Sechidis et al. 2011)
     unless ``stratify`` is False.
+
+    Options:
+        multilabel: one 14-output multilabel task instead of 14 binary tasks
+        path: the gzipped CSV; default the copy in the package river
+        stratify: stratify the split on every label; False: random rows
     """
     source = yeast_path(path)
     frame, features, labels = read_yeast(source)
