@@ -58,6 +58,11 @@ def test_a_bad_table_file_is_named_in_the_error(tmp_path, case):
         assert re.search(word, str(error.value)), (word, str(error.value))
 
 
+def test_a_zero_fraction_names_its_field():
+    with pytest.raises(ValueError, match=r"data\.val_fraction is 0.*set it above 0"):
+        load_table([Task("y", "binary")], frame=_good_frame(), val_fraction=0.0)
+
+
 def test_column_names_of_a_bad_file_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"empty\.csv.*empty"):
         table_columns(_write(tmp_path, "empty.csv", b""))

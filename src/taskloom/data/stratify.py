@@ -82,13 +82,15 @@ def iterative_stratification(strata: np.ndarray, sizes: Sequence[int], seed: int
         raise ValueError(f"subset sizes {list(sizes)} do not add up to {n} rows")
     if k == 0:
         raise ValueError("iterative stratification needs at least one stratum column")
+    if n == 0:
+        return [np.zeros(0, dtype=np.int64) for _ in sizes]
     rng = np.random.default_rng(seed)
     labels = np.empty((n, k), dtype=np.int64)
     offset = 0
     for j in range(k):
         _, inverse = np.unique(strata[:, j], return_inverse=True)
         labels[:, j] = offset + inverse.reshape(-1)
-        offset += int(inverse.max()) + 1 if n else 0
+        offset += int(inverse.max()) + 1
     order = rng.permutation(n)
     shuffled = labels[order]
     members = [order[(shuffled == label).any(axis=1)] for label in range(offset)]

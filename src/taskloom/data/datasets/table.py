@@ -65,6 +65,10 @@ def table_columns(path: str | Path) -> list[str]:
 
 def check_row_count(n: int, val_fraction: float, test_fraction: float, source: str) -> None:
     """Refuse a table too small for a non-empty train, validation and test split, naming it and the need."""
+    for field, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if fraction == 0:
+            raise ValueError(f"data.{field} is 0, but a run needs a validation and a test split; set it above 0 "
+                             "(e.g. 0.1)")
     train, val, test = split_sizes(n, val_fraction, test_fraction)
     if min(train, val, test) >= 1:
         return
