@@ -137,3 +137,36 @@ def test_section_level_errors_name_the_field_not_the_top_level():
     assert "data.sources: is empty" in _error({"data": {"sources": []}})
     two_tables = {"sources": [{"name": "x", **TABLE}, {"name": "y", **TABLE}]}
     assert "tasks[0].source: name the source holding column 'a'" in _error({"data": two_tables, "tasks": TASKS})
+
+
+def test_split_stratify_is_a_validated_boolean_set_in_one_place():
+    assert parse_config({}).data.split.stratify is True
+    assert parse_config({"data": {"split": {"stratify": False}}}).data.split.stratify is False
+    assert "data.split.stratify: Input should be a valid boolean" in _error({"data": {"split": {"stratify": "no"}}})
+    assert "data.split.shuffle: unknown key" in _error({"data": {"split": {"shuffle": True}}})
+    refused = _error({"data": {"dataset": "synthetic", "options": {"stratify": False}}})
+    assert "data.options.stratify: not an option" in refused and "data.split.stratify" in refused
+
+
+def test_an_empty_task_list_is_refused_with_its_field():
+    assert "  tasks: is empty; list at least one task" in _error({"data": {"dataset": "synthetic"}, "tasks": []})
+
+
+def test_target_transforms_are_checked_against_the_task_kind():
+    def task(**fields):
+        return {"data": {"dataset": "synthetic"}, "tasks": [{"name": "t", "target": "y1", **fields}]}
+
+    threshold = parse_config(task(kind="binary", transform={"threshold": 0})).tasks[0].target_transform()
+    assert threshold.threshold == 0 and threshold.bins is None
+    bins = parse_config(task(kind="multiclass", num_outputs=3, transform={"bins": [0, 10]})).tasks[0]
+    assert bins.target_transform().bins == (0.0, 10.0)
+    assert "tasks[0].kind: transform.threshold makes a binary label" in _error(task(kind="regression",
+                                                                                   transform={"threshold": 0}))
+    assert "tasks[0].num_outputs: transform.bins [0.0, 10.0] make 3 classes; set num_outputs: 3" in _error(
+        task(kind="multiclass", transform={"bins": [0, 10]}))
+    assert "tasks[0].transform.bins: must be strictly increasing" in _error(
+        task(kind="multiclass", num_outputs=3, transform={"bins": [10, 0]}))
+    assert "tasks[0].transform: give exactly one of threshold" in _error(
+        task(kind="binary", transform={"threshold": 0, "bins": [1]}))
+    assert "tasks[0].transform.threshold: Input should be a valid number" in _error(
+        task(kind="binary", transform={"threshold": "zero"}))

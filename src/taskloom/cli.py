@@ -1,4 +1,4 @@
-"""The command line: ``taskloom run | train | compare | affinity | report | list``. The CLI owns the terminal (rich tables and progress)."""
+"""The command line: ``taskloom run | train | compare | affinity | report | list | describe``. The CLI owns the terminal (rich tables and progress)."""
 from __future__ import annotations
 
 import argparse
@@ -399,6 +399,21 @@ def command_list(args: argparse.Namespace) -> int:
         for name, summary in registry.summaries().items():
             table.add_row(name, summary)
         console.print(table)
+    console.print("a data set's options and their defaults: taskloom describe DATASET", highlight=False)
+    return 0
+
+
+def command_describe(args: argparse.Namespace) -> int:
+    from taskloom.data.datasets import DATASETS, describe_options
+
+    if args.dataset not in DATASETS:
+        raise ConfigError(f"unknown data set {args.dataset!r}; known: {', '.join(DATASETS)}")
+    table = Table(title=f"options of the {args.dataset} data set (data.options in a config)", title_justify="left")
+    for column in ("option", "default", "description"):
+        table.add_column(column, overflow="fold")
+    for row in describe_options(args.dataset):
+        table.add_row(row["option"], row["default"], row["description"])
+    console.print(table)
     return 0
 
 
@@ -453,6 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="list data sets, task kinds, architectures and balancing methods")
     listing.set_defaults(func=command_list)
+
+    describe = sub.add_parser("describe", help="a data set's options with their defaults")
+    describe.add_argument("dataset", help="a data set name (taskloom list shows them)")
+    describe.set_defaults(func=command_describe)
     return parser
 
 
@@ -461,6 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("taskloom.data.report").setLevel(logging.INFO)  # what a table run chose: always shown
     try:
         return args.func(args)
     except (ConfigError, ValueError, KeyError, FileNotFoundError) as error:

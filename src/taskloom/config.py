@@ -75,7 +75,7 @@ def check_options(target: Callable[..., Any], options: Mapping[str, Any], path: 
 
 
 DATA_FILLED = {"tasks": "tasks", "val_fraction": "data.val_fraction", "test_fraction": "data.test_fraction",
-               "seed": "data.split_seed"}
+               "seed": "data.split_seed", "stratify": "data.split.stratify"}
 
 
 def _check_dataset(dataset: str, options: Mapping[str, Any]) -> None:
@@ -92,6 +92,21 @@ class ConditionConfig(Strict):
     equals: float
 
 
+class TransformConfig(Strict):
+    """A label from a numeric column: ``threshold`` t (binary, 1 where value > t) or ``bins`` (multiclass edges)."""
+
+    threshold: float | None = None
+    bins: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "TransformConfig":
+        if (self.threshold is None) == (self.bins is None):
+            raise FieldError("", "give exactly one of threshold (binary: value > threshold) or bins (multiclass edges)")
+        if self.bins is not None and (not self.bins or any(b <= a for a, b in zip(self.bins, self.bins[1:]))):
+            raise FieldError("bins", f"must be strictly increasing edges, got {self.bins}")
+        return self
+
+
 class TaskConfig(Strict):
     name: str = Field(min_length=1)
     kind: str
@@ -103,6 +118,33 @@ class TaskConfig(Strict):
     only_where: ConditionConfig | None = None
     head_hidden: list[PositiveInt] = []
     source: str | None = Field(None, description="with data.sources: the table source holding this task's column")
+    transform: TransformConfig | None = Field(None, description="make the label from a numeric column")
+
+    @model_validator(mode="after")
+    def _transform_fits(self) -> "TaskConfig":
+        transform = self.transform
+        if transform is None:
+            return self
+        if transform.threshold is not None and self.kind != "binary":
+            raise FieldError("kind", f"transform.threshold makes a binary label (value > {transform.threshold}); "
+                                     f"set kind: binary, not {self.kind}")
+        if transform.bins is not None:
+            if self.kind != "multiclass":
+                raise FieldError("kind", f"transform.bins makes one class per interval; set kind: multiclass, "
+                                         f"not {self.kind}")
+            if self.num_outputs != len(transform.bins) + 1:
+                raise FieldError("num_outputs", f"transform.bins {transform.bins} make {len(transform.bins) + 1} "
+                                                f"classes; set num_outputs: {len(transform.bins) + 1}")
+        return self
+
+    def target_transform(self) -> Any:
+        """The :class:`~taskloom.task.TargetTransform` this task's ``transform`` describes (None without one)."""
+        from taskloom.task import TargetTransform
+
+        if self.transform is None:
+            return None
+        bins = None if self.transform.bins is None else tuple(self.transform.bins)
+        return TargetTransform(threshold=self.transform.threshold, bins=bins)
 
     @field_validator("kind")
     @classmethod
@@ -124,6 +166,8 @@ class SourceConfig(Strict):
 
     @model_validator(mode="after")
     def _options(self) -> "SourceConfig":
+        if self.tasks is not None and not self.tasks:
+            raise FieldError("tasks", "is empty; name at least one of the source's tasks, or remove the key for all")
         _check_dataset(self.dataset, self.options)
         return self
 
@@ -138,6 +182,12 @@ class MixingConfig(Strict):
     homogeneous: bool = True
 
 
+class SplitConfig(Strict):
+    """How rows are split: ``stratify`` (default) keeps each task's label shares in every split."""
+
+    stratify: bool = True
+
+
 class DataConfig(Strict):
     dataset: str = "multimnist"
     options: dict[str, Any] = {}
@@ -146,6 +196,7 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.2, ge=0, lt=1)
     split_seed: int = 0
+    split: SplitConfig = SplitConfig()
 
     @model_validator(mode="after")
     def _sources(self) -> "DataConfig":
@@ -299,6 +350,9 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
+        if self.tasks is not None and not self.tasks:
+            raise FieldError("tasks", "is empty; list at least one task (name, kind, target), or remove the key "
+                                      "to use the data set's default tasks")
         if self.tasks is not None:
             names = [t.name for t in self.tasks]
             duplicates = sorted({n for n in names if names.count(n) > 1})

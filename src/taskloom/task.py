@@ -6,6 +6,7 @@ predictions, which metrics apply and whether higher is better for each.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -37,6 +38,34 @@ class Condition:
     equals: float
 
 
+@dataclass(frozen=True)
+class TargetTransform:
+    """A label made from a numeric column: ``threshold`` t gives binary ``value > t``; ``bins`` e_1 < ... < e_m
+    give multiclass, class i for e_i <= value < e_(i+1) (class 0 below e_1, class m from e_m on)."""
+
+    threshold: float | None = None
+    bins: tuple[float, ...] | None = None
+
+    def check(self, task: "Task") -> None:
+        """Refuse a transform that does not fit ``task``'s kind and outputs, saying what to set."""
+        where = f"task {task.name!r}: transform"
+        if (self.threshold is None) == (self.bins is None):
+            raise ValueError(f"{where} needs exactly one of threshold or bins")
+        if self.threshold is not None:
+            if not math.isfinite(self.threshold):
+                raise ValueError(f"{where}.threshold must be a finite number, got {self.threshold}")
+            if task.kind != "binary":
+                raise ValueError(f"{where}.threshold makes a binary label (value > threshold); set kind: binary")
+            return
+        edges = list(self.bins or ())
+        if not edges or not all(math.isfinite(e) for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ValueError(f"{where}.bins must be finite, strictly increasing edges, got {edges}")
+        if task.kind != "multiclass":
+            raise ValueError(f"{where}.bins makes a class per interval; set kind: multiclass")
+        if task.num_outputs != len(edges) + 1:
+            raise ValueError(f"{where}.bins {edges} make {len(edges) + 1} classes; set num_outputs: {len(edges) + 1}")
+
+
 @dataclass
 class Task:
     """One prediction problem of a multi-task model.
@@ -56,6 +85,7 @@ class Task:
     head_hidden: Sequence[int] = ()
     sample_weight: str | None = None
     label_names: Sequence[str] | None = field(default=None, repr=False)
+    transform: TargetTransform | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -74,6 +104,8 @@ class Task:
             )
         if self.only_where is not None and self.only_where.task == self.name:
             raise ValueError(f"task {self.name!r}: only_where cannot refer to the task itself")
+        if self.transform is not None:
+            self.transform.check(self)
 
     @property
     def kind_spec(self) -> "TaskKind":

@@ -110,5 +110,6 @@ def test_an_empty_split_is_refused_with_what_to_do(tmp_path):
     config = parse_config({"data": {"dataset": "table", "options": {"path": str(tmp_path / "t.csv")},
                                     "val_fraction": 0.05},
                            "tasks": [{"name": "odd", "kind": "binary", "target": "y"}]})
-    with pytest.raises(ValueError, match="the val split is empty; use a smaller validation/test fraction or more data"):
+    with pytest.raises(ValueError, match=r"t\.csv' has 6 data rows; .*\(val_fraction 0\.05, test_fraction 0\.2\) "
+                                         r"needs at least 11: add rows"):  # round(11 * 0.05) = 1 validation row
         load_data(config)

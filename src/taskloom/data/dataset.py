@@ -206,13 +206,12 @@ class DataSplits:
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """A seeded random partition of ``range(n)`` into train, validation and test indices."""
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0 <= value < 1:
-            raise ValueError(f"split.{name} must be in [0, 1), got {value}")
-    if val_fraction + test_fraction >= 1:
-        raise ValueError("split.val_fraction + split.test_fraction must be below 1")
+    """A seeded random partition of ``range(n)`` into train, validation and test indices (not stratified).
+
+    Loaders with per-row labels stratify instead (:func:`taskloom.data.stratify.split_for_tasks`).
+    """
+    from taskloom.data.stratify import split_sizes
+
+    _, n_val, n_test = split_sizes(n, val_fraction, test_fraction)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(n * test_fraction))
-    n_val = int(round(n * val_fraction))
     return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]

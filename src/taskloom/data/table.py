@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from taskloom.data.dataset import DataSplits, MultiTaskDataset
+from taskloom.data.features import given_report, imbalance_notes, infer_features
 from taskloom.task import Task
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,34 @@ def _numbers(series: pd.Series, labelled: np.ndarray) -> np.ndarray | None:
     return values
 
 
+def transform_target(task: Task, series: pd.Series, labelled: np.ndarray, name_row: RowName,
+                     info: dict[str, Any]) -> pd.Series:
+    """The column after the task's :class:`~taskloom.task.TargetTransform`: 0/1 (threshold) or class indices (bins)."""
+    transform = task.transform
+    if transform is None:
+        return series
+    where = f"task {task.name!r} (column {task.target!r})"
+    values = _numbers(series, labelled)
+    if values is None:
+        row = int(np.flatnonzero(labelled & np.isnan(pd.to_numeric(series, errors="coerce").to_numpy(float)))[0])
+        raise ValueError(f"{where}: transform needs numbers, but {name_row(row)} holds {series.iloc[row]!r}; "
+                         "fix the cell or leave it empty (a missing label)")
+    if transform.threshold is not None:
+        made = np.where(values > transform.threshold, 1.0, 0.0)
+        described: dict[str, Any] = {"threshold": transform.threshold,
+                                     "meaning": f"1 where value > {transform.threshold}"}
+    else:
+        edges = np.asarray(transform.bins, dtype=float)
+        made = np.searchsorted(edges, values, side="right").astype(float)
+        described = {"bins": list(transform.bins or ()), "meaning": "class i where bins[i-1] <= value < bins[i]"}
+    info.setdefault("transforms", {})[task.name] = described
+    return pd.Series(np.where(labelled, made, np.nan), index=series.index)
+
+
 def encode_target(task: Task, series: pd.Series, name_row: RowName, info: dict[str, Any]) -> tuple[Tensor, Tensor]:
-    """One task's target tensor and mask from a column; records label mappings in ``info``."""
+    """One task's target tensor and mask from a column (after its transform); records label mappings in ``info``."""
     labelled = ~_missing(series)
+    series = transform_target(task, series, labelled, name_row, info)
     where = f"task {task.name!r} (column {task.target!r})"
     mask = torch.from_numpy(labelled.copy())
     if task.kind == "regression":
@@ -250,14 +276,18 @@ def _category_strings(series: pd.Series) -> list[str]:
     return [MISSING if gone else str(v).strip() for v, gone in zip(series.tolist(), missing)]
 
 
-def check_finite_numeric(frame: pd.DataFrame, numeric: Sequence[str], name_row: RowName) -> None:
-    """Refuse infinite or non-numeric cells in numeric feature columns, naming the column and row."""
+def check_finite_numeric(frame: pd.DataFrame, numeric: Sequence[str], name_row: RowName,
+                         coerced: Sequence[str] = ()) -> None:
+    """Refuse infinite or non-numeric cells in numeric feature columns, naming the column and row.
+
+    Columns in ``coerced`` may hold text: those cells count as missing (``coerce_numeric``).
+    """
     for column in numeric:
         series = frame[column]
         if series.dtype == bool:
             continue
         values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
-        unparsable = np.isnan(values) & ~_missing(series)
+        unparsable = np.isnan(values) & ~_missing(series) & (column not in set(coerced))
         infinite = np.isinf(values)
         for bad, what in ((unparsable, "is not a number"), (infinite, "is not finite")):
             if bad.any():
@@ -270,27 +300,9 @@ def check_finite_numeric(frame: pd.DataFrame, numeric: Sequence[str], name_row: 
 
 def choose_features(frame: pd.DataFrame, tasks: Sequence[Task], features: Sequence[str] | None,
                     categorical: Sequence[str] | None, exclude: Sequence[str] = ()) -> tuple[list[str], list[str]]:
-    """Numeric and categorical feature columns: given ones, or every column that is no target or weight."""
-    used = {t.target for t in tasks} | {t.sample_weight for t in tasks if t.sample_weight} | set(exclude)
-    if features is None:
-        features = [c for c in frame.columns if c not in used]
-    features = list(features)
-    unknown = [c for c in features if c not in frame.columns]
-    if unknown:
-        raise ValueError(f"features {unknown} are not in the table; available columns: {list(frame.columns)}")
-    targets = sorted(c for c in features if c in {t.target for t in tasks})
-    if targets:
-        raise ValueError(f"features {targets} are also task targets; a label cannot be an input")
-    if not features:
-        raise ValueError("no feature columns left; name them with the option features=[...]")
-    if categorical is None:
-        categorical = [c for c in features
-                       if not (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))]
-    stray = [c for c in categorical if c not in features]
-    if stray:
-        raise ValueError(f"categorical columns {stray} are not among the features {features}")
-    numeric = [c for c in features if c not in set(categorical)]
-    return numeric, list(categorical)
+    """Numeric and categorical feature columns (see :func:`taskloom.data.features.infer_features`)."""
+    choice = infer_features(frame, tasks, features, categorical, exclude)
+    return choice.numeric, choice.categorical
 
 
 def frame_splits(
@@ -305,9 +317,15 @@ def frame_splits(
     weights: Mapping[str, Tensor] | None = None,
     impute: str | None = None,
     info: dict[str, Any] | None = None,
+    feature_report: list[dict[str, str]] | None = None,
+    coerced: Sequence[str] = (),
 ) -> DataSplits:
-    """Encode features (fit on ``parts['train']``) and cut rows into train/val/test :class:`DataSplits`."""
-    check_finite_numeric(frame, numeric, name_row)
+    """Encode features (fit on ``parts['train']``) and cut rows into train/val/test :class:`DataSplits`.
+
+    ``info["feature_report"]`` lists each column's role ({"column", "type", "reason"}); ``info["notes"]``
+    holds notes such as a rare positive class.
+    """
+    check_finite_numeric(frame, numeric, name_row, coerced)
     numeric_frame = frame[list(numeric)].apply(pd.to_numeric, errors="coerce").astype(float)
     encoded = pd.concat([numeric_frame, frame[list(categorical)]], axis=1)
     train_rows = np.asarray(parts["train"])
@@ -325,6 +343,10 @@ def frame_splits(
         sizes={name: len(split) for name, split in splits.items()},
         rows={name: np.asarray(rows) for name, rows in parts.items()},
         standardization={c: (encoder.means[c], encoder.scales[c]) for c in numeric},
+        feature_report=feature_report if feature_report is not None
+        else given_report(numeric, categorical, "feature column of the data set"),
+        notes=list(details.get("notes", [])) + imbalance_notes(tasks, splits["train"].targets,
+                                                               splits["train"].masks, np.arange(len(splits["train"]))),
     )
     result = DataSplits(splits["train"], splits["val"], splits["test"], list(tasks), (inputs.shape[1],), details)
     result.validate()

