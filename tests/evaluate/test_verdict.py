@@ -82,13 +82,13 @@ def test_delta_m_per_seed_and_its_interval_by_hand():
     assert result["variants"]["single"]["delta_m"] is None
 
 
-def test_seed_and_row_variances_add_with_satterthwaite_degrees_of_freedom():
+def test_seed_and_row_variances_add_under_the_seeds_degrees_of_freedom():
     per_unit = {"0": 1.0, "1": 2.0, "2": 3.0}
     replicates = np.array([1.0, 3.0] * 50)  # variance 100/99 (ddof 1)
     interval = combined_interval(per_unit, replicates, 2.0, {}, 0.0)
     v_seed, v_rows = 1.0 / 3, 100 / 99
     total = v_seed + v_rows
-    df = total ** 2 / (v_seed ** 2 / 2)
+    df = 2  # three seeds
     half = stats.t.ppf(0.975, df) * math.sqrt(total)
     assert (interval.low, interval.high, interval.df) == pytest.approx((2.0 - half, 2.0 + half, df))
     assert interval.p_value == pytest.approx(2 * stats.t.sf(2.0 / math.sqrt(total), df))

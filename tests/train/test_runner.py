@@ -113,3 +113,25 @@ def test_baselines_given_in_the_config_take_precedence(shop, tmp_path):
     spend = comparison["tasks"]["spend"]
     assert chosen["spend"] == _best_validation(tmp_path / "run", "spend", "mse", False)
     assert spend["metric"] == "mse"
+
+
+def test_the_config_reaches_the_loader_split_and_target_transform(shop, tmp_path):
+    from taskloom.data.dataset import split_indices
+
+    path, frame = shop
+    raw = {"name": "shop", "data": {"dataset": "table", "options": {"path": str(path), "features": ["f1", "f2"]}},
+           "tasks": [{"name": "big", "kind": "binary", "target": "spend", "transform": {"threshold": 0.5}}],
+           "train": {"epochs": 1}}
+    stratified = load_data(parse_config(raw))
+    labelled = frame.spend.notna().to_numpy()
+    expected = (frame.spend.to_numpy() > 0.5) & labelled  # target = value > threshold, where labelled
+    full = torch.zeros(len(frame))
+    rows = stratified.info["rows"]
+    for name in ("train", "val", "test"):
+        full[rows[name]] = getattr(stratified, name).targets["big"]
+    assert torch.equal(full.bool(), torch.from_numpy(expected))
+    raw["data"]["split"] = {"stratify": False}
+    plain = load_data(parse_config(raw))
+    train, _, test = split_indices(len(frame), 0.1, 0.2, 0)
+    assert np.array_equal(plain.info["rows"]["test"], test.numpy())
+    assert np.array_equal(np.sort(plain.info["rows"]["train"]), np.sort(train.numpy()))

@@ -498,7 +498,7 @@ def _run_grid(config: Config, spec: GridSpec, data: Sequence[DataSplits], run_di
     names = [t.name for t in splits0.tasks]
     report = splits0.info.get("feature_report")
     if report is not None:
-        write_json_atomically(run_dir / "features.json", report)
+        write_json_atomically(run_dir / "features.json", {"columns": report, "notes": splits0.info.get("notes", [])})
     evaluation = [check_splits(s, s.tasks) for s in data]
     undefined = {j: {t for t, e in ev["test"].items() if not e["defined"]} for j, ev in enumerate(evaluation)}
     counts = [row_counts(len(s.test), REPLICATES, j) if len(s.test) else None for j, s in enumerate(data)]

@@ -42,7 +42,7 @@ def tasks_from_config(config: Config) -> list[Task] | None:
             out.append(Task(
                 name=spec.name, kind=spec.kind, num_outputs=spec.num_outputs, target=spec.target,
                 class_weights=spec.class_weights, main_metric=spec.main_metric, head_hidden=tuple(spec.head_hidden),
-                sample_weight=spec.sample_weight,
+                sample_weight=spec.sample_weight, transform=spec.target_transform(),
                 only_where=None if spec.only_where is None else Condition(spec.only_where.task, spec.only_where.equals),
             ))
         except ValueError as error:
@@ -51,17 +51,16 @@ def tasks_from_config(config: Config) -> list[Task] | None:
 
 
 def table_columns(path: str | Path) -> list[str]:
-    """The column names of a CSV or Parquet file, read without loading its rows."""
-    import pandas as pd
+    """The column names of a CSV or Parquet file, read without loading its rows; errors name the file."""
+    from taskloom.data.datasets.table import table_columns as read_columns
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"data.options.path: {str(path)!r} does not exist")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(path).names)
-    return list(pd.read_csv(path, nrows=0).columns)
+    try:
+        return read_columns(path)
+    except ValueError as error:
+        raise ConfigError(f"data.options.path: {error}") from None
 
 
 def check_table_targets(config: Config) -> None:
@@ -96,6 +95,7 @@ def load_data(config: Config) -> DataSplits:
         val_fraction=config.data.val_fraction,
         test_fraction=config.data.test_fraction,
         seed=config.data.split_seed,
+        stratify=config.data.split.stratify,
         **config.data.options,
     )
     return splits
@@ -119,7 +119,8 @@ def load_sources(config: Config) -> DataSplits:
         try:
             splits = load_dataset(source.dataset, tasks=[tasks[j] for j in own] or None,
                                   val_fraction=config.data.val_fraction, test_fraction=config.data.test_fraction,
-                                  seed=config.data.split_seed, **source.options)
+                                  seed=config.data.split_seed, stratify=config.data.split.stratify,
+                                  **source.options)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"{field} ({source.name}): {error}") from None
         if source.tasks is not None:
