@@ -46,7 +46,7 @@ def test_check_splits_warns_naming_task_split_and_count(caplog):
     splits = SimpleNamespace(val=_data(flag=flag, size=torch.linspace(0, 1, 40)),
                              test=_data(flag=flag, size=torch.zeros(40)))
     with caplog.at_level(logging.WARNING):
-        result = check_splits(splits, [binary, regression])
+        result = check_splits(splits, [binary, regression], ("val", "test"))
     assert result["test"]["size"]["defined"] is False and result["val"]["size"]["defined"] is True
     assert result["test"]["flag"]["defined"] is True
     assert "task 'size'" in caplog.text and "test split" in caplog.text and "all 40 labelled targets" in caplog.text

@@ -76,8 +76,8 @@ def undefined_reason(task: Task, summary: dict[str, Any]) -> str | None:
     return None
 
 
-def check_splits(splits: Any, tasks: Sequence[Task], names: Sequence[str] = ("val", "test")) -> dict[str, Any]:
-    """Per split and task: label counts and, where the metric is undefined, why (each logged as a warning)."""
+def check_splits(splits: Any, tasks: Sequence[Task], names: Sequence[str] = ("train", "val", "test")) -> dict[str, Any]:
+    """Per split and task: label counts and, where the metric is undefined, why (warned for val and test)."""
     out: dict[str, Any] = {}
     for split in names:
         data = getattr(splits, split)
@@ -86,7 +86,7 @@ def check_splits(splits: Any, tasks: Sequence[Task], names: Sequence[str] = ("va
             summary = label_summary(data, task)
             reason = undefined_reason(task, summary)
             entries[task.name] = {**summary, "defined": reason is None, "reason": reason}
-            if reason is not None:
+            if reason is not None and split != "train":
                 log.warning("task %r: its %s cannot be measured on the %s split: %s; it is marked undefined "
                             "there%s", task.name, task.main_metric, split, reason,
                             " and left out of delta-m" if split == "test" else
