@@ -477,11 +477,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except TrainingDiverged as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False)
+        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         return 3
     except (ConfigError, ValueError, KeyError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-        console.print(f"[bold red]error:[/] {message}", highlight=False)
+        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # paths stay whole
         return 2
 
 
