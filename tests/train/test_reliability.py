@@ -186,6 +186,11 @@ def test_check_run_checkpoints_reads_every_model_of_the_run(tmp_path):
     torch.save({"weights": torch.ones(1)}, tmp_path / "hard+equal/seed0/checkpoints/best.pt")
     with pytest.raises(CheckpointError, match=r"hard\+equal/seed0/checkpoints/best\.pt is not a taskloom"):
         check_run_checkpoints(tmp_path)
+    # a finished cell (its results.json written) is never loaded by a resume: its files are not read
+    (tmp_path / "hard+equal/seed0/results.json").write_text("{}")
+    not_a_checkpoint(tmp_path / "hard+equal/seed0/checkpoints/last.pt")
+    assert [str(p.relative_to(tmp_path)) for p in check_run_checkpoints(tmp_path)] == [
+        "single/a/seed0/checkpoints/best.pt", "single/a/seed0/checkpoints/last.pt"]
 
 
 # -- what a kill leaves behind ---------------------------------------------------------------------------------
@@ -233,3 +238,25 @@ def test_seconds_of_an_epoch_killed_before_they_were_saved_come_from_its_record(
     # epoch 2 was checkpointed but its seconds were not saved; epoch 3 was not checkpointed
     assert read_epoch_seconds(tmp_path / "seconds.json", before_epoch=3) == {
         "1": {"train": 2.0, "analysis": 0.5}, "2": {"train": 1.25, "analysis": 0.25}}
+
+
+def test_compare_resume_names_a_bad_checkpoint_of_an_unfinished_cell_before_any_work(tmp_path, capsys):
+    from taskloom.train.grid import GridSpec, run_grid
+
+    config = parse_config({**CONFIG, "output_dir": str(tmp_path)})
+
+    def interrupt(record):
+        if record["model"] == "hard+equal" and record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(config, GridSpec(methods=["equal"], architectures=["hard"], seeds=[0]), tmp_path / "grid",
+                 callbacks={"epoch": interrupt})
+    bad = tmp_path / "grid" / "hard+equal" / "seed0" / "checkpoints" / "last.pt"
+    truncate(bad)
+    files_before = {p: p.read_bytes() for p in (tmp_path / "grid").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["compare", "--resume", str(tmp_path / "grid")]) == 2
+    out = capsys.readouterr().out
+    assert f"error: checkpoint {bad} is corrupt" in out and "weights_only" not in out
+    assert {p: p.read_bytes() for p in (tmp_path / "grid").rglob("*") if p.is_file()} == files_before

@@ -91,12 +91,15 @@ def _corrupt(path: Path, error: BaseException) -> str:
 
 
 def check_run_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Read every checkpoint under ``run_dir`` (``last.pt``, ``best.pt``, ``best-<task>.pt`` of every model).
+    """Read every checkpoint a resume of ``run_dir`` may load (``last.pt``, ``best.pt``, ``best-<task>.pt``).
 
-    Called before a resume does any work, so that a bad file is reported at once, by name,
-    and not after hours of training other models. Returns the checkpoints read.
+    Called before a resume does any work, so that a bad file is reported at once, by name, and
+    not after hours of training other models. A model directory holding ``results.json`` is
+    finished (a compare cell): a resume never loads its checkpoints, so they are not read.
+    Returns the checkpoints read.
     """
-    paths = sorted(Path(run_dir).rglob("checkpoints/*.pt"))
+    paths = [path for path in sorted(Path(run_dir).rglob("checkpoints/*.pt"))
+             if not (path.parent.parent / "results.json").is_file() or path.parent.parent == Path(run_dir)]
     for path in paths:
         load_checkpoint(path)
     return paths

@@ -325,7 +325,7 @@ class Trainer:
             task_improved = []
             for name, task in self.tasks.items():
                 value = results[name].get(task.main_metric)
-                if value is None:
+                if value is None or not math.isfinite(value):  # a diverged metric is never a task's best
                     continue
                 signed = value if task.higher_is_better else -value
                 if signed > self.history.best_per_task.get(name, float("-inf")):
@@ -445,7 +445,7 @@ class Trainer:
         records of the epochs the checkpoint covers (a fresh start keeps none).
         """
         for checkpoint in sorted(self.checkpoint_dir.glob("*.pt")):
-            load_checkpoint(checkpoint, self.device)
+            load_checkpoint(checkpoint)  # on the CPU: only read, to fail before any work
         remove_orphan_temporaries(self.run_dir)
         path = self.checkpoint_dir / "last.pt"
         if path.is_file():
