@@ -1,4 +1,6 @@
-"""The command line: ``taskloom run | train | compare | affinity | report | list``. The CLI owns the terminal (rich tables and progress).
+"""The command line: ``taskloom run | train | compare | affinity | report | list``.
+
+The CLI owns the terminal (rich tables and progress).
 
 Exit codes: 0 done; 2 a config, data or checkpoint error (the message names the field or file);
 3 training diverged (a non-finite loss; the message names the task, epoch and step).

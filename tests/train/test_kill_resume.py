@@ -167,9 +167,11 @@ def test_compare_killed_at_seven_moments_resumes_to_the_uninterrupted_result(tmp
     cells = sorted(str(p.parent.relative_to(reference)) for p in reference.rglob("results.json"))
     assert len(cells) == 6  # 2 seeds x (2 single-task models + 1 multi-task model)
     for cell in cells:
-        assert strict_json(run_dir / cell / "results.json")["test"] == strict_json(reference / cell / "results.json")["test"]
+        ours = strict_json(run_dir / cell / "results.json")["test"]
+        assert ours == strict_json(reference / cell / "results.json")["test"], cell
     ours, theirs = strict_json(run_dir / "compare.json"), strict_json(reference / "compare.json")
-    assert {n: v["values"] for n, v in ours["variants"].items()} == {n: v["values"] for n, v in theirs["variants"].items()}
+    assert {n: v["values"] for n, v in ours["variants"].items()} == {
+        n: v["values"] for n, v in theirs["variants"].items()}
     for model_dir in model_dirs(run_dir):
         assert logged_epochs(model_dir / "metrics.jsonl") == [1, 2, 3, 4], model_dir
     assert_clean(run_dir)

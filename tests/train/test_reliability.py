@@ -260,3 +260,27 @@ def test_compare_resume_names_a_bad_checkpoint_of_an_unfinished_cell_before_any_
     out = capsys.readouterr().out
     assert f"error: checkpoint {bad} is corrupt" in out and "weights_only" not in out
     assert {p: p.read_bytes() for p in (tmp_path / "grid").rglob("*") if p.is_file()} == files_before
+
+
+@pytest.mark.parametrize("method", ["mgda", "upgrad", "imtl_g"])
+def test_divergence_is_named_when_a_gradient_method_fails_on_non_finite_gradients(tmp_path, method):
+    from taskloom import build_balancer
+
+    data, tasks = regression_data()
+    # lr 1e6: the gradients overflow while the losses are still finite; these methods' solvers then fail
+    trainer = small_trainer(tasks, tmp_path, optimizer="sgd", lr=1e6, balancer=build_balancer(method, ["a", "b"]))
+    with pytest.raises(TrainingDiverged, match=r"the training loss of task '[ab]' is .* at epoch 1, step [1-4] of 4"):
+        trainer.fit(data, data)
+
+
+def test_a_failure_that_is_not_divergence_is_raised_unchanged(tmp_path):
+    data, tasks = regression_data()
+    trainer = small_trainer(tasks, tmp_path)
+
+    def broken_backward(losses, model, scale=None):
+        raise RuntimeError("a bug in a balancing method")
+
+    trainer.balancer.backward = broken_backward
+    with pytest.raises(RuntimeError, match="a bug in a balancing method") as caught:
+        trainer.fit(data, data)
+    assert not isinstance(caught.value, TrainingDiverged)

@@ -52,7 +52,7 @@ class SelectionScore:
         self.baselines = dict(baselines)
 
     def describe(self) -> str:
-        """What the score measures, for a progress line: e.g. "mean % change of a auroc, b mse vs the first evaluation"."""
+        """What the score measures, for a progress line: "y1 mse (lower is better)", "mean % change of ..."."""
         if self.score == "task":
             task = self.tasks[self.task]
             return f"{self.task} {task.main_metric} ({'higher' if task.higher_is_better else 'lower'} is better)"

@@ -77,15 +77,18 @@ def build_schedule(optimizer: torch.optim.Optimizer, name: str, epochs: int, ste
 
 
 class TrainingDiverged(RuntimeError):
-    """A task's training loss became NaN or infinite: the run stops instead of saving meaningless models."""
+    """A task's training loss, or its gradient, became NaN or infinite: the run stops instead of saving
+    meaningless models. ``task``, ``epoch`` and ``step`` say where."""
 
-    def __init__(self, model: str, task: str, value: float, epoch: int, step: int, steps: int, lr: float) -> None:
+    def __init__(self, model: str, task: str, value: float, epoch: int, step: int, steps: int, lr: float,
+                 reason: str = "") -> None:
         self.model, self.task, self.epoch, self.step = model, task, epoch, step
+        detail = f" ({reason})" if reason else ""
         super().__init__(
-            f"{model}: the training loss of task {task!r} is {value} at epoch {epoch}, step {step} of {steps}; "
-            f"training diverged and was stopped (no checkpoint of this epoch was saved). Lower the learning rate "
-            f"(optimizer.lr, now {lr:g}, e.g. to {lr / 10:g}), add a warm-up (schedule.warmup_epochs) or check "
-            f"this task's targets for extreme values")
+            f"{model}: the training loss of task {task!r} is {value}{detail} at epoch {epoch}, step {step} of "
+            f"{steps}; training diverged and was stopped (no checkpoint of this epoch was saved). Lower the "
+            f"learning rate (optimizer.lr, now {lr:g}, e.g. to {lr / 10:g}), add a warm-up "
+            "(schedule.warmup_epochs) or check this task's targets for extreme values")
 
 
 @dataclass
@@ -260,6 +263,7 @@ class Trainer:
             loader.set_epoch(epoch)
             sums = {name: torch.zeros((), device=self.device) for name in self.tasks}
             counts = {name: 0 for name in self.tasks}
+            previous = None  # the last step's losses, checked after the next step is queued: no sync of its own
             for step, batch in enumerate(loader):
                 batch = batch.to(self.device, non_blocking=True)
                 if self.monitors:
@@ -267,8 +271,15 @@ class Trainer:
                     for monitor in self.monitors:
                         monitor.before_step(self, batch, step)
                     self.analysis_seconds += self._monitor_clock() - monitor_started
-                losses = self.train_step(batch)
-                self._check_finite(losses, epoch, step + 1, len(loader))
+                try:
+                    losses = self.train_step(batch)
+                except Exception as error:  # e.g. a solver fed non-finite gradients
+                    self._check_finite(previous, epoch, len(loader))
+                    self._check_gradients(batch, error, epoch, step + 1, len(loader))
+                    raise
+                self._check_finite(previous, epoch, len(loader))
+                previous = (step + 1, list(losses), torch.stack([loss.detach().float() for loss in losses.values()])
+                            if losses else None)
                 if step == 0:
                     fault_point("step", epoch, self.model_name)
                 for name, loss in losses.items():
@@ -276,6 +287,7 @@ class Trainer:
                     counts[name] += 1
                 if self.on_step is not None:
                     self.on_step(step + 1, len(loader))
+            self._check_finite(previous, epoch, len(loader))
             train_loss = {n: (sums[n] / counts[n]).item() for n in self.tasks if counts[n]}
             self.balancer.epoch_end(train_loss)
             model_hook = getattr(self.model, "on_epoch_end", None)  # e.g. the cascade's successive snapshot
@@ -352,17 +364,43 @@ class Trainer:
                 file.write(to_json(record) + "\n")
         return record
 
-    def _check_finite(self, losses: Mapping[str, Tensor], epoch: int, step: int, steps: int) -> None:
-        """Raise :class:`TrainingDiverged` when a task's loss of this step is NaN or infinite (one host sync)."""
-        if not losses:
+    def _check_finite(self, step_losses: tuple[int, list[str], Tensor | None] | None, epoch: int,
+                      steps: int) -> None:
+        """Raise :class:`TrainingDiverged` when a task's loss of a step (``(step, task names, stacked losses)``)
+        is NaN or infinite. Called one step late, so that reading it waits for work already done."""
+        if step_losses is None or step_losses[2] is None:
             return
-        values = torch.stack([loss.detach().float() for loss in losses.values()])
+        step, names, values = step_losses
         if bool(torch.isfinite(values).all()):
             return
-        for name, value in zip(losses, values.tolist()):
+        for name, value in zip(names, values.tolist()):
             if not math.isfinite(value):
                 raise TrainingDiverged(self.model_name, name, value, epoch, step, steps,
                                        self.optimizer.param_groups[0]["lr"])
+
+    def _check_gradients(self, batch: Batch, error: Exception, epoch: int, step: int, steps: int) -> None:
+        """After a failed step: raise :class:`TrainingDiverged` naming the first task whose loss or gradient on
+        this batch is not finite (one backward per task, only on this failure path); else return."""
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            with self._autocast():
+                losses = task_losses(self.forward(batch.inputs), batch, self.tasks)
+            finite = {}
+            for name, loss in losses.items():
+                gradients = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
+                finite[name] = math.isfinite(float(loss.detach())) and all(
+                    g is None or bool(torch.isfinite(g).all()) for g in gradients)
+        except Exception:  # the failure was not numeric (the forward itself fails): the caller re-raises it
+            return
+        for name, loss in losses.items():
+            value = float(loss.detach())
+            if finite[name]:
+                continue
+            reason = (f"its gradient is not finite, and {type(self.balancer).__name__} failed on it with "
+                      f"{type(error).__name__}")
+            raise TrainingDiverged(self.model_name, name, value, epoch, step, steps,
+                                   self.optimizer.param_groups[0]["lr"], reason) from error
 
     def _monitor_clock(self) -> float:
         """perf_counter after the device's queued work, so monitor time is not billed to a training step."""
