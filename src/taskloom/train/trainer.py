@@ -351,7 +351,7 @@ class Trainer:
                         self.save(self.checkpoint_dir / f"best-{name}.pt")
             record["selected_by"] = self.selection.describe()
             log.debug("%s epoch %d: score %.3f, %s", self.model_name, epoch, score,
-                     {n: results[n].get(t.main_metric) for n, t in self.tasks.items()})
+                      {n: results[n].get(t.main_metric) for n, t in self.tasks.items()})
         if self.monitors:
             monitor_started = self._monitor_clock()
             for monitor in self.monitors:
