@@ -56,25 +56,31 @@ def test_list_names_what_is_registered(capsys):
         assert name in out
 
 
+def _compare(run_dir) -> dict:
+    return json.loads(open(f"{run_dir}/compare.json").read())
+
+
 def test_train_then_resume_a_finished_run(tmp_path, table, capsys):
     assert main(["train", str(_config(tmp_path, table))]) == 0
     run_dir = _run_dir(capsys)
-    results = json.loads((tmp_path / "runs" / run_dir.split("/")[-1] / "results.json").read_text())
-    assert set(results["test"]) == {"click", "buy", "spend"}
+    compare = _compare(run_dir)
+    assert compare["baseline"] is None and list(compare["variants"]) == ["hard+equal"]
+    test = compare["cells"]["hard+equal/seed0"]["test"]
+    assert set(test) == {"click", "buy", "spend"}
     lines = open(f"{run_dir}/metrics.jsonl").read().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert main(["train", "--resume", run_dir]) == 0  # nothing left to do: the same results
-    assert json.loads(open(f"{run_dir}/results.json").read())["test"] == results["test"]
+    assert _compare(run_dir)["cells"]["hard+equal/seed0"]["test"] == test
 
 
 def test_train_with_baselines_writes_the_comparison(tmp_path, table, capsys):
     assert main(["train", str(_config(tmp_path, table)), "--baselines", "--epochs", "1"]) == 0
     run_dir = _run_dir(capsys)
-    comparison = json.loads(open(f"{run_dir}/comparison.json").read())
-    assert set(comparison["tasks"]) == {"click", "buy", "spend"}
-    assert comparison["parameters"]["single_total"] > comparison["parameters"]["multi"]
+    compare = _compare(run_dir)
+    assert set(compare["tasks"]) == {"click", "buy", "spend"} and compare["baseline"] == "single"
+    assert compare["variants"]["single"]["parameters"] > compare["variants"]["hard+equal"]["parameters"]
     models = {json.loads(line)["model"] for line in open(f"{run_dir}/metrics.jsonl")}
-    assert models == {"multitask", "single/click", "single/buy", "single/spend"}
+    assert models == {"hard+equal", "single/click", "single/buy", "single/spend"}
 
 
 def test_bad_config_errors_name_the_field(tmp_path, table, capsys):
@@ -101,10 +107,11 @@ def test_train_resume_after_an_interruption_ends_like_an_uninterrupted_run(tmp_p
 
     with pytest.raises(KeyboardInterrupt):
         run_training(config, tmp_path / "resumed", callbacks={"epoch": interrupt})
-    assert not (tmp_path / "resumed" / "results.json").exists()
+    assert not (tmp_path / "resumed" / "compare.json").exists()
     assert main(["train", "--resume", str(tmp_path / "resumed")]) == 0
-    resumed = json.loads((tmp_path / "resumed" / "results.json").read_text())
-    assert resumed["test"] == json.loads(json.dumps(straight["test"]))
+    resumed = _compare(tmp_path / "resumed")
+    key = "hard+equal/seed0"
+    assert resumed["cells"][key]["test"] == json.loads(json.dumps(straight["cells"][key]["test"]))
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
@@ -113,24 +120,27 @@ def test_run_table_numbers_follow_the_definition_of_delta_m(tmp_path, table, cap
     assert main(["run", str(_config(tmp_path, table)), "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     run_dir = out.split("run directory:")[1].split()[0]
-    comparison = json.loads(open(f"{run_dir}/comparison.json").read())
-    rows = comparison["tasks"]
-    assert rows["spend"]["metric"] == "mse" and rows["spend"]["higher_is_better"] is False
-    assert rows["click"]["metric"] == "auroc" and rows["click"]["higher_is_better"] is True
+    compare = _compare(run_dir)
+    tasks, values = compare["tasks"], compare["variants"]
+    assert tasks["spend"]["metric"] == "mse" and tasks["spend"]["higher_is_better"] is False
+    assert tasks["click"]["metric"] == "auroc" and tasks["click"]["higher_is_better"] is True
+    rows = compare["analysis"]["variants"]["hard+equal"]["tasks"]
     changes = {}
-    for name, row in rows.items():
-        assert row["single"] == row["single_all"][row["metric"]] and row["multi"] == row["multi_all"][row["metric"]]
-        sign = 1 if row["higher_is_better"] else -1  # Maninis et al. 2019: (-1)^l_i, l_i = 1 when lower is better
-        changes[name] = 100 * sign * (row["multi"] - row["single"]) / row["single"]
-        assert row["relative_change"] == pytest.approx(changes[name], rel=1e-12)
-    assert comparison["delta_m_tasks"] == sorted(changes)
-    assert comparison["delta_m"] == pytest.approx(sum(changes.values()) / len(changes), rel=1e-12)
-    assert f"delta-m: {comparison['delta_m']:.2f} %" in out
-    inference = comparison["inference_seconds"]
-    assert set(inference["single"]) == {"click", "buy", "spend"}
-    assert inference["single_total"] == pytest.approx(sum(inference["single"].values()))
-    assert inference["multi"] > 0 and all(v > 0 for v in inference["single"].values())
-    assert "inference time (one pass over the test split): 3 single-task models" in out
+    for name, spec in tasks.items():
+        single, multi = values["single"]["values"]["0"][name], values["hard+equal"]["values"]["0"][name]
+        assert single == compare["cells"][f"single/{name}/seed0"]["test"][name][spec["metric"]]
+        assert multi == compare["cells"]["hard+equal/seed0"]["test"][name][spec["metric"]]
+        sign = 1 if spec["higher_is_better"] else -1  # Maninis et al. 2019: (-1)^l_i, l_i = 1 when lower is better
+        changes[name] = 100 * sign * (multi - single) / abs(single)
+        assert rows[name]["relative_change"] == pytest.approx(changes[name], rel=1e-12)
+        assert rows[name]["covers"].startswith("test rows only")  # one seed: the interval says what it covers
+        assert rows[name]["low"] < rows[name]["relative_change"] < rows[name]["high"]
+        assert rows[name]["verdict"] in ("within noise", "undecided (1 seed)")  # never from a fixed percentage
+    dm = compare["analysis"]["variants"]["hard+equal"]["delta_m"]
+    assert dm["tasks"] == sorted(changes)
+    assert dm["mean"] == pytest.approx(sum(changes.values()) / len(changes), rel=1e-12)
+    assert f"{dm['mean']:.2f}" in out and "test rows only" in out
+    assert values["single"]["inference_seconds"] > 0 and values["hard+equal"]["inference_seconds"] > 0
 
 
 def test_bad_options_are_refused_before_any_run_directory_exists(tmp_path, table, capsys):

@@ -44,8 +44,9 @@ def test_yaml_example_trains(index, tmp_path):
     raw["data"]["options"] = {**raw["data"].get("options", {}), **FEW_ROWS[dataset]}
     raw["train"] = {"epochs": 1, "batch_size": 64}
     summary = run_training(parse_config(raw, "README"), tmp_path / "run")
-    assert all(result.get("labelled", 0) > 0 for result in summary["test"].values())
+    (cell,) = summary["cells"].values()
+    assert all(result.get("labelled", 0) > 0 for result in cell["test"].values())
     if raw.get("regularizers"):
-        written = json.loads((tmp_path / "run" / "multitask" / "regularizers.json").read_text())
+        written = cell["regularizers"]
         assert [r["name"] for r in written] == ["L21", "TaskRelationship"]
         assert len(written[1]["omega"]) == 3

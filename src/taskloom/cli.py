@@ -95,41 +95,6 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def print_comparison(comparison: dict[str, Any]) -> None:
-    table = Table(title=f"single-task vs multi-task on {comparison['dataset']} (test split)")
-    for column in ("task", "metric", "single-task", "multi-task", "relative change %"):
-        table.add_column(column, justify="right" if column not in ("task", "metric") else "left")
-    for name, row in comparison["tasks"].items():
-        arrow = "higher is better" if row["higher_is_better"] else "lower is better"
-        table.add_row(name, f"{row['metric']} ({arrow})", _fmt(row["single"]), _fmt(row["multi"]),
-                      _fmt(row["relative_change"], 2))
-    console.print(table)
-    console.print(f"delta-m: {_fmt(comparison['delta_m'], 2)} % (Maninis et al. 2019; positive = multi-task better)")
-    params, seconds = comparison["parameters"], comparison["train_seconds"]
-    k = len(comparison["tasks"])
-    console.print(f"parameters: {k} single-task models {params['single_total']:,} vs one multi-task model "
-                  f"{params['multi']:,}")
-    console.print(f"training time: {k} single-task models {seconds['single_total']:.1f} s vs one multi-task model "
-                  f"{seconds['multi']:.1f} s")
-    inference = comparison.get("inference_seconds")
-    if inference:
-        console.print(f"inference time (one pass over the test split): {k} single-task models "
-                      f"{inference['single_total']:.3f} s vs one multi-task model {inference['multi']:.3f} s")
-    console.print(f"run directory: {comparison['run_dir']}", soft_wrap=True, highlight=False)
-
-
-def print_results(summary: dict[str, Any]) -> None:
-    table = Table(title=f"multi-task model on {summary['dataset']} (test split)")
-    table.add_column("task")
-    table.add_column("metrics")
-    for name, metrics in summary["test"].items():
-        table.add_row(name, ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
-    console.print(table)
-    console.print(f"parameters {summary['parameters']:,}; training {summary['train_seconds']:.1f} s; "
-                  f"best epoch {summary['best_epoch']}")
-    console.print(f"run directory: {summary['run_dir']}", soft_wrap=True, highlight=False)
-
-
 def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
     data = config.model_dump()
     if getattr(args, "epochs", None):
@@ -155,7 +120,7 @@ def check_resume(run_dir: Path) -> None:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from taskloom.train.runner import run_comparison
+    from taskloom.train.grid import run_comparison
 
     if args.resume:
         check_resume(Path(args.resume))
@@ -164,14 +129,14 @@ def command_run(args: argparse.Namespace) -> int:
         config = load_config(args.config) if args.config else default_run_config()
         config, run_dir = _apply_overrides(config, args), None
     with _progress() as progress:
-        comparison = run_comparison(config, run_dir, resume=bool(args.resume),
-                                    callbacks=ProgressCallbacks(progress, args.verbose))
-    print_comparison(comparison)
+        compare = run_comparison(config, run_dir, resume=bool(args.resume),
+                                 callbacks=ProgressCallbacks(progress, args.verbose))
+    print_compare(compare)
     return 0
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from taskloom.train.runner import run_training
+    from taskloom.train.grid import run_training
 
     if args.resume:
         check_resume(Path(args.resume))
@@ -181,12 +146,9 @@ def command_train(args: argparse.Namespace) -> int:
             raise ConfigError("taskloom train needs a CONFIG.yaml (or --resume RUN_DIR)")
         config, run_dir = _apply_overrides(load_config(args.config), args), None
     with _progress() as progress:
-        result = run_training(config or default_run_config(), run_dir, resume=bool(args.resume),
-                              callbacks=ProgressCallbacks(progress, args.verbose))
-    if "tasks" in result:
-        print_comparison(result)
-    else:
-        print_results(result)
+        compare = run_training(config or default_run_config(), run_dir, resume=bool(args.resume),
+                               callbacks=ProgressCallbacks(progress, args.verbose))
+    print_compare(compare)
     return 0
 
 
@@ -202,10 +164,8 @@ def _integers(text: str | None, option: str) -> list[int]:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from taskloom.train.grid import GridSpec, resolve_architectures, resolve_methods, run_grid
+    from taskloom.train.grid import GRID_FILE, resolve_spec, run_grid
 
-    if args.seeds is not None and args.seeds < 1:
-        raise ConfigError(f"--seeds: need at least 1 seed, got {args.seeds}")
     if args.resume:
         check_resume(Path(args.resume))
         run_dir = Path(args.resume)
@@ -214,26 +174,16 @@ def command_compare(args: argparse.Namespace) -> int:
         if not args.config:
             raise ConfigError("taskloom compare needs a CONFIG.yaml (or --resume RUN_DIR)")
         config, run_dir = _apply_overrides(load_config(args.config), args), None
-    grid_given = any(v is not None for v in (args.methods, args.architectures, args.seeds, args.track, args.groups))
+    options = (args.methods, args.architectures, args.seeds, args.track, args.groups, args.splits)
     spec = None
-    if grid_given or not args.resume:  # on resume, an option not given keeps the run's grid.json value
-        stored = run_dir / "grid.json" if args.resume else None
-        stored_spec = json.loads(stored.read_text()) if stored and stored.is_file() else {}
+    if any(v is not None for v in options) or not args.resume:  # on resume, an option not given keeps grid.json's
+        stored = run_dir / GRID_FILE if args.resume else None
         base = load_config(run_dir / "config.yaml") if args.resume and (run_dir / "config.yaml").is_file() else config
-        measure = _names(args.track) if args.track is not None else stored_spec.get("measure", [])
-        unknown = sorted(set(measure) - {"conflict", "affinity"})
-        if unknown:
-            raise ConfigError(f"--track: unknown {unknown}; choose from conflict, affinity")
-        first = base.train.seed
-        seeds = list(range(first, first + args.seeds)) if args.seeds else stored_spec.get("seeds")
-        spec = GridSpec(
-            methods=resolve_methods(_names(args.methods) or stored_spec.get("methods") or [base.balancing.method]),
-            architectures=resolve_architectures(_names(args.architectures) or stored_spec.get("architectures")
-                                                or [base.model.architecture]),
-            seeds=seeds or list(range(first, first + 3)),
-            measure=measure,
-            groups=_integers(args.groups, "--groups") if args.groups is not None else stored_spec.get("groups", []),
-        )
+        spec = resolve_spec(base, methods=_names(args.methods), architectures=_names(args.architectures),
+                            seeds=args.seeds, measure=_names(args.track),
+                            groups=_integers(args.groups, "--groups") if args.groups is not None else None,
+                            splits=args.splits,
+                            stored=json.loads(stored.read_text()) if stored and stored.is_file() else None)
     with _progress() as progress:
         grid_task = progress.add_task("grid", total=None)
 
@@ -250,76 +200,150 @@ def command_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_compare(compare: dict[str, Any]) -> None:
-    """The grid's tables: per task and variant, the summary per variant, groupings and curve signals."""
-    from taskloom.evaluate.verdict import compare_variants
+def _interval(low: Any, high: Any) -> str:
+    return "" if low is None or high is None else f"[{low:+.2f}, {high:+.2f}]"
 
-    result = compare_variants(compare)
-    variants = result["variants"]
-    table = Table(title=f"single-task vs multi-task on {compare['dataset']} (test split, {len(compare['seeds'])} "
-                        f"seeds: mean \u00b1 sd)")
-    for column in ("task", "variant", "metric", "change vs single %", "verdict", "p"):
-        table.add_column(column, justify="left" if column in ("task", "variant", "verdict") else "right")
+
+def _change_cell(row: dict[str, Any]) -> str:
+    if row.get("relative_change") is None:
+        return "n/a"
+    interval = _interval(row.get("low"), row.get("high"))
+    return f"{row['relative_change']:+.2f}" + (f"\n{interval}" if interval else "")
+
+
+def _metric_cell(row: dict[str, Any]) -> str:
+    if row.get("mean") is None:
+        return "undefined" if row.get("verdict") == "undefined" else "n/a"
+    spread = "" if row.get("std") is None else f" \u00b1 {row['std']:.4f}"
+    mark = " !" if row.get("worse_than_trivial") else ""
+    return f"{row['mean']:.4f}{spread}{mark}"
+
+
+def _reference_rows(table: Table, reference: dict[str, Any] | None, metric: str) -> None:
+    for kind in ("trivial", "linear"):
+        scores = (reference or {}).get(kind)
+        if scores and scores.get(metric) is not None:
+            table.add_row("", f"({kind})", f"{scores[metric]:.4f}", "", "reference")
+
+
+def print_compare(compare: dict[str, Any]) -> None:
+    """The run's tables, readable at 80 columns: per task and model, per variant, then what the numbers mean."""
+    from taskloom.evaluate.verdict import analyze
+
+    result = compare.get("analysis") or analyze(compare, compare.get("run_dir"))
+    variants, baseline = result["variants"], result["baseline"]
+    replication = (f"{compare.get('splits', 1)} splits x {len(compare['seeds'])} seeds"
+                   if compare.get("splits", 1) > 1 else f"{len(compare['seeds'])} seed(s)")
+    table = Table(title=f"{compare['dataset']}: test metric per task (mean \u00b1 sd over {replication})")
+    for column, justify in (("task", "left"), ("model", "left"), ("test metric", "right"),
+                            ("change % [95% CI]", "right"), ("verdict", "left")):
+        table.add_column(column, justify=justify, overflow="fold")
+    worse = undefined = unstable = False
     for task, spec in compare["tasks"].items():
         arrow = "\u2191" if spec["higher_is_better"] else "\u2193"
         for k, (name, variant) in enumerate(variants.items()):
             row = variant["tasks"][task]
-            if "mean" not in row:
-                table.add_row(task if k == 0 else "", name, "n/a", "", "", "")
+            worse |= bool(row.get("worse_than_trivial"))
+            undefined |= row.get("verdict") == "undefined"
+            unstable |= bool(row.get("unstable"))
+            label = f"{task}\n{spec['metric']} {arrow}" if k == 0 else ""
+            if name == baseline:
+                table.add_row(label, name, _metric_cell(row), "", "baseline")
                 continue
-            spread = "" if row["std"] is None else f" \u00b1 {row['std']:.4f}"
-            label = f"{task} ({spec['metric']} {arrow})" if k == 0 else ""
-            if name == result["baseline"]:
-                table.add_row(label, name, f"{row['mean']:.4f}{spread}", "baseline", "", "")
-            else:
-                colour = {"helps": "green", "hurts": "red"}.get(row.get("verdict", ""), "white")
-                table.add_row(label, name, f"{row['mean']:.4f}{spread}", _fmt(row.get("relative_change"), 2),
-                              f"[{colour}]{row.get('verdict', '')}[/]", _fmt(row.get("p_value"), 3))
+            colour = {"helps": "green", "hurts": "red"}.get(row.get("verdict", ""), "white")
+            verdict = row.get("verdict", "") + (" *" if row.get("unstable") else "")
+            table.add_row(label, name, _metric_cell(row), _change_cell(row) if baseline else "",
+                          f"[{colour}]{verdict}[/]" if baseline else "")
+        _reference_rows(table, (compare.get("references") or {}).get(task), spec["metric"])
         table.add_section()
     console.print(table)
-    test = next((row.get("test") for v in variants.values() for row in v["tasks"].values() if row.get("test")), None)
-    if test:
-        console.print(f"verdict test: {test} (helps / hurts when p < alpha, else within noise)")
-    summary = Table(title="per variant: delta-m % (Maninis et al. 2019; 95% t-interval over seeds), cost")
-    for column in ("variant", "delta-m %", "95% CI", "models", "parameters", "train s (mean/seed)", "analysis s",
-                   "inference s"):
-        summary.add_column(column, justify="left" if column == "variant" else "right")
-    for name, variant in variants.items():
-        raw = compare["variants"][name]
-        seconds = raw.get("train_seconds") or {}
-        mean_seconds = sum(seconds.values()) / len(seconds) if seconds else None
-        analysis = raw.get("analysis_seconds") or {}
-        mean_analysis = sum(analysis.values()) / len(analysis) if analysis else None
-        dm = variant.get("delta_m") or {}
-        interval = "" if dm.get("low") is None else f"[{dm['low']:+.2f}, {dm['high']:+.2f}]"
-        summary.add_row(name, "baseline" if name == result["baseline"] else _fmt(dm.get("mean"), 2), interval,
-                        str(raw.get("models", "")), f"{raw.get('parameters', 0):,}", _fmt(mean_seconds, 2),
-                        _fmt(mean_analysis, 2), _fmt(raw.get("inference_seconds"), 4))
-    console.print(summary)
+    if baseline:
+        summary = Table(title="per variant: delta-m % over the defined tasks (Maninis et al. 2019)")
+        for column in ("variant", "delta-m % [95% CI]", "params", "train s", "infer s"):
+            summary.add_column(column, justify="left" if column == "variant" else "right", overflow="fold")
+        for name, variant in variants.items():
+            raw = compare["variants"][name]
+            seconds = raw.get("train_seconds") or {}
+            mean_seconds = sum(seconds.values()) / len(seconds) if seconds else None
+            dm = variant.get("delta_m") or {}
+            cell = "baseline" if name == baseline else (
+                _fmt(dm.get("mean"), 2) + (f"\n{_interval(dm.get('low'), dm.get('high'))}" if dm.get("low") is not None
+                                           else ""))
+            summary.add_row(name, cell, f"{raw.get('parameters', 0):,}", _fmt(mean_seconds, 1),
+                            _fmt(raw.get("inference_seconds"), 3))
+        console.print(summary)
+    _print_groupings(compare, variants)
+    _print_curve_signals(compare, variants, baseline)
+    _print_notes(compare, result, worse, undefined, unstable)
+    console.print(f"run directory: {compare['run_dir']}", soft_wrap=True, highlight=False)
+
+
+def _print_groupings(compare: dict[str, Any], variants: dict[str, Any]) -> None:
+    from taskloom.evaluate.verdict import analyze
+
     for n, grouping in (compare.get("groupings") or {}).items():
         groups = " | ".join("{" + ", ".join(g) + "}" for g in grouping["groups"])
         console.print(f"TAG grouping into {n} networks (score {grouping['score']:.3g}): {groups}", highlight=False)
         raw = compare["variants"].get(f"groups-{n}", {})
         reference = f"{raw.get('architecture')}+{raw.get('balancing')}"
         if reference in compare["variants"]:
-            against = compare_variants({**compare, "baseline": reference})["variants"][f"groups-{n}"]["delta_m"]
-            interval = "" if against.get("low") is None else f" [{against['low']:+.2f}, {against['high']:+.2f}]"
-            console.print(f"  groups-{n} vs all-in-one {reference}: delta-m {_fmt(against.get('mean'), 2)} %{interval}; "
-                          f"vs single-task: {_fmt(variants[f'groups-{n}']['delta_m'].get('mean'), 2)} %", highlight=False)
+            against = analyze({**compare, "baseline": reference, "analysis": None},
+                              compare.get("run_dir"))["variants"][f"groups-{n}"]["delta_m"]
+            console.print(f"  groups-{n} vs all-in-one {reference}: delta-m {_fmt(against.get('mean'), 2)} % "
+                          f"{_interval(against.get('low'), against.get('high'))}; vs single-task: "
+                          f"{_fmt(variants[f'groups-{n}']['delta_m'].get('mean'), 2)} %", highlight=False)
+
+
+def _print_curve_signals(compare: dict[str, Any], variants: dict[str, Any], baseline: str | None) -> None:
+    """Bingel & Sogaard (2017)'s learning-curve signals of the single-task models beside each variant's gain."""
     signals = compare.get("curve_signals") or {}
-    if signals:
-        gains = [n for n in variants if n != result["baseline"]]
-        table = Table(title="learning-curve signals of the single-task models (Bingel & S\u00f8gaard 2017) "
-                            "next to each variant's gain %")
-        fractions = [f for f in next(iter(signals.values()))["relative_slopes"] if float(f) in (0.1, 0.3, 0.5)]
-        for column in ["task"] + [f"slope@{float(f):.0%}" for f in fractions] + ["plateau"] + gains:
-            table.add_column(column, justify="left" if column == "task" else "right")
-        for task, entry in signals.items():
-            cells = [f"{entry['relative_slopes'][f]:+.3f}" for f in fractions]
-            table.add_row(task, *cells, f"{entry['plateau_epoch']}/{entry['epochs']}",
-                          *[_fmt(variants[n]["tasks"][task].get("relative_change"), 2) for n in gains])
-        console.print(table)
-    console.print(f"run directory: {compare['run_dir']}", soft_wrap=True, highlight=False)
+    if not signals:
+        return
+    gains = [n for n in variants if n != baseline]
+    table = Table(title="single-task learning curves (Bingel & S\u00f8gaard 2017) and each variant's gain %")
+    fractions = [f for f in next(iter(signals.values()))["relative_slopes"] if float(f) in (0.1, 0.3, 0.5)]
+    for column in ["task"] + [f"slope@{float(f):.0%}" for f in fractions] + ["plateau", "gain %"]:
+        table.add_column(column, justify="left" if column in ("task", "gain %") else "right", overflow="fold")
+    for task, entry in signals.items():
+        cells = [f"{entry['relative_slopes'][f]:+.3f}" for f in fractions]
+        gain = "\n".join(f"{n} {_fmt(variants[n]['tasks'][task].get('relative_change'), 2)}" for n in gains)
+        table.add_row(task, *cells, f"{entry['plateau_epoch']}/{entry['epochs']}", gain)
+    console.print(table)
+
+
+def _print_notes(compare: dict[str, Any], result: dict[str, Any], worse: bool, undefined: bool,
+                 unstable: bool) -> None:
+    """What the intervals cover, what delta-m left out, and every flag shown in the tables."""
+    rows = [r for v in result["variants"].values() for r in v["tasks"].values()]
+    covered = next((r for r in rows if r.get("covers")), None)
+    if covered:
+        console.print(f"intervals: {covered['covers']}; {covered['test']}. helps / hurts only when the 95% "
+                      "interval excludes 0.", highlight=False)
+    for name, variant in result["variants"].items():
+        for task, why in ((variant.get("delta_m") or {}).get("left_out") or {}).items():
+            console.print(f"delta-m of {name} leaves out {task}: {why}", highlight=False)
+    for split, entries in (compare.get("evaluation") or {}).items():
+        if split == "per_split":
+            continue
+        for task, entry in entries.items():
+            if not entry.get("defined", True) and split == "val":
+                console.print(f"validation split cannot measure {task}: {entry['reason']}", highlight=False)
+    if undefined:
+        console.print("undefined: the test split cannot measure that task (see the warnings above).")
+    if worse:
+        console.print("! worse than the trivial predictor (training mean / class prior): that model learned "
+                      "nothing usable for the task.")
+    if unstable:
+        for name, variant in result["variants"].items():
+            for task, row in variant["tasks"].items():
+                if row.get("unstable"):
+                    console.print(f"* {task} ({name}): {row['unstable']}", highlight=False)
+    changed = [(n, t, r["seed_only"]["verdict"], r["verdict"]) for n, v in result["variants"].items()
+               for t, r in v["tasks"].items() if r.get("seed_only") and r["seed_only"]["verdict"] != r.get("verdict")
+               and r["seed_only"]["verdict"] in ("helps", "hurts")]
+    for name, task, before, after in changed:
+        console.print(f"{task} ({name}): a seed-only t-test would say '{before}'; with the test set's noise "
+                      f"it is '{after}'", highlight=False)
 
 
 def command_affinity(args: argparse.Namespace) -> int:
@@ -447,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--track", help="log per-epoch analysis of the multi-task models: conflict, affinity")
     compare.add_argument("--groups", help="comma-separated numbers of networks: train TAG's suggested task groups "
                                           "(implies affinity tracking of the first variant)")
+    compare.add_argument("--splits", type=int, help="repeat the grid over N seeded train/val/test splits "
+                                                    "(data.split_seed, +1, ...); default 1")
     compare.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted grid; finished cells are kept")
     compare.add_argument("--epochs", type=int, help="override train.epochs")
     compare.add_argument("--output", type=Path, help="override output_dir")

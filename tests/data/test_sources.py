@@ -72,9 +72,9 @@ def test_training_on_two_sources_with_baselines_reports_both_tasks(tmp_path):
     raw["train"]["baselines"] = True
     comparison = run_training(parse_config(raw))
     assert set(comparison["tasks"]) == {"y1", "y2"}
-    assert all(np.isfinite(row["multi"]) for row in comparison["tasks"].values())
+    assert all(np.isfinite(value) for value in comparison["variants"]["hard+equal"]["values"]["0"].values())
     records = [json.loads(line) for line in open(f"{comparison['run_dir']}/metrics.jsonl")]
-    assert {r["model"] for r in records} == {"single/y1", "single/y2", "multitask"}
+    assert {r["model"] for r in records} == {"single/y1", "single/y2", "hard+equal"}
 
 
 def test_table_sources_take_their_tasks_from_the_config(tmp_path):

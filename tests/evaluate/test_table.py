@@ -48,7 +48,7 @@ def test_csv_and_markdown_files(tmp_path):
     rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
     assert list(rows[0]) == list(TASK_COLUMNS) and len(rows) == 6
     row = rows[1]
-    assert (row["task"], row["variant"], row["higher_is_better"], row["seeds"]) == ("acc", "hard+equal", "true", "2")
+    assert (row["task"], row["variant"], row["higher_is_better"], row["units"]) == ("acc", "hard+equal", "true", "2")
     assert float(row["relative_change_pct"]) == pytest.approx(7.5)
     assert rows[0]["relative_change_pct"] == "" and rows[0]["verdict"] == "baseline"
     text = md_path.read_text()

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from scipy import stats
 
 from taskloom.evaluate.verdict import (
-    HELPS, HURTS, NOISE, NOISE_ONE_SEED, compare_variants, mean_std, t_interval, task_verdict,
-    verdicts_from_comparison,
+    HELPS, HURTS, NOISE, UNDECIDED, UNDEFINED, combined_interval, compare_variants, mean_std, t_interval,
+    task_verdict,
 )
 
 
@@ -49,12 +50,9 @@ def test_overlapping_seeds_are_within_noise_by_welch():
     assert verdict.p_value == pytest.approx(expected)
 
 
-def test_one_seed_rule_uses_the_five_percent_threshold():
-    assert task_verdict([0.82], [0.80], True).verdict == NOISE_ONE_SEED  # +2.5%
-    assert task_verdict([0.90], [0.80], True).verdict == HELPS  # +12.5%
-    assert task_verdict([2.2], [2.0], False).verdict == HURTS  # mse up 10%
-    assert task_verdict([1.92], [2.0], False).verdict == NOISE_ONE_SEED  # mse down 4%
-    assert task_verdict([1.8], [2.0], False, one_seed_threshold=20).verdict == NOISE_ONE_SEED
+def test_one_seed_decides_nothing_in_the_seed_only_test():
+    verdict = task_verdict([0.90], [0.80], True)  # +12.5 %: no fixed percentage rule turns it into a verdict
+    assert verdict.verdict == UNDECIDED and verdict.p_value is None
 
 
 def _grid(seeds_multi=("0", "1")):
@@ -71,11 +69,11 @@ def _grid(seeds_multi=("0", "1")):
 def test_delta_m_per_seed_and_its_interval_by_hand():
     result = compare_variants(_grid())
     dm = result["variants"]["hard+ew"]["delta_m"]
-    # seed 0: acc +5%, mse worse by 5% -> 0; seed 1: acc +10%, mse better by 5% -> +7.5
-    assert dm["per_seed"] == pytest.approx({"0": 0.0, "1": 7.5})
+    # per seed, against the baseline mean (0.80, 2.0): seed 0: acc +5 %, mse -5 % -> 0; seed 1: +10 %, +5 % -> 7.5
+    assert dm["per_unit"] == pytest.approx({"0": 0.0, "1": 7.5})
     half = 12.706204736174707 * (7.5 / math.sqrt(2)) / math.sqrt(2)  # t_{0.975, 1} x sd / sqrt(n)
     assert (dm["mean"], dm["low"], dm["high"]) == pytest.approx((3.75, 3.75 - half, 3.75 + half))
-    assert dm["paired"] is True
+    assert dm["covers"].startswith("seeds only")  # no replicates given: the interval says what it covers
     rows = result["variants"]["hard+ew"]["tasks"]
     assert rows["acc"]["relative_change"] == pytest.approx(7.5)  # mean 0.86 vs 0.80
     assert rows["err"]["relative_change"] == pytest.approx(0.0)
@@ -84,11 +82,57 @@ def test_delta_m_per_seed_and_its_interval_by_hand():
     assert result["variants"]["single"]["delta_m"] is None
 
 
-def test_unpaired_seeds_compare_with_the_baseline_mean():
-    result = compare_variants(_grid(seeds_multi=("0",)))
-    dm = result["variants"]["hard+ew"]["delta_m"]
-    assert dm["paired"] is False and dm["per_seed"] == pytest.approx({"0": 0.0}) and dm["low"] is None
-    assert result["variants"]["hard+ew"]["tasks"]["acc"]["verdict"] == NOISE_ONE_SEED
+def test_seed_and_row_variances_add_with_satterthwaite_degrees_of_freedom():
+    per_unit = {"0": 1.0, "1": 2.0, "2": 3.0}
+    replicates = np.array([1.0, 3.0] * 50)  # variance 100/99 (ddof 1)
+    interval = combined_interval(per_unit, replicates, 2.0, {}, 0.0)
+    v_seed, v_rows = 1.0 / 3, 100 / 99
+    total = v_seed + v_rows
+    df = total ** 2 / (v_seed ** 2 / 2)
+    half = stats.t.ppf(0.975, df) * math.sqrt(total)
+    assert (interval.low, interval.high, interval.df) == pytest.approx((2.0 - half, 2.0 + half, df))
+    assert interval.p_value == pytest.approx(2 * stats.t.sf(2.0 / math.sqrt(total), df))
+    assert interval.covers == "seeds and test rows"
+
+
+def test_several_splits_use_the_corrected_resampled_t():
+    per_unit = {"a": 1.0, "b": 3.0, "c": 4.0, "d": 6.0}
+    split_of = {"a": 0, "b": 0, "c": 1, "d": 1}  # split means 2 and 5
+    interval = combined_interval(per_unit, None, 3.5, split_of, overlap=0.25)
+    variance = (1 / 2 + 0.25) * 4.5  # (1/J + n_test/n_train) x var of the split means (Nadeau & Bengio 2003)
+    half = stats.t.ppf(0.975, 1) * math.sqrt(variance)
+    assert (interval.low, interval.high) == pytest.approx((3.5 - half, 3.5 + half))
+    assert "Nadeau & Bengio" in interval.method
+
+
+def test_one_seed_interval_covers_rows_only_and_claims_no_verdict():
+    grid = _grid(seeds_multi=("0",))
+    grid["variants"]["single"]["values"] = {"0": {"acc": 0.80, "err": 2.0}}
+    far = {("hard+ew", "0", "acc"): np.full(200, 0.84) + np.linspace(-1e-3, 1e-3, 200),
+           ("single", "0", "acc"): np.full(200, 0.80)}
+    row = compare_variants(grid, far)["variants"]["hard+ew"]["tasks"]["acc"]
+    assert row["low"] > 0 and row["verdict"] == UNDECIDED and row["covers"].startswith("test rows only")
+    near = {("hard+ew", "0", "acc"): 0.80 + np.linspace(-0.05, 0.05, 200), ("single", "0", "acc"): np.full(200, 0.8)}
+    assert compare_variants(grid, near)["variants"]["hard+ew"]["tasks"]["acc"]["verdict"] == NOISE
+
+
+def test_an_undefined_task_is_marked_and_left_out_of_delta_m():
+    grid = _grid()
+    grid["evaluation"] = {"test": {"err": {"defined": False, "reason": "all 40 labelled targets are the same value"},
+                                   "acc": {"defined": True, "reason": None}}}
+    variant = compare_variants(grid)["variants"]["hard+ew"]
+    assert variant["tasks"]["err"]["verdict"] == UNDEFINED and "same value" in variant["tasks"]["err"]["note"]
+    assert variant["delta_m"]["tasks"] == ["acc"] and "err" in variant["delta_m"]["left_out"]
+    assert variant["delta_m"]["mean"] == pytest.approx(7.5)  # acc alone
+
+
+def test_a_model_below_the_trivial_predictor_is_flagged_and_tiny_errors_warn():
+    grid = _grid()
+    grid["references"] = {"acc": {"trivial": {"accuracy": 0.85}}, "err": {"trivial": {"mse": 400.0}}}
+    rows = compare_variants(grid)["variants"]
+    assert rows["single"]["tasks"]["acc"]["worse_than_trivial"] is True  # 0.80 < 0.85
+    assert rows["hard+ew"]["tasks"]["acc"]["worse_than_trivial"] is False  # 0.86 > 0.85
+    assert "r2" in rows["hard+ew"]["tasks"]["err"]["unstable"]  # single-task mse 2.0 is 0.5 % of 400
 
 
 def test_a_compare_file_without_the_baseline_is_refused():
@@ -98,10 +142,13 @@ def test_a_compare_file_without_the_baseline_is_refused():
         compare_variants(grid)
 
 
-def test_verdicts_from_a_single_run_comparison():
-    comparison = {"tasks": {"acc": {"higher_is_better": True, "single": 0.8, "multi": 0.7},
-                            "err": {"higher_is_better": False, "single": 2.0, "multi": 2.02},
-                            "gone": {"higher_is_better": True, "single": None, "multi": 0.5}}}
-    verdicts = verdicts_from_comparison(comparison)
-    assert verdicts["acc"].verdict == HURTS and verdicts["err"].verdict == NOISE_ONE_SEED
-    assert "gone" not in verdicts
+def test_unpaired_seeds_use_welch_variances():
+    grid = _grid()
+    grid["variants"]["hard+ew"]["values"] = {"7": {"acc": 0.84, "err": 2.1}, "8": {"acc": 0.88, "err": 1.9}}
+    grid["variants"]["single"]["values"] = {"0": {"acc": 0.80, "err": 2.0}, "1": {"acc": 0.82, "err": 2.0}}
+    row = compare_variants(grid)["variants"]["hard+ew"]["tasks"]["acc"]
+    a, b = np.var([0.84, 0.88], ddof=1) / 2, np.var([0.80, 0.82], ddof=1) / 2
+    df = (a + b) ** 2 / (a ** 2 + b ** 2)
+    half = stats.t.ppf(0.975, df) * math.sqrt(a + b) * 100 / 0.81
+    change = 100 * (0.86 - 0.81) / 0.81
+    assert (row["low"], row["high"]) == pytest.approx((change - half, change + half))

@@ -73,14 +73,15 @@ def test_the_final_covariance_reaches_the_run_directory(tmp_path):
         "train": {"epochs": 2, "batch_size": 32}, "output_dir": str(tmp_path),
     })
     summary = run_training(config, tmp_path / "run")
-    written = json.loads((tmp_path / "run" / "multitask" / "regularizers.json").read_text())
+    model = tmp_path / "run" / "hard+equal" / "seed0"
+    written = json.loads((model / "regularizers.json").read_text())
     assert summary["run_dir"] == str(tmp_path / "run") and [r["name"] for r in written] == ["TaskRelationship"]
     report = written[0]
     assert report["tasks"] == ["y1", "y2", "y3"]
-    last = load_checkpoint(tmp_path / "run" / "multitask" / "checkpoints" / "last.pt")["model"]
+    last = load_checkpoint(model / "checkpoints" / "last.pt")["model"]
     W = torch.stack([last[f"heads.{t}.weight"].reshape(-1) for t in report["tasks"]], dim=1).double()
     expected = task_covariance(W, eps=1e-4)  # Omega after the last step, in closed form at the final weights
     assert np.allclose(report["omega"], expected.numpy(), atol=1e-6)
     assert np.trace(report["omega"]) == pytest.approx(1.0, abs=1e-6)
-    assert summary["regularizers"] == written  # and results.json carries it
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["regularizers"] == written
+    assert summary["cells"]["hard+equal/seed0"]["regularizers"] == written  # and compare.json carries it
+    assert json.loads((model / "results.json").read_text())["regularizers"] == written

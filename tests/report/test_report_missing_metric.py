@@ -61,13 +61,16 @@ def test_a_compare_run_with_a_task_without_values_still_draws_the_others(tmp_pat
     assert spied["pareto"] == {"single": False, "hard+equal": True, "hard+uw": False}
 
 
-def test_a_one_seed_comparison_with_one_measured_task_draws_the_strip(tmp_path, spied):
-    comparison = {"dataset": "table", "tasks": {
-        "a": {"metric": "auroc", "higher_is_better": True, "single": 0.5, "multi": 0.6, "relative_change": 20.0},
-        "c": {"metric": "auroc", "higher_is_better": True, "single": None, "multi": None, "relative_change": None}}}
-    (tmp_path / "comparison.json").write_text(json.dumps(comparison))
+def test_with_one_measured_task_the_strip_is_still_drawn(tmp_path, spied):
+    one = {"0": {"a": None, "b": 2.0, "c": None}}
+    compare = {"tasks": TASKS, "seeds": [0], "baseline": "single",
+               "variants": {"single": {"kind": "single", "values": one},
+                            "hard+equal": {"kind": "multi", "values": {"0": {"a": None, "b": 1.5, "c": None}}}}}
+    (tmp_path / "compare.json").write_text(json.dumps(compare))
     section = pareto_section(write_report(tmp_path).read_text())
-    assert "Pareto-optimal over 1 task (test" in section and "): multi-task.</p>" in section
+    assert "Pareto-optimal over 1 task (test" in section and "): hard+equal.</p>" in section
+    assert ": a, c; grey cells" in section
     assert section.count("<img") == 1 and "task-pair plots need metrics on at least two tasks" in section
-    assert spied["changes"]["multi-task"] == {"a": 20.0, "c": None}
+    assert spied["changes"]["hard+equal"]["b"] == pytest.approx(25.0)  # mse 2.0 -> 1.5, lower is better
+    assert spied["changes"]["hard+equal"]["a"] is None and spied["changes"]["hard+equal"]["c"] is None
     assert "scatter_tasks" not in spied

@@ -29,11 +29,11 @@ def test_epoch_lines_only_with_verbose_and_they_name_the_selection_score(tmp_pat
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(CONFIG))
     assert main(["train", "c.yaml"]) == 0
     quiet = capsys.readouterr().out
-    assert "multitask epoch 2/2" in quiet  # the progress bar
+    assert "hard+equal/seed0 epoch 2/2" in quiet  # the progress bar
     assert "epoch 1:" not in quiet and "checkpoint selection" not in quiet
     assert main(["train", "c.yaml", "-v"]) == 0
     verbose = " ".join(capsys.readouterr().out.split())
-    assert "multitask epoch 1: y1: mse" in verbose and "multitask epoch 2: y1: mse" in verbose
+    assert "hard+equal/seed0 epoch 1: y1: mse" in verbose and "hard+equal/seed0 epoch 2: y1: mse" in verbose
     # the first evaluation is its own baseline: a change of 0 by definition
     assert "checkpoint selection: mean % change of y1 mse, y2 mse vs the first evaluation = +0.00" in verbose
 

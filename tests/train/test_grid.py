@@ -12,7 +12,7 @@ from rich.console import Console
 from taskloom import cli
 from taskloom.cli import main
 from taskloom.config import ConfigError, parse_config
-from taskloom.evaluate.verdict import compare_variants
+from taskloom.evaluate.verdict import compare_variants, load_replicates
 from taskloom.train import grid
 from taskloom.train.trainer import Trainer
 
@@ -67,9 +67,12 @@ def test_compare_writes_the_grid_and_its_table(compared):
         assert variant["inference_seconds"] > 0 and set(variant["train_seconds"]) == {"0", "1"}
     assert compare["variants"]["single"]["models"] == 3 and compare["variants"]["hard+equal"]["models"] == 1
     assert compare["variants"]["single"]["parameters"] > compare["variants"]["hard+equal"]["parameters"]
-    result = compare_variants(compare)
+    result = compare["analysis"]
     assert result["variants"]["hard+pcgrad"]["delta_m"]["low"] is not None
-    assert "paired t-test over 2 seeds" in result["variants"]["hard+equal"]["tasks"]["y1"]["test"]
+    row = result["variants"]["hard+equal"]["tasks"]["y1"]
+    assert row["covers"] == "seeds and test rows" and "paired bootstrap over test rows" in row["test"]
+    assert row["seed_only"]["test"].startswith("paired t-test over 2 seeds")
+    assert result == json.loads(json.dumps(compare_variants(compare, load_replicates(run_dir, compare))))
     for text in ("hard+pcgrad", "delta-m", "95% CI", "verdict", "TAG grouping into 2 networks", "plateau"):
         assert text in out
     assert "groups-2 vs all-in-one hard+equal: delta-m" in out
@@ -86,7 +89,7 @@ def test_compare_logs_tracking_and_writes_the_report(compared):
                                    for r in multi)
     assert not any("affinity" in r for r in records if r["model"].startswith("single/"))
     text = (run_dir / "report.html").read_text()
-    assert "Compare grid" in text and "gain in</th>" in text and "<th>hard+<wbr>pcgrad</th>" in text
+    assert "Comparison (" in text and "gain in</th>" in text and "<th>hard+<wbr>pcgrad</th>" in text
 
 
 def test_groups_follow_the_affinity_and_reuse_single_task_models(compared):
@@ -207,7 +210,7 @@ def test_compare_table_is_also_written_as_csv_and_markdown(compared):
     base = (single[0]["y2"] + single[1]["y2"]) / 2
     assert float(row["mean"]) == pytest.approx(mean, rel=1e-5)
     assert float(row["relative_change_pct"]) == pytest.approx(-100 * (mean - base) / base, rel=1e-4)  # mse: lower
-    assert row["higher_is_better"] == "false" and row["seeds"] == "2" and row["verdict"] in ("helps", "hurts",
+    assert row["higher_is_better"] == "false" and row["units"] == "2" and row["verdict"] in ("helps", "hurts",
                                                                                                "within noise")
     assert next(r for r in rows if r["variant"] == "single")["verdict"] == "baseline"
     markdown = (run_dir / "compare.md").read_text()

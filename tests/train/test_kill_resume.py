@@ -138,34 +138,10 @@ def write_config(tmp_path: Path) -> Path:
     return path
 
 
-def test_train_killed_at_seven_moments_resumes_to_the_uninterrupted_result(tmp_path):
-    config = write_config(tmp_path)
-    straight = tmp_path / "straight"
-    straight.mkdir()
-    (straight / "crash.yaml").write_text(config.read_text())
-    done = taskloom_cli(["train", "crash.yaml"], straight)
-    assert done.returncode == 0, done.stdout + done.stderr
-    expected = strict_json(next((straight / "runs").iterdir()) / "results.json")
-    run_dir = killed_and_resumed(["train", "crash.yaml"], ["train", "--resume"], TRAIN_FAULTS, tmp_path)
-    assert strict_json(run_dir / "results.json")["test"] == expected["test"]
-    assert strict_json(run_dir / "results.json")["best_epoch"] == expected["best_epoch"]
-    assert logged_epochs(run_dir / "multitask" / "metrics.jsonl") == [1, 2, 3, 4]
-    assert sorted(strict_json(run_dir / "multitask" / "seconds.json")["epochs"], key=int) == ["1", "2", "3", "4"]
-    assert_clean(run_dir)
-
-
-def test_compare_killed_at_seven_moments_resumes_to_the_uninterrupted_result(tmp_path):
-    config = write_config(tmp_path)
-    straight = tmp_path / "straight"
-    straight.mkdir()
-    (straight / "crash.yaml").write_text(config.read_text())
-    grid = ["compare", "crash.yaml", "--methods", "ew", "--seeds", "2"]
-    done = taskloom_cli(grid, straight)
-    assert done.returncode == 0, done.stdout + done.stderr
-    reference = next((straight / "runs").iterdir())
-    run_dir = killed_and_resumed(grid, ["compare", "--resume"], COMPARE_FAULTS, tmp_path)
+def assert_same_results(run_dir: Path, reference: Path, models: int) -> None:
+    """Every model's test metrics (its results.json) and compare.json's values equal the reference run's."""
     cells = sorted(str(p.parent.relative_to(reference)) for p in reference.rglob("results.json"))
-    assert len(cells) == 6  # 2 seeds x (2 single-task models + 1 multi-task model)
+    assert len(cells) == models
     for cell in cells:
         ours = strict_json(run_dir / cell / "results.json")["test"]
         assert ours == strict_json(reference / cell / "results.json")["test"], cell
@@ -174,4 +150,32 @@ def test_compare_killed_at_seven_moments_resumes_to_the_uninterrupted_result(tmp
         n: v["values"] for n, v in theirs["variants"].items()}
     for model_dir in model_dirs(run_dir):
         assert logged_epochs(model_dir / "metrics.jsonl") == [1, 2, 3, 4], model_dir
+        seconds = strict_json(model_dir / "seconds.json")["epochs"]
+        assert sorted(seconds, key=int) == ["1", "2", "3", "4"], model_dir  # no epoch's time lost or counted twice
+
+
+def reference_run(command: list[str], tmp_path: Path, config: Path) -> Path:
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    (straight / config.name).write_text(config.read_text())
+    done = taskloom_cli(command, straight)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return next((straight / "runs").iterdir())
+
+
+def test_train_killed_at_seven_moments_resumes_to_the_uninterrupted_result(tmp_path):
+    config = write_config(tmp_path)
+    command = ["train", config.name]
+    reference = reference_run(command, tmp_path, config)
+    run_dir = killed_and_resumed(command, ["train", "--resume"], TRAIN_FAULTS, tmp_path)
+    assert_same_results(run_dir, reference, models=1)
+    assert_clean(run_dir)
+
+
+def test_compare_killed_at_seven_moments_resumes_to_the_uninterrupted_result(tmp_path):
+    config = write_config(tmp_path)
+    command = ["compare", config.name, "--methods", "ew", "--seeds", "2"]
+    reference = reference_run(command, tmp_path, config)
+    run_dir = killed_and_resumed(command, ["compare", "--resume"], COMPARE_FAULTS, tmp_path)
+    assert_same_results(run_dir, reference, models=6)  # 2 seeds x (2 single-task models + 1 multi-task model)
     assert_clean(run_dir)

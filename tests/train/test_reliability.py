@@ -17,7 +17,7 @@ from taskloom.train.checkpoint import (
     CheckpointError, check_run_checkpoints, load_checkpoint, remove_orphan_temporaries, save_checkpoint,
 )
 from taskloom.train.json_files import to_json, write_json_atomically
-from taskloom.train.runner import run_training
+from taskloom.train.grid import run_training
 from taskloom.train.timing import read_epoch_seconds
 from taskloom.train.trainer import Trainer, TrainingDiverged
 
@@ -71,7 +71,7 @@ def test_the_cli_turns_divergence_into_a_message_and_exit_code_3(tmp_path, capsy
     (tmp_path / "diverge.yaml").write_text(yaml.safe_dump(config))
     assert main(["train", "diverge.yaml"]) == 3
     out = " ".join(capsys.readouterr().out.split())
-    assert "error: multitask: the training loss of task 'y" in out
+    assert "error: hard+equal: the training loss of task 'y" in out
     assert "at epoch 1, step" in out and "Lower the learning rate" in out
     assert "Traceback" not in out
 
@@ -102,16 +102,16 @@ def test_json_writers_write_null_for_non_finite_floats(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
-def test_every_json_file_of_a_run_parses_strictly(tmp_path):
-    config = parse_config({**CONFIG, "train": {**CONFIG["train"], "epochs": 2, "baselines": True},
-                           "output_dir": str(tmp_path)})
-    result = run_training(config, tmp_path / "run")
-    files = list((tmp_path / "run").rglob("*.json")) + list((tmp_path / "run").rglob("*.jsonl"))
-    assert {p.name for p in files} >= {"comparison.json", "seconds.json", "metrics.jsonl"}
+def test_every_json_file_of_a_run_parses_strictly(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = {**CONFIG, "train": {**CONFIG["train"], "epochs": 2}, "output_dir": "runs"}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "c.yaml", "--baselines"]) == 0
+    files = list((tmp_path / "runs").rglob("*.json")) + list((tmp_path / "runs").rglob("*.jsonl"))
+    assert {p.name for p in files} >= {"compare.json", "results.json", "seconds.json", "metrics.jsonl"}
     for path in files:
         for line in path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]:
             strict(line)
-    assert result["tasks"]["y1"]["single"] is not None
 
 
 # -- bad checkpoints on --resume -----------------------------------------------------------------------------
@@ -126,6 +126,9 @@ def interrupted_run(tmp_path: Path) -> Path:
     with pytest.raises(KeyboardInterrupt):
         run_training(config, tmp_path / "run", callbacks={"epoch": interrupt})
     return tmp_path / "run"
+
+
+MODEL = Path("hard+equal") / "seed0"  # where taskloom train keeps its model
 
 
 class Payload:
@@ -154,19 +157,19 @@ def unsafe(path: Path) -> None:
 ])
 def test_a_bad_checkpoint_is_named_before_the_resume_does_any_work(tmp_path, capsys, damage, name, says):
     run_dir = interrupted_run(tmp_path)
-    bad = run_dir / "multitask" / "checkpoints" / name
+    bad = run_dir / MODEL / "checkpoints" / name
     assert bad.is_file()
     damage(bad)
-    log_before = (run_dir / "multitask" / "metrics.jsonl").read_text()
+    log_before = (run_dir / MODEL / "metrics.jsonl").read_text()
     files_before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     capsys.readouterr()
     assert main(["train", "--resume", str(run_dir)]) == 2
     out = capsys.readouterr().out
     assert f"error: checkpoint {bad} {says}" in out
     assert "weights_only" not in out and "the payload ran" not in out
-    assert (run_dir / "multitask" / "metrics.jsonl").read_text() == log_before
+    assert (run_dir / MODEL / "metrics.jsonl").read_text() == log_before
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == files_before
-    assert not (run_dir / "results.json").exists()
+    assert not (run_dir / MODEL / "results.json").exists() and not (run_dir / "compare.json").exists()
 
 
 def test_the_trainer_itself_checks_every_checkpoint_of_its_model(tmp_path):

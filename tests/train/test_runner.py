@@ -80,7 +80,8 @@ def test_class_weights_sample_weights_and_conditions_from_a_config_reach_the_los
 
 def _best_validation(run_dir, name, metric, higher_is_better):
     """A single-task model's best validation value of its main metric, read from its metrics.jsonl."""
-    records = [json.loads(line) for line in (run_dir / "single" / name / "metrics.jsonl").read_text().splitlines()]
+    lines = (run_dir / "single" / name / "seed0" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
     values = [r["val"][name][metric] for r in records]
     return max(values) if higher_is_better else min(values)
 
@@ -92,9 +93,10 @@ def test_the_multitask_model_is_selected_against_the_single_task_models(shop, tm
     run_dir = tmp_path / "run"
     expected = {name: _best_validation(run_dir, name, row["metric"], row["higher_is_better"])
                 for name, row in comparison["tasks"].items()}
-    assert comparison["selection_baselines"] == expected
-    assert load_checkpoint(run_dir / "multitask" / "checkpoints" / "last.pt")["selection_baselines"] == expected
-    first = json.loads((run_dir / "multitask" / "metrics.jsonl").read_text().splitlines()[0])
+    assert comparison["cells"]["hard+equal/seed0"]["selection_baselines"] == expected
+    multi = run_dir / "hard+equal" / "seed0"
+    assert load_checkpoint(multi / "checkpoints" / "last.pt")["selection_baselines"] == expected
+    first = json.loads((multi / "metrics.jsonl").read_text().splitlines()[0])
     changes = [(1 if row["higher_is_better"] else -1) * (first["val"][n][row["metric"]] - expected[n]) / expected[n]
                for n, row in comparison["tasks"].items()]
     assert math.isclose(first["score"], 100 * sum(changes) / len(changes), rel_tol=1e-9)
@@ -105,7 +107,8 @@ def test_baselines_given_in_the_config_take_precedence(shop, tmp_path):
     config = _config(path, tmp_path, selection={"baselines": {"click": 0.5}},
                      train={"epochs": 1, "batch_size": 32})
     comparison = run_comparison(config, tmp_path / "run")
-    assert comparison["selection_baselines"]["click"] == 0.5
+    chosen = comparison["cells"]["hard+equal/seed0"]["selection_baselines"]
+    assert chosen["click"] == 0.5
     spend = comparison["tasks"]["spend"]
-    assert comparison["selection_baselines"]["spend"] == _best_validation(tmp_path / "run", "spend", "mse", False)
+    assert chosen["spend"] == _best_validation(tmp_path / "run", "spend", "mse", False)
     assert spend["metric"] == "mse"

@@ -57,7 +57,8 @@ def test_conflict_and_affinity_are_logged_per_epoch(tmp_path):
 def test_measuring_leaves_training_unchanged(tmp_path):
     plain = run_training(_config(tmp_path / "plain"))
     tracked = run_training(_config(tmp_path / "tracked", measure=["conflict", "affinity"], every=1))
-    assert plain["test"] == tracked["test"]
+    key = "hard+equal/seed0"
+    assert plain["cells"][key]["test"] == tracked["cells"][key]["test"]
 
 
 def test_bad_tracking_fields_are_named(tmp_path):
@@ -149,7 +150,7 @@ def test_a_run_with_tracking_records_its_analysis_time_and_one_without_has_none(
     tracked = _records(result)
     assert [r["epoch"] for r in tracked] == [1, 2]
     assert all(r["analysis_seconds"] > 0 and r["seconds"] > 0 for r in tracked)  # affinity was measured each step
-    seconds = json.loads((Path(result["run_dir"]) / "multitask" / "seconds.json").read_text())["epochs"]
+    seconds = json.loads((Path(result["run_dir"]) / "hard+equal" / "seed0" / "seconds.json").read_text())["epochs"]
     assert [seconds[str(r["epoch"])]["analysis"] for r in tracked] == [r["analysis_seconds"] for r in tracked]
     plain = _records(run_training(_config(tmp_path / "plain")))
     assert [r["epoch"] for r in plain] == [1, 2]
@@ -184,10 +185,10 @@ def test_tensorboard_and_mlflow_get_per_task_scalars(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", flow)
     run_training(_config(tmp_path, tensorboard=True, mlflow=True, mlflow_tracking_uri="file:/tmp/x"))
     tags = {entry[0] for entry in written if len(entry) == 3}
-    assert {"multitask/train_loss/y1", "multitask/val/y2/mse", "multitask/weights/y3"} <= tags
-    assert written[-1] == ("closed",) and written[0][1].endswith("multitask/tensorboard")
+    assert {"hard+equal/train_loss/y1", "hard+equal/val/y2/mse", "hard+equal/weights/y3"} <= tags
+    assert written[-1] == ("closed",) and written[0][1].endswith("hard+equal/seed0/tensorboard")
     assert [entry[0] for entry in logged] == ["uri", "start", "params", "metrics", "metrics", "end"]
-    assert logged[1] == ("start", "track/multitask") and "train_loss/y1" in logged[3][2]
+    assert logged[1] == ("start", "track/hard+equal") and "train_loss/y1" in logged[3][2]
 
 
 def test_scalars_flatten_a_record():
@@ -205,7 +206,7 @@ def test_a_report_failure_is_a_warning_not_a_lost_run(tmp_path, monkeypatch, cap
     monkeypatch.setattr(taskloom.report, "write_report", broken)
     with caplog.at_level(logging.WARNING, logger=runner.__name__):
         result = run_training(_config(tmp_path))
-    assert (Path(result["run_dir"]) / "results.json").is_file()
+    assert (Path(result["run_dir"]) / "compare.json").is_file()
     assert "could not be written (RuntimeError: no fonts)" in caplog.text
 
 

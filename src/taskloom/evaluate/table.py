@@ -2,8 +2,9 @@
 
 Both are written from ``compare.json`` (schema in :mod:`taskloom.evaluate.verdict`) with the
 same numbers ``taskloom compare`` prints: per task and variant the test metric's mean and
-sample standard deviation over seeds, the relative change against the baseline, the verdict
-and its p-value; per variant delta-m % with its t-interval, parameters and seconds.
+sample standard deviation, the relative change against the baseline with its interval, the
+verdict and its p-value, the reference scores; per variant delta-m % with its interval,
+parameters and seconds.
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from taskloom.evaluate.verdict import compare_variants
+from taskloom.evaluate.verdict import analyze
 
-TASK_COLUMNS = ("task", "metric", "higher_is_better", "variant", "kind", "mean", "std", "seeds",
-                "relative_change_pct", "verdict", "p_value", "test")
+TASK_COLUMNS = ("task", "metric", "higher_is_better", "variant", "kind", "mean", "std", "units",
+                "relative_change_pct", "low_pct", "high_pct", "verdict", "p_value", "covers", "seed_only_verdict",
+                "worse_than_trivial", "trivial", "linear", "test")
 VARIANT_COLUMNS = ("variant", "kind", "models", "delta_m_pct", "delta_m_low", "delta_m_high", "parameters",
                    "train_seconds_mean", "analysis_seconds_mean", "inference_seconds", "groups")
 
@@ -30,7 +32,7 @@ def _mean(per_seed: Any) -> float | None:
 
 def compare_rows(compare: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(task rows, variant rows)`` of a compare.json, with the columns ``TASK_COLUMNS`` / ``VARIANT_COLUMNS``."""
-    result = compare_variants(compare)
+    result = compare.get("analysis") or analyze(compare, compare.get("run_dir"))
     baseline = result["baseline"]
     task_rows = []
     for task, spec in compare["tasks"].items():
@@ -40,10 +42,16 @@ def compare_rows(compare: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list
             task_rows.append({
                 "task": task, "metric": spec.get("metric"), "higher_is_better": bool(spec["higher_is_better"]),
                 "variant": name, "kind": variant.get("kind"), "mean": row.get("mean"), "std": row.get("std"),
-                "seeds": row.get("n"),
+                "units": row.get("n"),
                 "relative_change_pct": None if is_baseline else row.get("relative_change"),
+                "low_pct": row.get("low"), "high_pct": row.get("high"),
                 "verdict": "baseline" if is_baseline else row.get("verdict"),
-                "p_value": row.get("p_value"), "test": row.get("test") or row.get("note"),
+                "p_value": row.get("p_value"), "covers": row.get("covers"),
+                "seed_only_verdict": (row.get("seed_only") or {}).get("verdict"),
+                "worse_than_trivial": row.get("worse_than_trivial"), "trivial": row.get("trivial"),
+                "linear": (((compare.get("references") or {}).get(task) or {}).get("linear") or {}).get(
+                    spec.get("metric")),
+                "test": row.get("test") or row.get("note"),
             })
     variant_rows = []
     for name, variant in result["variants"].items():
@@ -98,9 +106,13 @@ def write_compare_tables(compare: Mapping[str, Any], run_dir: str | Path) -> tup
     csv_path.write_text(rows_to_csv(task_rows, TASK_COLUMNS))
     seeds = compare.get("seeds") or []
     text = [f"# taskloom compare: {compare.get('dataset', '')}", "",
-            f"Test split, {len(seeds)} seed(s); baseline: {compare.get('baseline', 'single')}. Verdicts: paired "
-            "t-test over seeds (Welch's when seeds do not pair) at alpha 0.05; one seed: a relative change beyond "
-            "+-5%. Delta-m % after Maninis et al. 2019, with a 95% t-interval over seeds.", "",
+            f"Test split, {len(seeds)} seed(s) x {compare.get('splits', 1)} split(s); baseline: "
+            f"{compare.get('baseline')}. Relative changes and delta-m % (Maninis et al. 2019) with 95% intervals "
+            "that cover the seeds and the test set's own noise (a paired bootstrap over test rows; with several "
+            "splits, the corrected resampled t of Nadeau & Bengio 2003): helps / hurts only when the interval "
+            "excludes 0; one seed decides nothing. `seed_only_verdict` is the old paired t-test over seeds alone. "
+            "Undefined: the test split cannot measure the task; it is left out of delta-m. `trivial` and "
+            "`linear` are reference scores on the same split.", "",
             "## Per task and variant", "", rows_to_markdown(task_rows, TASK_COLUMNS),
             "## Per variant", "", rows_to_markdown(variant_rows, VARIANT_COLUMNS)]
     md_path.write_text("\n".join(text))

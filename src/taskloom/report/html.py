@@ -18,7 +18,7 @@ import numpy as np
 
 from taskloom.evaluate.curves import auxiliary_signals, curve_table
 from taskloom.evaluate.logged import mean_logged_matrix
-from taskloom.evaluate.verdict import compare_variants, verdicts_from_comparison
+from taskloom.evaluate.verdict import analyze
 from taskloom.report import plots
 from taskloom.report.rundir import RunData, load_run
 
@@ -88,38 +88,14 @@ def _img(uri: str, alt: str) -> str:
 
 
 def _comparison_section(run: RunData) -> str:
-    parts = []
-    if run.comparison:
-        parts.append(_single_run_table(run.comparison))
     if run.compare:
-        parts.append(_grid_table(run.compare))
-    return "".join(parts) or _absent("No comparison yet: train with baselines (train.baselines or taskloom compare).")
+        return _grid_table(run.compare)
+    return _absent("No comparison yet: train with baselines (train.baselines or taskloom compare).")
 
 
-def _single_run_table(comparison: Mapping[str, Any]) -> str:
-    verdicts = verdicts_from_comparison(comparison)
-    rows = []
-    for task, row in comparison.get("tasks", {}).items():
-        verdict = verdicts.get(task)
-        rows.append(
-            f"<tr><td class='name'>{html.escape(task)}</td><td class='name'>{_fmt(row.get('metric'))} "
-            f"({'&uarr;' if row.get('higher_is_better') else '&darr;'})</td><td>{_fmt(row.get('single'))}</td>"
-            f"<td>{_fmt(row.get('multi'))}</td><td>{_pct(row.get('relative_change'))}</td>"
-            + _verdict_cell(verdict.verdict if verdict else None, verdict.test if verdict else None) + "</tr>"
-        )
-    params, seconds = comparison.get("parameters", {}), comparison.get("train_seconds", {})
-    return (
-        f"<h3>Test metrics ({_fmt(comparison.get('dataset'))}, one seed)</h3>"
-        "<table><tr><th class='name'>task</th><th class='name'>metric</th><th>single-task</th><th>multi-task</th>"
-        "<th>relative change</th><th class='name'>verdict</th></tr>" + "".join(rows) + "</table>"
-        f"<p>&Delta;<sub>m</sub> = <b>{_pct(comparison.get('delta_m'))}</b> (Maninis et al. 2019; positive: "
-        "multi-task is better on average). One seed: a verdict needs a relative change beyond &plusmn;5%.</p>"
-        "<table><tr><th class='name'></th><th>K single-task models</th><th>one multi-task model</th></tr>"
-        f"<tr><td class='name'>parameters</td><td>{_fmt(params.get('single_total'))}</td>"
-        f"<td>{_fmt(params.get('multi'))}</td></tr>"
-        f"<tr><td class='name'>training seconds</td><td>{_fmt(seconds.get('single_total'), 3)}</td>"
-        f"<td>{_fmt(seconds.get('multi'), 3)}</td></tr></table>"
-    )
+def analysis_of(compare: Mapping[str, Any]) -> dict[str, Any]:
+    """The analysis a run stored in compare.json, or (older or hand-made files) one computed now."""
+    return compare.get("analysis") or analyze(compare, compare.get("run_dir"))
 
 
 def _groups_line(groups: Any) -> str:
@@ -136,7 +112,8 @@ def _groups_against_all_in_one(compare: Mapping[str, Any]) -> str:
         reference = f"{variant.get('architecture')}+{variant.get('balancing')}"
         if variant.get("kind") != "groups" or reference not in compare["variants"]:
             continue
-        dm = compare_variants({**compare, "baseline": reference})["variants"][name]["delta_m"]
+        dm = analyze({**compare, "baseline": reference, "analysis": None},
+                     compare.get("run_dir"))["variants"][name]["delta_m"]
         interval = "" if dm.get("low") is None else f" [{dm['low']:+.2f}, {dm['high']:+.2f}]"
         rows.append(f"<tr><td class='name'>{html.escape(name)} vs {html.escape(reference)}</td>"
                     f"<td class='name'>groups</td><td>{_pct(dm.get('mean'))}{interval}</td>"
@@ -151,21 +128,38 @@ def _seed_mean(value: Any) -> float | None:
     return value
 
 
+def _interval(low: Any, high: Any) -> str:
+    return "" if low is None or high is None else f" [{low:+.2f}, {high:+.2f}]"
+
+
+def _reference_rows(compare: Mapping[str, Any], task: str, label: str) -> str:
+    reference = (compare.get("references") or {}).get(task) or {}
+    metric = compare["tasks"][task].get("metric")
+    rows = []
+    for kind in ("trivial", "linear"):
+        value = (reference.get(kind) or {}).get(metric)
+        if value is not None:
+            rows.append(f"<tr class='reference'><td class='name'>{label}</td><td class='name'>({kind})</td>"
+                        f"<td>{_fmt(value)}</td><td>&ndash;</td><td colspan='3' class='noise'>reference</td></tr>")
+    return "".join(rows)
+
+
 def _grid_table(compare: Mapping[str, Any]) -> str:
-    result = compare_variants(compare)
+    result = analysis_of(compare)
     baseline = result["baseline"]
     summary = []
     for name, variant in result["variants"].items():
         dm = variant.get("delta_m") or {}
-        interval = "" if dm.get("low") is None else f" [{dm['low']:+.2f}, {dm['high']:+.2f}]"
         seconds, analysis = (_seed_mean(compare["variants"][name].get(key)) for key in ("train_seconds",
                                                                                        "analysis_seconds"))
+        left_out = "; ".join(f"{t}: {why}" for t, why in (dm.get("left_out") or {}).items())
+        note = f"<br><span class='noise'>left out: {html.escape(left_out)}</span>" if left_out else ""
         summary.append(
             f"<tr><td class='name'>{html.escape(name)}{_groups_line(variant.get('groups'))}</td>"
             f"<td class='name'>{_fmt(variant.get('kind'))}</td>"
-            f"<td>{'baseline' if name == baseline else _pct(dm.get('mean')) + interval}</td>"
-            f"<td>{_fmt(variant.get('parameters'))}</td><td>{_fmt(seconds, 3)}</td><td>{_fmt(analysis, 3)}</td>"
-            f"<td>{_fmt(variant.get('inference_seconds'), 3)}</td></tr>")
+            f"<td>{'baseline' if name == baseline else _pct(dm.get('mean')) + _interval(dm.get('low'), dm.get('high'))}"
+            f"{note}</td><td>{_fmt(variant.get('parameters'))}</td><td>{_fmt(seconds, 3)}</td>"
+            f"<td>{_fmt(analysis, 3)}</td><td>{_fmt(variant.get('inference_seconds'), 3)}</td></tr>")
     summary.append(_groups_against_all_in_one(compare))
     rows = []
     for task, spec in compare["tasks"].items():
@@ -173,32 +167,45 @@ def _grid_table(compare: Mapping[str, Any]) -> str:
                 f"{'&uarr;' if spec.get('higher_is_better') else '&darr;'}</span>"
         for name, variant in result["variants"].items():
             row = variant["tasks"][task]
-            if "mean" not in row:
+            if row.get("mean") is None:
                 rows.append(f"<tr><td class='name'>{label}</td><td class='name'>{html.escape(name)}</td>"
-                            "<td colspan='5' class='absent'>no value</td></tr>")
+                            f"<td colspan='5' class='absent'>{html.escape(row.get('note') or 'no value')}</td></tr>")
                 continue
             sd = "" if row["std"] is None else f" &plusmn; {_fmt(row['std'], 2)}"
-            if name == baseline:
-                tail = "<td>baseline</td><td class='name'>&ndash;</td><td>&ndash;</td>"
+            flag = (" <span class='hurts' title='worse than the trivial predictor'>(below trivial)</span>"
+                    if row.get("worse_than_trivial") else "")
+            if name == baseline or baseline is None:
+                tail = "<td>baseline</td><td class='name'>&ndash;</td><td>&ndash;</td>" if baseline else \
+                    "<td>&ndash;</td><td class='name'>&ndash;</td><td>&ndash;</td>"
             else:
-                tail = (f"<td>{_pct(row.get('relative_change'))}</td>"
-                        + _verdict_cell(row.get("verdict"), row.get("test"))
+                unstable = (f"<br><span class='noise'>{html.escape(row['unstable'])}</span>"
+                            if row.get("unstable") else "")
+                tail = (f"<td>{_pct(row.get('relative_change'))}{_interval(row.get('low'), row.get('high'))}"
+                        f"{unstable}</td>" + _verdict_cell(row.get("verdict"), row.get("test"))
                         + f"<td>{_fmt(row.get('p_value'), 2)}</td>")
             rows.append(f"<tr><td class='name'>{label}</td><td class='name'>{html.escape(name)}</td>"
-                        f"<td>{_fmt(row['mean'])}{sd}</td><td>{row['n']}</td>{tail}</tr>")
+                        f"<td>{_fmt(row['mean'])}{sd}{flag}</td><td>{row['n']}</td>{tail}</tr>")
+        rows.append(_reference_rows(compare, task, label))
+    covers = next((r for v in result["variants"].values() for r in v["tasks"].values() if r.get("covers")), None)
+    method = (f"Intervals cover {html.escape(covers['covers'])}: {html.escape(covers['test'])}. " if covers else "")
+    replication = (f"{compare.get('splits')} splits &times; {len(compare.get('seeds') or [])} seeds"
+                   if (compare.get("splits") or 1) > 1 else f"{len(compare.get('seeds') or [])} seed(s), one split")
     return (
-        f"<h3>Compare grid ({_fmt(compare.get('dataset'))}, baseline: {html.escape(baseline)})</h3>"
+        f"<h3>Comparison ({_fmt(compare.get('dataset'))}, baseline: {html.escape(str(baseline))}, "
+        f"{replication})</h3>"
         "<table><tr><th class='name'>variant</th><th class='name'>kind</th><th>&Delta;<sub>m</sub> (95% CI)</th>"
         "<th>parameters</th><th>train seconds (mean)</th><th>analysis seconds (mean)</th>"
         "<th>inference seconds</th></tr>"
         + "".join(summary)
         + "</table><div class='wide'><table><tr><th class='name'>task</th><th class='name'>variant</th>"
-        "<th>test mean &plusmn; sd</th><th>seeds</th><th>change vs baseline</th><th class='name'>verdict</th>"
+        "<th>test mean &plusmn; sd</th><th>units</th><th>change vs baseline (95% CI)</th><th class='name'>verdict</th>"
         "<th>p</th></tr>" + "".join(rows) + "</table></div>"
-        "<p class='lead'>Verdicts: paired t-test over seeds (Welch's when seeds do not pair) at &alpha; = 0.05; "
-        "with one seed, a relative change beyond &plusmn;5% (hover a verdict for its test). Train seconds: a seed's "
-        "models' epochs (steps, validation, checkpoints), without the conflict / affinity analysis, which is the "
-        "analysis column.</p>"
+        f"<p class='lead'>{method}Helps / hurts only when the 95% interval excludes 0; with one seed no verdict is "
+        "claimed (the interval covers the test rows only). Undefined: the test split cannot measure the task "
+        "(constant or too few labels); it is left out of &Delta;<sub>m</sub>. References: the trivial predictor "
+        "(training mean, class prior or majority class) and a linear model on the same features and split. Train "
+        "seconds: a unit's models' epochs (steps, validation, checkpoints), without the conflict / affinity "
+        "analysis, which is the analysis column.</p>"
     )
 
 
@@ -236,11 +243,9 @@ def _curves_section(run: RunData) -> str:
 
 def _variant_gains(run: RunData) -> dict[str, dict[str, float | None]]:
     """Per multi-task variant, each task's relative change against single-task (%)."""
-    if run.comparison:
-        return {"multi-task": {t: r.get("relative_change") for t, r in run.comparison.get("tasks", {}).items()}}
-    if not run.compare:
+    if not run.compare or not run.compare.get("baseline"):
         return {}
-    result = compare_variants(run.compare)
+    result = analysis_of(run.compare)
     return {name: {t: row.get("relative_change") for t, row in variant["tasks"].items()}
             for name, variant in result["variants"].items() if name != result["baseline"]}
 
@@ -397,7 +402,7 @@ def _pareto_section(run: RunData) -> str:
     spec: Mapping[str, Any] = {}
     if run.compare:
         spec = run.compare["tasks"]
-        result = compare_variants(run.compare)
+        result = analysis_of(run.compare)
         measured_by_variant = {name: {t: variant["tasks"][t].get("mean") for t in spec}
                                for name, variant in result["variants"].items()}
     elif run.comparison:
@@ -441,7 +446,7 @@ def _relative_changes(run: RunData, variants: Mapping[str, Mapping[str, float]],
                       tasks: list[str]) -> tuple[dict[str, dict[str, float | None]], str]:
     """Each variant's relative change per task against the baseline (the baseline's own row is 0)."""
     if run.compare:
-        result = compare_variants(run.compare)
+        result = analysis_of(run.compare)
         baseline = result["baseline"]
         return ({name: {t: (0.0 if name == baseline else result["variants"][name]["tasks"][t].get("relative_change"))
                         for t in tasks} for name in variants}, baseline)

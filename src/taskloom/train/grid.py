@@ -1,63 +1,76 @@
-"""The compare grid: single-task baselines and every (architecture x balancing) variant, over seeds.
+"""The one orchestration path of ``run``, ``train`` and ``compare``: a grid of models over splits and seeds.
 
 Every cell is one model trained under the config's settings (same data split, trunk,
 optimizer, epochs and batch) with its own seed, in its own directory; a finished cell
-writes ``results.json`` atomically, and a resumed grid never retrains it. Single-task
-baselines are the plain trunk + head, so every variant is compared to the same models
-(Bingel & Sogaard 2017 found most task pairs lose under such identical settings).
+writes ``results.json`` atomically, and a resumed grid never retrains it. ``taskloom run``
+and ``train --baselines`` are a one-seed grid of the config's own variant with single-task
+baselines, ``train`` the same without them, ``compare`` any grid: all write ``compare.json``
+(schema in :mod:`taskloom.evaluate.verdict`), its analysis (intervals over seeds and test
+rows, verdicts, delta-m of Maninis et al. 2019), ``compare.csv`` / ``compare.md`` and the report.
+Single-task baselines are the plain trunk + head, so every variant is compared to the same
+models (Bingel & Sogaard 2017 found most task pairs lose under such identical settings); a
+multi-task cell selects its checkpoints against the same seed's single-task validation scores.
 With ``groups``, the TAG affinity (Fifty et al. 2021) of the first variant chooses task
 groups, one multi-task model is trained per group, and the grouping is compared too.
-``compare.json`` follows the schema in :mod:`taskloom.evaluate.verdict`; delta-m is Maninis et al. 2019;
-the same table is written as ``compare.csv`` and ``compare.md``.
+With ``splits`` > 1 the whole grid is repeated over seeded train/validation/test splits.
 
 Training seconds are the wall time of a cell's epochs (steps, validation, checkpoint) without
-the time its monitors spend on conflict / affinity analysis, which is ``analysis_seconds``:
-only multi-task cells are tracked, and the comparison of times must not charge them for it.
+the time its monitors spend on conflict / affinity analysis, which is ``analysis_seconds``.
 Each epoch's seconds are saved as it ends (``seconds.json``), so a resumed cell counts the
-epochs trained before the interruption.
+epochs trained before the interruption. Each cell also saves the bootstrap replicates of its
+test metrics (``bootstrap.npz``, :mod:`taskloom.evaluate.resampling`).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
-from taskloom.config import Config, ConfigError, parse_config
-from taskloom.data.dataset import BatchLoader, DataSplits, MultiTaskDataset
+from taskloom.config import Config, ConfigError, load_config, parse_config
+from taskloom.data.dataset import DataSplits
 from taskloom.evaluate.curves import curve_signals, single_task_curves
+from taskloom.evaluate.degenerate import check_splits
+from taskloom.evaluate.evaluator import collect_outputs, metrics_from_outputs
 from taskloom.evaluate.grouping import missing_pairs, select_groups
 from taskloom.evaluate.logged import mean_logged_matrix, read_records
 from taskloom.evaluate.logged import variant_records as logged_variant_records
+from taskloom.evaluate.references import reference_scores
+from taskloom.evaluate.resampling import REPLICATES, TaskOutputs, replicate_metric, row_counts
 from taskloom.evaluate.table import write_compare_tables
-from taskloom.train.timing import (
-    TIMING_FILE, EpochClock, inference_seconds, read_epoch_seconds, write_json_atomically,
-)
+from taskloom.evaluate.verdict import analyze
 from taskloom.train.runner import (
     Callbacks, build_trainer, count_parameters, load_data, prepare_run, training_data, write_report_safely,
 )
+from taskloom.train.timing import TIMING_FILE, EpochClock, inference_seconds, read_epoch_seconds, write_json_atomically
 
 log = logging.getLogger(__name__)
 
 ALIASES = {"ew": "equal", "uw": "uncertainty"}
 GRID_FILE = "grid.json"
 RESULTS_FILE = "results.json"
+BOOTSTRAP_FILE = "bootstrap.npz"
+FAILED_FILE = "failed.json"
 
 
 @dataclass
 class GridSpec:
-    """What a compare run trains: balancing methods x architectures, seeds, tracking, TAG group counts."""
+    """What a run trains: balancing methods x architectures, seeds, splits, baselines, tracking, TAG groups."""
 
     methods: list[str]
     architectures: list[str]
     seeds: list[int]
     measure: list[str] = field(default_factory=list)
     groups: list[int] = field(default_factory=list)
+    baselines: bool = True
+    splits: int = 1
 
     def variant(self, architecture: str, method: str) -> str:
         return f"{architecture}+{method}"
@@ -66,6 +79,58 @@ class GridSpec:
     def grouping_variant(self) -> str:
         """The variant whose affinity chooses the groups and whose settings train them."""
         return self.variant(self.architectures[0], self.methods[0])
+
+    def unit(self, split: int, seed: int) -> str:
+        """The key of one replication unit: the seed, or split x seed when the grid spans several splits."""
+        return str(seed) if self.splits == 1 else f"split{split}-seed{seed}"
+
+    def check(self) -> None:
+        if not self.seeds:
+            raise ConfigError("--seeds: need at least one seed")
+        if self.splits < 1:
+            raise ConfigError(f"--splits: need at least 1 split, got {self.splits}")
+        if any(n < 1 for n in self.groups):
+            raise ConfigError(f"--groups: numbers of networks must be at least 1, got {self.groups}")
+        if self.groups and not self.baselines:
+            raise ConfigError("--groups compares task groups with single-task models: it needs the baselines")
+        if self.groups and self.splits > 1:
+            raise ConfigError("--groups works on one split; drop --splits or --groups")
+
+
+def spec_from_config(config: Config, baselines: bool | None = None) -> GridSpec:
+    """The one-seed grid of ``run`` / ``train``: the config's own variant, with baselines if asked."""
+    return GridSpec(methods=[config.balancing.method], architectures=[config.model.architecture],
+                    seeds=[config.train.seed], measure=list(config.tracking.measure),
+                    baselines=config.train.baselines if baselines is None else baselines)
+
+
+def resolve_spec(config: Config, methods: Sequence[str] | None = None, architectures: Sequence[str] | None = None,
+                 seeds: int | None = None, measure: Sequence[str] | None = None, groups: Sequence[int] | None = None,
+                 splits: int | None = None, stored: Mapping[str, Any] | None = None) -> GridSpec:
+    """A compare grid from options; an option not given keeps ``stored`` (a resumed run's grid.json), else defaults.
+
+    Defaults: the config's method and architecture, 3 seeds from ``train.seed``, one split.
+    """
+    stored = stored or {}
+    if seeds is not None and seeds < 1:
+        raise ConfigError(f"--seeds: need at least 1 seed, got {seeds}")
+    chosen = list(measure) if measure is not None else list(stored.get("measure", []))
+    unknown = sorted(set(chosen) - {"conflict", "affinity"})
+    if unknown:
+        raise ConfigError(f"--track: unknown {unknown}; choose from conflict, affinity")
+    first = config.train.seed
+    spec = GridSpec(
+        methods=resolve_methods(methods or stored.get("methods") or [config.balancing.method]),
+        architectures=resolve_architectures(architectures or stored.get("architectures")
+                                            or [config.model.architecture]),
+        seeds=list(range(first, first + seeds)) if seeds else list(stored.get("seeds") or range(first, first + 3)),
+        measure=chosen,
+        groups=list(groups) if groups is not None else list(stored.get("groups", [])),
+        baselines=bool(stored.get("baselines", True)),
+        splits=splits if splits is not None else int(stored.get("splits", 1)),
+    )
+    spec.check()
+    return spec
 
 
 def resolve_methods(names: Sequence[str]) -> list[str]:
@@ -103,7 +168,7 @@ def resolve_architectures(names: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Cell:
-    """One model of the grid: its directory (relative to the run), variant, seed and tasks."""
+    """One model of the grid: its directory (relative to the run), variant, split, seed and tasks."""
 
     key: str
     variant: str
@@ -112,21 +177,31 @@ class Cell:
     tasks: tuple[str, ...]
     architecture: str = "hard"
     balancing: str = "equal"
+    split: int = 0
 
     @property
     def model_name(self) -> str:
         return self.key.rsplit("/", 1)[0]
 
 
+def _prefix(spec: GridSpec, split: int) -> str:
+    return f"split{split}/" if spec.splits > 1 else ""
+
+
 def plan_cells(spec: GridSpec, task_names: Sequence[str]) -> list[Cell]:
-    """Seed by seed: the single-task baselines, then every variant (finished seeds come first)."""
+    """Split by split, seed by seed: the single-task baselines, then every variant (finished seeds come first)."""
     cells = []
-    for seed in spec.seeds:
-        cells += [Cell(f"single/{t}/seed{seed}", "single", "single", seed, (t,)) for t in task_names]
-        for architecture in spec.architectures:
-            for method in spec.methods:
-                name = spec.variant(architecture, method)
-                cells.append(Cell(f"{name}/seed{seed}", name, "multi", seed, tuple(task_names), architecture, method))
+    for split in range(spec.splits):
+        prefix = _prefix(spec, split)
+        for seed in spec.seeds:
+            if spec.baselines:
+                cells += [Cell(f"{prefix}single/{t}/seed{seed}", "single", "single", seed, (t,), split=split)
+                          for t in task_names]
+            for architecture in spec.architectures:
+                for method in spec.methods:
+                    name = spec.variant(architecture, method)
+                    cells.append(Cell(f"{prefix}{name}/seed{seed}", name, "multi", seed, tuple(task_names),
+                                      architecture, method, split))
     return cells
 
 
@@ -142,10 +217,11 @@ def group_cells(spec: GridSpec, groups: Sequence[Sequence[str]]) -> list[Cell]:
 
 
 def cell_config(config: Config, spec: GridSpec, cell: Cell) -> Config:
-    """The config of one cell: the base config with the cell's seed, architecture, method and tracking."""
+    """The config of one cell: the base config with the cell's seed, split, architecture, method and tracking."""
     data = config.model_dump()
     data["train"]["seed"] = cell.seed
     data["train"]["baselines"] = False
+    data["data"]["split_seed"] = config.data.split_seed + cell.split
     if cell.architecture != config.model.architecture:
         data["model"]["architecture"], data["model"]["options"] = cell.architecture, {}
     if cell.balancing != config.balancing.method:
@@ -165,14 +241,45 @@ def cell_config(config: Config, spec: GridSpec, cell: Cell) -> Config:
     return parse_config(data, f"the config of grid cell {cell.key}")
 
 
-@torch.no_grad()
 def _skipped_tracking(trainer: Any) -> str | None:
     return next((m.skipped for m in trainer.monitors if getattr(m, "skipped", None)), None)
 
 
+def _best_validation(trainer: Any, tasks: Sequence[Any]) -> dict[str, float]:
+    """Each task's main validation metric at the model's best epoch (what single-task selection reached)."""
+    history = trainer.history
+    for record in history.records:
+        if record["epoch"] == history.best_epoch:
+            values = {t.name: record.get("val", {}).get(t.name, {}).get(t.main_metric) for t in tasks}
+            return {name: value for name, value in values.items() if value is not None}
+    return {}
+
+
+def save_replicates(path: Path, tasks: Sequence[Any], collected: Mapping[str, Mapping[str, Any]],
+                    counts: np.ndarray) -> None:
+    """Each task's main test metric on every bootstrap replicate of the split's rows, saved atomically."""
+    rows = []
+    for task in tasks:
+        part = collected[task.name]
+        if len(part["output"]) == 0:
+            rows.append(np.full(len(counts), np.nan))
+            continue
+        data = TaskOutputs(part["output"].numpy(), part["target"].numpy(), part["row"].numpy())
+        rows.append(replicate_metric(task, task.main_metric, data, counts))
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        np.savez(handle, tasks=np.array([t.name for t in tasks]), replicates=np.stack(rows))
+    os.replace(temporary, path)
+
+
 def train_cell(config: Config, spec: GridSpec, splits: DataSplits, cell: Cell, run_dir: Path,
-               callbacks: Callbacks | None = None) -> dict[str, Any]:
-    """Train one cell (resuming its last checkpoint) and write its results; a finished cell is only read."""
+               callbacks: Callbacks | None = None, counts: np.ndarray | None = None,
+               baselines: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Train one cell (resuming its last checkpoint) and write its results; a finished cell is only read.
+
+    ``counts``: the split's bootstrap row counts (replicates are saved when given); ``baselines``:
+    single-task validation scores the multi-task checkpoint selection is measured against.
+    """
     cell_dir = run_dir / cell.key
     results_file = cell_dir / RESULTS_FILE
     if results_file.is_file():
@@ -181,8 +288,11 @@ def train_cell(config: Config, spec: GridSpec, splits: DataSplits, cell: Cell, r
     settings = cell_config(config, spec, cell)
     tasks = [t for t in splits.tasks if t.name in cell.tasks]
     callbacks = dict(callbacks or {})
+    chosen = dict(baselines or {})
+    chosen.update(settings.selection.baselines or {})
+    chosen = {t: v for t, v in chosen.items() if t in cell.tasks}
     trainer = build_trainer(settings, tasks, splits, cell_dir, cell.model_name, balancing=cell.kind != "single",
-                            callbacks=callbacks)
+                            callbacks=callbacks, baselines=chosen or None)
     trainer.resume()
     clock = EpochClock(cell_dir / TIMING_FILE, read_epoch_seconds(cell_dir / TIMING_FILE, trainer.start_epoch),
                        callbacks.get("epoch"))
@@ -195,21 +305,31 @@ def train_cell(config: Config, spec: GridSpec, splits: DataSplits, cell: Cell, r
     best = trainer.checkpoint_dir / "best.pt"
     if best.is_file():
         trainer.load(best, restore_training=False)
-    test = trainer.evaluate(splits.test)
+    batch_size = max(settings.train.batch_size, 512)
+    collected = collect_outputs(trainer.model, splits.test, tasks, batch_size, trainer.device)
+    test = metrics_from_outputs(collected, tasks)
+    if counts is not None:
+        save_replicates(cell_dir / BOOTSTRAP_FILE, tasks, collected, counts)
     result = {
         "cell": cell.key, **{k: v for k, v in asdict(cell).items() if k != "key"},
+        "unit": spec.unit(cell.split, cell.seed),
         "test": test,
         "values": {t.name: test[t.name].get(t.main_metric) for t in tasks},
+        "best_validation": _best_validation(trainer, tasks),
         "parameters": count_parameters(trainer.model),
         "train_seconds": seconds,
         "analysis_seconds": clock.analysis_seconds,
-        "inference_seconds": inference_seconds(trainer.model, splits.test, max(settings.train.batch_size, 512),
-                                               trainer.device),
+        "inference_seconds": inference_seconds(trainer.model, splits.test, batch_size, trainer.device),
         "best_epoch": trainer.history.best_epoch,
     }
+    if chosen:
+        result["selection_baselines"] = chosen
     skipped = _skipped_tracking(trainer)
     if skipped:
         result["tracking_skipped"] = skipped
+    reports = cell_dir / "regularizers.json"
+    if reports.is_file():
+        result["regularizers"] = json.loads(reports.read_text())
     write_json_atomically(results_file, result)
     return result
 
@@ -224,27 +344,32 @@ def grid_affinity(run_dir: Path, spec: GridSpec) -> tuple[dict[str, dict[str, fl
     return mean_logged_matrix(variant_records(run_dir, spec, spec.grouping_variant), "affinity")
 
 
-def _variant_entry(results: Sequence[dict[str, Any]], seeds: Sequence[int], **extra: Any) -> dict[str, Any]:
-    """Sum a variant's models per seed: values merged, parameters / times added."""
+def _variant_entry(results: Sequence[dict[str, Any]], units: Sequence[str], undefined: Mapping[str, Any],
+                   **extra: Any) -> dict[str, Any]:
+    """Sum a variant's models per unit: values merged (undefined tasks as null), parameters / times added."""
     values: dict[str, dict[str, Any]] = {}
+    cells: dict[str, dict[str, str]] = {}
     train_seconds: dict[str, float] = {}
     analysis_seconds: dict[str, float] = {}
     inference: dict[str, float] = {}
     parameters = 0
     skipped = None
     for result in results:
-        seed = str(result["seed"])
-        values.setdefault(seed, {}).update(result["values"])
-        train_seconds[seed] = train_seconds.get(seed, 0.0) + result["train_seconds"]
-        analysis_seconds[seed] = analysis_seconds.get(seed, 0.0) + result.get("analysis_seconds", 0.0)
-        inference[seed] = inference.get(seed, 0.0) + result["inference_seconds"]
-        if result["seed"] == seeds[0]:
+        unit = result["unit"]
+        values.setdefault(unit, {}).update(
+            {t: (None if t in undefined.get(result.get("split", 0), {}) else v) for t, v in result["values"].items()})
+        cells.setdefault(unit, {}).update({t: result["cell"] for t in result["values"]})
+        train_seconds[unit] = train_seconds.get(unit, 0.0) + result["train_seconds"]
+        analysis_seconds[unit] = analysis_seconds.get(unit, 0.0) + result.get("analysis_seconds", 0.0)
+        inference[unit] = inference.get(unit, 0.0) + result["inference_seconds"]
+        if result["unit"] == units[0]:
             parameters += result["parameters"]
         skipped = skipped or result.get("tracking_skipped")
-    entry = {**extra, "values": {str(s): values[str(s)] for s in seeds if str(s) in values},
+    entry = {**extra, "values": {u: values[u] for u in units if u in values},
+             "cells": {u: cells[u] for u in units if u in cells},
              "parameters": parameters, "train_seconds": train_seconds, "analysis_seconds": analysis_seconds,
              "inference_seconds": sum(inference.values()) / max(1, len(inference)),
-             "models": len(results) // len(seeds)}
+             "models": len(results) // max(1, len(values))}
     if skipped:
         entry["tracking_skipped"] = skipped
     return entry
@@ -265,12 +390,12 @@ def _curve_signals(run_dir: Path, task_names: Sequence[str], seed: int) -> dict[
     return out
 
 
-def _merge_first_seed(run_dir: Path, cells: Sequence[Cell], seed: int) -> None:
-    """The run's metrics.jsonl: every model's per-epoch records of the first seed (what the report plots)."""
+def _merge_first_unit(run_dir: Path, cells: Sequence[Cell], seed: int) -> None:
+    """The run's metrics.jsonl: every model's per-epoch records of the first split and seed (what the report plots)."""
     lines = []
     for cell in cells:
         path = run_dir / cell.key / "metrics.jsonl"
-        if cell.seed == seed and path.is_file():
+        if cell.seed == seed and cell.split == 0 and path.is_file():
             last: dict[int, str] = {}
             for record in read_records(path):
                 last[int(record["epoch"])] = json.dumps(record)
@@ -280,29 +405,103 @@ def _merge_first_seed(run_dir: Path, cells: Sequence[Cell], seed: int) -> None:
     os.replace(temporary, run_dir / "metrics.jsonl")
 
 
+def load_splits(config: Config, spec: GridSpec) -> list[DataSplits]:
+    """The data of every split of the grid (split j uses ``data.split_seed + j``)."""
+    out = []
+    for split in range(spec.splits):
+        if split == 0:
+            out.append(load_data(config))
+            continue
+        data = config.model_dump()
+        data["data"]["split_seed"] = config.data.split_seed + split
+        out.append(load_data(parse_config(data, f"the config of split {split}")))
+    return out
+
+
+def _merge_evaluation(per_split: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per split name and task: defined only if every split can measure it; the first reason, naming its split."""
+    merged: dict[str, Any] = {}
+    for index, evaluation in enumerate(per_split):
+        for split, entries in evaluation.items():
+            for task, entry in entries.items():
+                current = merged.setdefault(split, {}).setdefault(task, {**entry})
+                if index and not entry["defined"] and current["defined"]:
+                    current.update(defined=False, reason=f"split {index}: {entry['reason']}")
+    if len(per_split) > 1:
+        merged["per_split"] = list(per_split)
+    return merged
+
+
+def _mean_references(per_split: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for task in per_split[0]:
+        out[task] = {}
+        for kind in ("trivial", "linear"):
+            scores = [r[task][kind] for r in per_split if r[task][kind] is not None]
+            if not scores:
+                out[task][kind] = None
+                continue
+            metrics = {m for s in scores for m in s}
+            out[task][kind] = {m: (float(np.mean(vals)) if (vals := [s[m] for s in scores if s.get(m) is not None])
+                                   else None) for m in sorted(metrics)}
+    return out
+
+
+def _fail(run_dir: Path, created: bool, error: BaseException) -> None:
+    """A failed new run with no finished model leaves no directory; otherwise it is marked failed (resumable)."""
+    finished = any(run_dir.rglob(RESULTS_FILE))
+    if created and not finished:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log.error("the run failed before any model finished (%s); %s was removed", error, run_dir)
+        return
+    write_json_atomically(run_dir / FAILED_FILE, {"error": f"{type(error).__name__}: {error}",
+                                                  "resume": f"taskloom compare --resume {run_dir}"})
+    log.error("the run failed (%s); finished models are kept: fix the cause and resume %s", error, run_dir)
+
+
 def run_grid(config: Config, spec: GridSpec | None, run_dir: Path | None = None, resume: bool = False,
              callbacks: Callbacks | None = None,
              on_cell: Callable[[Cell, int, int, bool], None] | None = None) -> dict[str, Any]:
-    """Train (or, resumed, finish) the grid and write compare.json, metrics.jsonl and the report.
+    """Train (or, resumed, finish) the grid and write compare.json with its analysis, metrics.jsonl and the report.
 
     ``on_cell(cell, index, total, finished_before)`` is called before each cell; ``spec`` may
-    be None when resuming (the run's grid.json is used).
+    be None when resuming (the run's grid.json is used). The data of every split is loaded and
+    checked before a new run directory is made, so bad data leaves nothing behind.
     """
-    config, run_dir = prepare_run(config, run_dir, resume)
-    grid_file = run_dir / GRID_FILE
-    if spec is None:
-        if not grid_file.is_file():
-            raise ConfigError(f"{run_dir} has no {GRID_FILE}; pass --methods / --architectures / --seeds")
-        spec = GridSpec(**json.loads(grid_file.read_text()))
-    if not spec.seeds:
-        raise ConfigError("--seeds: need at least one seed")
-    write_json_atomically(grid_file, asdict(spec))
+    if resume:
+        if run_dir is None or not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume needs a run directory holding config.yaml; {run_dir} has none")
+        config = load_config(run_dir / "config.yaml")
+        if spec is None:
+            if not (run_dir / GRID_FILE).is_file():
+                raise ConfigError(f"{run_dir} has no {GRID_FILE}; pass --methods / --architectures / --seeds")
+            spec = GridSpec(**json.loads((run_dir / GRID_FILE).read_text()))
+    spec = spec or spec_from_config(config)
+    spec.check()
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
-    splits = load_data(config)
-    names = [t.name for t in splits.tasks]
-    if any(n < 1 for n in spec.groups):
-        raise ConfigError(f"--groups: numbers of networks must be at least 1, got {spec.groups}")
+    data = load_splits(config, spec)
+    created = not resume and (run_dir is None or not run_dir.exists())
+    config, run_dir = prepare_run(config, run_dir, resume)
+    (run_dir / FAILED_FILE).unlink(missing_ok=True)
+    try:
+        return _run_grid(config, spec, data, run_dir, callbacks, on_cell)
+    except Exception as error:
+        _fail(run_dir, created, error)
+        raise
+
+
+def _run_grid(config: Config, spec: GridSpec, data: Sequence[DataSplits], run_dir: Path,
+              callbacks: Callbacks | None, on_cell: Callable[[Cell, int, int, bool], None] | None) -> dict[str, Any]:
+    write_json_atomically(run_dir / GRID_FILE, asdict(spec))
+    splits0 = data[0]
+    names = [t.name for t in splits0.tasks]
+    report = splits0.info.get("feature_report")
+    if report is not None:
+        write_json_atomically(run_dir / "features.json", report)
+    evaluation = [check_splits(s, s.tasks) for s in data]
+    undefined = {j: {t for t, e in ev["test"].items() if not e["defined"]} for j, ev in enumerate(evaluation)}
+    counts = [row_counts(len(s.test), REPLICATES, j) if len(s.test) else None for j, s in enumerate(data)]
     cells = plan_cells(spec, names)
     total = len(cells) + (len(spec.groups) * len(spec.seeds) if spec.groups else 0)
     results: dict[str, dict[str, Any]] = {}
@@ -312,73 +511,111 @@ def run_grid(config: Config, spec: GridSpec | None, run_dir: Path | None = None,
         nonlocal done
         if on_cell is not None:
             on_cell(cell, done, total, (run_dir / cell.key / RESULTS_FILE).is_file())
-        results[cell.key] = train_cell(config, spec, splits, cell, run_dir, callbacks)
+        selection: dict[str, float] = {}
+        if cell.kind != "single":
+            for other in results.values():
+                if other["kind"] == "single" and other["unit"] == spec.unit(cell.split, cell.seed):
+                    selection.update(other.get("best_validation") or {})
+        results[cell.key] = train_cell(config, spec, data[cell.split], cell, run_dir, callbacks,
+                                       counts[cell.split], selection)
         done += 1
 
     for cell in cells:
         run(cell)
-    variants: dict[str, Any] = {
-        "single": _variant_entry([results[c.key] for c in cells if c.kind == "single"], spec.seeds, kind="single")}
+    units = [spec.unit(j, s) for j in range(spec.splits) for s in spec.seeds]
+    variants: dict[str, Any] = {}
+    if spec.baselines:
+        variants["single"] = _variant_entry([results[c.key] for c in cells if c.kind == "single"], units, undefined,
+                                            kind="single")
     for architecture in spec.architectures:
         for method in spec.methods:
             name = spec.variant(architecture, method)
-            variants[name] = _variant_entry([results[c.key] for c in cells if c.variant == name], spec.seeds,
+            variants[name] = _variant_entry([results[c.key] for c in cells if c.variant == name], units, undefined,
                                             kind="multi", architecture=architecture, balancing=method)
-    groupings: dict[str, Any] = {}
-    grouping_affinity: dict[str, Any] | None = None
-    affinity, epochs = grid_affinity(run_dir, spec) if spec.groups else ({}, 0)
-    if spec.groups and not epochs:
-        reason = variants.get(spec.grouping_variant, {}).get("tracking_skipped") or "no affinity was logged"
-        log.warning("--groups: %s logged no task affinity (%s); no task groups are trained",
-                    spec.grouping_variant, reason)
-        grouping_affinity = {"variant": spec.grouping_variant, "matrix": {}, "epochs": 0, "seeds": spec.seeds,
-                             "skipped": f"no task groups trained: {reason}"}
-    elif spec.groups:
-        missing = missing_pairs(affinity, names)
-        if missing:
-            shown = ", ".join(f"{a}->{b}" for a, b in missing[:10]) + (" ..." if len(missing) > 10 else "")
-            log.warning("--groups: the affinity of %d task pair(s) was never measured (%s): they are treated as "
-                        "missing and the groups are chosen on the measured pairs only", len(missing), shown)
-        grouping_affinity = {"variant": spec.grouping_variant, "matrix": affinity, "epochs": epochs,
-                             "seeds": spec.seeds, "missing_pairs": [list(pair) for pair in missing]}
-        extra_cells: list[Cell] = []
-        chosen = {}
-        for n in spec.groups:
-            grouping = select_groups(affinity, n, names, allow_missing=True)
-            chosen[n] = grouping
-            groupings[str(n)] = {"groups": grouping.groups, "score": grouping.score, "served_by": grouping.served_by,
-                                 "missing_pairs": len(missing)}
-            extra_cells += [c for c in group_cells(spec, grouping.groups) if c not in extra_cells]
-        total = len(cells) + len(extra_cells)
-        for cell in extra_cells:
-            run(cell)
-        cells += extra_cells
-        for n, grouping in chosen.items():
-            models = []
-            for seed in spec.seeds:
-                for index, group in enumerate(grouping.groups):
-                    served = [t for t, g in grouping.served_by.items() if g == index]
-                    source = results[f"single/{group[0]}/seed{seed}" if len(group) == 1
-                                     else f"group/{'+'.join(group)}/seed{seed}"]
-                    models.append({**source, "values": {t: source["values"].get(t) for t in served}})
-            variants[f"groups-{n}"] = _variant_entry(models, spec.seeds, kind="groups", groups=grouping.groups,
-                                                     architecture=spec.architectures[0], balancing=spec.methods[0])
-        log.info("TAG groupings from %d logged epochs of %s: %s", epochs, spec.grouping_variant, groupings)
-    _merge_first_seed(run_dir, cells, spec.seeds[0])
+    groupings, grouping_affinity, extra_cells = _train_groups(spec, names, run_dir, variants, results, run, undefined)
+    cells += extra_cells
+    _merge_first_unit(run_dir, cells, spec.seeds[0])
     compare = {
         "dataset": config.data.dataset,
         "run_dir": str(run_dir),
-        "tasks": {t.name: {"metric": t.main_metric, "higher_is_better": t.higher_is_better} for t in splits.tasks},
-        "baseline": "single",
+        "tasks": {t.name: {"metric": t.main_metric, "higher_is_better": t.higher_is_better} for t in splits0.tasks},
+        "baseline": "single" if spec.baselines else None,
         "seeds": spec.seeds,
+        "splits": spec.splits,
+        "replication": "seeds" if spec.splits == 1 else "splits x seeds",
+        "units": {spec.unit(j, s): {"split": j, "seed": s} for j in range(spec.splits) for s in spec.seeds},
         "grid": asdict(spec),
         "variants": variants,
         "groupings": groupings,
         "grouping_affinity": grouping_affinity,
-        "curve_signals": _curve_signals(run_dir, names, spec.seeds[0]),
-        "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        "curve_signals": _curve_signals(run_dir, names, spec.seeds[0]) if spec.baselines and spec.splits == 1 else {},
+        "split_sizes": {"train": len(splits0.train), "val": len(splits0.val), "test": len(splits0.test)},
+        "evaluation": _merge_evaluation(evaluation),
+        "references": _mean_references([reference_scores(s, s.tasks, config.train.seed) for s in data]),
+        "cells": {key: {k: v for k, v in result.items() if k not in ("values", "cell")}
+                  for key, result in results.items()},
     }
+    compare["analysis"] = analyze(compare, run_dir)
     write_json_atomically(run_dir / "compare.json", compare)
     write_compare_tables(compare, run_dir)
     write_report_safely(run_dir)
     return compare
+
+
+def _train_groups(spec: GridSpec, names: Sequence[str], run_dir: Path, variants: dict[str, Any],
+                  results: dict[str, dict[str, Any]], run: Callable[[Cell], None],
+                  undefined: Mapping[int, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, list[Cell]]:
+    """TAG groupings from the grouping variant's affinity: their cells trained, their variants added."""
+    if not spec.groups:
+        return {}, None, []
+    groupings: dict[str, Any] = {}
+    affinity, epochs = grid_affinity(run_dir, spec)
+    if not epochs:
+        reason = variants.get(spec.grouping_variant, {}).get("tracking_skipped") or "no affinity was logged"
+        log.warning("--groups: %s logged no task affinity (%s); no task groups are trained",
+                    spec.grouping_variant, reason)
+        return {}, {"variant": spec.grouping_variant, "matrix": {}, "epochs": 0, "seeds": spec.seeds,
+                    "skipped": f"no task groups trained: {reason}"}, []
+    missing = missing_pairs(affinity, names)
+    if missing:
+        shown = ", ".join(f"{a}->{b}" for a, b in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        log.warning("--groups: the affinity of %d task pair(s) was never measured (%s): they are treated as "
+                    "missing and the groups are chosen on the measured pairs only", len(missing), shown)
+    grouping_affinity = {"variant": spec.grouping_variant, "matrix": affinity, "epochs": epochs,
+                         "seeds": spec.seeds, "missing_pairs": [list(pair) for pair in missing]}
+    extra_cells: list[Cell] = []
+    chosen = {}
+    for n in spec.groups:
+        grouping = select_groups(affinity, n, names, allow_missing=True)
+        chosen[n] = grouping
+        groupings[str(n)] = {"groups": grouping.groups, "score": grouping.score, "served_by": grouping.served_by,
+                             "missing_pairs": len(missing)}
+        extra_cells += [c for c in group_cells(spec, grouping.groups) if c not in extra_cells]
+    for cell in extra_cells:
+        run(cell)
+    units = [spec.unit(0, s) for s in spec.seeds]
+    for n, grouping in chosen.items():
+        models = []
+        for seed in spec.seeds:
+            for index, group in enumerate(grouping.groups):
+                served = [t for t, g in grouping.served_by.items() if g == index]
+                source = results[f"single/{group[0]}/seed{seed}" if len(group) == 1
+                                 else f"group/{'+'.join(group)}/seed{seed}"]
+                models.append({**source, "values": {t: source["values"].get(t) for t in served}})
+        variants[f"groups-{n}"] = _variant_entry(models, units, undefined, kind="groups", groups=grouping.groups,
+                                                 architecture=spec.architectures[0], balancing=spec.methods[0])
+    log.info("TAG groupings from %d logged epochs of %s: %s", epochs, spec.grouping_variant, groupings)
+    return groupings, grouping_affinity, extra_cells
+
+
+def run_training(config: Config, run_dir: Path | None = None, resume: bool = False,
+                 callbacks: Callbacks | None = None) -> dict[str, Any]:
+    """``taskloom train``: the config's model (with single-task baselines when ``train.baselines``), one seed."""
+    return run_grid(config, None if resume else spec_from_config(config), run_dir, resume, callbacks)
+
+
+def run_comparison(config: Config, run_dir: Path | None = None, resume: bool = False,
+                   callbacks: Callbacks | None = None) -> dict[str, Any]:
+    """``taskloom run``: single-task models vs the config's multi-task model, one seed, same settings."""
+    return run_grid(config, None if resume else spec_from_config(config, baselines=True), run_dir, resume,
+                    callbacks)

@@ -1,17 +1,14 @@
-"""From a config to a trained model: data, tasks, model, balancing, trainer, run directory.
+"""From a config to the pieces of a run: data, tasks, model, balancing, trainer, run directory.
 
-``run_training`` trains the multi-task model a config describes; ``run_comparison``
-also trains one single-task model per task under identical settings (same trunk,
-optimizer, epochs, batch, seed and data split) and writes the comparison table.
+The orchestration (which models a run trains, and what it writes) is one path,
+:func:`taskloom.train.grid.run_grid`; ``run_training`` and ``run_comparison`` here are its
+one-seed forms, kept for the Python API.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import inspect
-import json
 import logging
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -22,14 +19,10 @@ from taskloom.balancing import build_balancer
 from taskloom.config import Config, ConfigError, dump_config, load_config
 from taskloom.data.dataset import DataSplits
 from taskloom.data.datasets import DATASETS, load_dataset
-from taskloom.evaluate.delta import delta_m, relative_change
 from taskloom.sharing import ARCHITECTURES
 from taskloom.sharing.base import MultiTaskModule
 from taskloom.task import Condition, Task
 from taskloom.train.score import SelectionScore
-from taskloom.train.timing import (
-    TIMING_FILE, EpochClock, inference_seconds, read_epoch_seconds, write_json_atomically,
-)
 from taskloom.train.trainer import Trainer
 from taskloom.train.tracking import build_monitors
 from taskloom.trunks import TRUNKS
@@ -216,15 +209,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-@dataclass
-class TrainedModel:
-    name: str
-    trainer: Trainer
-    test: dict[str, dict[str, Any]]
-    seconds: float
-    parameters: int
-
-
 def new_run_dir(config: Config) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = Path(config.output_dir) / f"{config.name}-{stamp}"
@@ -245,49 +229,6 @@ def training_data(config: Config, splits: DataSplits, task_names: list[str]) -> 
     return mixed_loader(splits, task_names, config.train.batch_size, config.train.seed, config.train.epochs,
                         strategy=mixing.strategy, temperature=mixing.temperature, cap=mixing.cap,
                         probabilities=mixing.probabilities, homogeneous=mixing.homogeneous)
-
-
-def _train_one(config: Config, tasks: list[Task], splits: DataSplits, run_dir: Path, name: str, multitask: bool,
-               callbacks: Callbacks | None, baselines: Mapping[str, float] | None = None) -> TrainedModel:
-    model_dir = run_dir / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(config, tasks, splits, model_dir, name, balancing=multitask, callbacks=callbacks,
-                            baselines=baselines)
-    trainer.resume()
-    clock = EpochClock(model_dir / TIMING_FILE, read_epoch_seconds(model_dir / TIMING_FILE, trainer.start_epoch),
-                       (callbacks or {}).get("epoch"))
-    trainer.on_epoch = clock
-    if callbacks and "start" in callbacks:
-        callbacks["start"](name, trainer.epochs, trainer.start_epoch)
-    clock.mark = time.perf_counter()
-    trainer.fit(training_data(config, splits, [t.name for t in tasks]), splits.val)
-    seconds = clock.train_seconds
-    best = trainer.checkpoint_dir / "best.pt"
-    if best.is_file():
-        trainer.load(best, restore_training=False)
-    test = trainer.evaluate(splits.test)
-    return TrainedModel(name, trainer, test, seconds, count_parameters(trainer.model))
-
-
-def best_validation(trained: TrainedModel, task: Task) -> float | None:
-    """``task``'s main metric on the validation split at the model's best epoch (None if never measured)."""
-    history = trained.trainer.history
-    for record in history.records:
-        if record["epoch"] == history.best_epoch:
-            return record.get("val", {}).get(task.name, {}).get(task.main_metric)
-    return None
-
-
-def _merge_metrics(run_dir: Path, names: list[str]) -> None:
-    """Gather each model's metrics.jsonl into the run's, keeping the last record per (model, epoch)."""
-    records: dict[tuple[str, int], str] = {}
-    for name in names:
-        path = run_dir / name / "metrics.jsonl"
-        if path.exists():
-            for line in path.read_text().splitlines():
-                record = json.loads(line)
-                records[(record["model"], record["epoch"])] = line
-    (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in records.values()))
 
 
 def write_report_safely(run_dir: Path) -> Path | None:
@@ -315,82 +256,15 @@ def prepare_run(config: Config, run_dir: Path | None, resume: bool) -> tuple[Con
 
 def run_training(config: Config, run_dir: Path | None = None, resume: bool = False,
                  callbacks: Callbacks | None = None) -> dict[str, Any]:
-    """Train the configured multi-task model (and the single-task baselines when ``train.baselines``)."""
-    config, run_dir = prepare_run(config, run_dir, resume)
-    if config.train.baselines:
-        return run_comparison(config, run_dir, resume=True, callbacks=callbacks)
-    if config.train.num_threads:
-        torch.set_num_threads(config.train.num_threads)
-    splits = load_data(config)
-    trained = _train_one(config, splits.tasks, splits, run_dir, "multitask", True, callbacks)
-    _merge_metrics(run_dir, ["multitask"])
-    summary = {
-        "dataset": config.data.dataset,
-        "run_dir": str(run_dir),
-        "test": trained.test,
-        "parameters": trained.parameters,
-        "train_seconds": trained.seconds,
-        "best_epoch": trained.trainer.history.best_epoch,
-    }
-    reports = run_dir / "multitask" / "regularizers.json"
-    if reports.is_file():
-        summary["regularizers"] = json.loads(reports.read_text())
-    write_json_atomically(run_dir / "results.json", summary)
-    write_report_safely(run_dir)
-    return summary
+    """Train the configured model (and single-task baselines when ``train.baselines``); see ``grid.run_training``."""
+    from taskloom.train.grid import run_training as train
+
+    return train(config, run_dir, resume, callbacks)
 
 
 def run_comparison(config: Config, run_dir: Path | None = None, resume: bool = False,
                    callbacks: Callbacks | None = None) -> dict[str, Any]:
-    """Single-task models vs one multi-task model under identical settings; writes comparison.json.
+    """Single-task models vs the configured multi-task model, one seed; see ``grid.run_comparison``."""
+    from taskloom.train.grid import run_comparison as compare
 
-    The multi-task model's checkpoints are selected against each single-task model's best
-    validation main metric (``selection.baselines`` given in the config take precedence).
-    """
-
-    config, run_dir = prepare_run(config, run_dir, resume)
-    if config.train.num_threads:
-        torch.set_num_threads(config.train.num_threads)
-    splits = load_data(config)
-    tasks = splits.tasks
-    singles = {t.name: _train_one(config, [t], splits, run_dir, f"single/{t.name}", False, callbacks) for t in tasks}
-    measured = {t.name: best_validation(singles[t.name], t) for t in tasks}
-    baselines = {n: v for n, v in measured.items() if v is not None}
-    baselines.update(config.selection.baselines or {})
-    multi = _train_one(config, tasks, splits, run_dir, "multitask", True, callbacks, baselines)
-    batch_size = max(config.train.batch_size, 512)
-    inference = {n: inference_seconds(s.trainer.model, splits.test, batch_size, s.trainer.device)
-                 for n, s in singles.items()}
-    multi_inference = inference_seconds(multi.trainer.model, splits.test, batch_size, multi.trainer.device)
-    _merge_metrics(run_dir, [f"single/{t.name}" for t in tasks] + ["multitask"])
-    table: dict[str, Any] = {}
-    for task in tasks:
-        single = singles[task.name].test[task.name].get(task.main_metric)
-        joint = multi.test[task.name].get(task.main_metric)
-        change = None
-        if single is not None and joint is not None and single != 0:
-            change = relative_change(joint, single, task.higher_is_better)
-        table[task.name] = {"metric": task.main_metric, "higher_is_better": task.higher_is_better,
-                            "single": single, "multi": joint, "relative_change": change,
-                            "single_all": singles[task.name].test[task.name], "multi_all": multi.test[task.name]}
-    known = {n: row for n, row in table.items() if row["relative_change"] is not None}
-    comparison = {
-        "dataset": config.data.dataset,
-        "run_dir": str(run_dir),
-        "tasks": table,
-        "delta_m": delta_m({n: r["multi"] for n, r in known.items()}, {n: r["single"] for n, r in known.items()},
-                           {n: r["higher_is_better"] for n, r in known.items()}) if known else None,
-        "delta_m_tasks": sorted(known),
-        "parameters": {"single_total": sum(s.parameters for s in singles.values()), "multi": multi.parameters,
-                       "single": {n: s.parameters for n, s in singles.items()}},
-        "train_seconds": {"single_total": sum(s.seconds for s in singles.values()), "multi": multi.seconds,
-                          "single": {n: s.seconds for n, s in singles.items()}},
-        "inference_seconds": {"single_total": sum(inference.values()), "multi": multi_inference, "single": inference},
-        "selection_baselines": baselines,
-        "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
-        "balancing": config.balancing.method,
-        "architecture": config.model.architecture,
-    }
-    write_json_atomically(run_dir / "comparison.json", comparison)
-    write_report_safely(run_dir)
-    return comparison
+    return compare(config, run_dir, resume, callbacks)
