@@ -61,7 +61,7 @@ class ProgressCallbacks(dict):
         self.progress.update(self.task_id,
                              description=f"{self.model} epoch {min(record['epoch'] + 1, self.epochs)}/{self.epochs}")
         if self.verbose:
-            self.progress.console.log(epoch_line(self.model, record), highlight=False)
+            self.progress.console.print(epoch_line(self.model, record), highlight=False)
 
 
 def epoch_line(model: str, record: dict[str, Any]) -> str:
