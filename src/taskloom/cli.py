@@ -219,11 +219,11 @@ def _metric_cell(row: dict[str, Any]) -> str:
     return f"{row['mean']:.4f}{spread}{mark}"
 
 
-def _reference_rows(table: Table, reference: dict[str, Any] | None, metric: str) -> None:
+def _reference_rows(table: Table, reference: dict[str, Any] | None, metric: str, compared: bool) -> None:
     for kind in ("trivial", "linear"):
         scores = (reference or {}).get(kind)
         if scores and scores.get(metric) is not None:
-            table.add_row("", f"({kind})", f"{scores[metric]:.4f}", "", "reference")
+            table.add_row("", f"({kind})", f"{scores[metric]:.4f}", *(("", "reference") if compared else ("reference",)))
 
 
 def print_compare(compare: dict[str, Any]) -> None:
@@ -235,8 +235,9 @@ def print_compare(compare: dict[str, Any]) -> None:
     replication = (f"{compare.get('splits', 1)} splits x {len(compare['seeds'])} seeds"
                    if compare.get("splits", 1) > 1 else f"{len(compare['seeds'])} seed(s)")
     table = Table(title=f"{compare['dataset']}: test metric per task (mean \u00b1 sd over {replication})")
-    for column, justify in (("task", "left"), ("model", "left"), ("test metric", "right"),
-                            ("change % [95% CI]", "right"), ("verdict", "left")):
+    columns = [("task", "left"), ("model", "left"), ("test metric", "right")]
+    columns += [("change % [95% CI]", "right"), ("verdict", "left")] if baseline else [("note", "left")]
+    for column, justify in columns:
         table.add_column(column, justify=justify, overflow="fold")
     worse = undefined = unstable = False
     for task, spec in compare["tasks"].items():
@@ -250,11 +251,13 @@ def print_compare(compare: dict[str, Any]) -> None:
             if name == baseline:
                 table.add_row(label, name, _metric_cell(row), "", "baseline")
                 continue
+            if not baseline:
+                table.add_row(label, name, _metric_cell(row), "")
+                continue
             colour = {"helps": "green", "hurts": "red"}.get(row.get("verdict", ""), "white")
             verdict = row.get("verdict", "") + (" *" if row.get("unstable") else "")
-            table.add_row(label, name, _metric_cell(row), _change_cell(row) if baseline else "",
-                          f"[{colour}]{verdict}[/]" if baseline else "")
-        _reference_rows(table, (compare.get("references") or {}).get(task), spec["metric"])
+            table.add_row(label, name, _metric_cell(row), _change_cell(row), f"[{colour}]{verdict}[/]")
+        _reference_rows(table, (compare.get("references") or {}).get(task), spec["metric"], bool(baseline))
         table.add_section()
     console.print(table)
     if baseline:

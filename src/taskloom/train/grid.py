@@ -556,6 +556,10 @@ def _run_grid(config: Config, spec: GridSpec, data: Sequence[DataSplits], run_di
                   for key, result in results.items()},
     }
     compare["analysis"] = analyze(compare, run_dir)
+    for name, variant in compare["analysis"]["variants"].items():
+        for task, row in variant["tasks"].items():
+            if row.get("unstable"):
+                log.warning("task %r (%s): %s", task, name, row["unstable"])
     write_json_atomically(run_dir / "compare.json", compare)
     write_compare_tables(compare, run_dir)
     write_report_safely(run_dir)
