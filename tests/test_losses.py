@@ -1,6 +1,7 @@
 """Masked losses: the mean over labelled rows; no labels add nothing and never a NaN."""
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -116,3 +117,23 @@ def test_mask_sample_weight_and_class_weight_multiply():
                   {"c": torch.tensor(sample)})
     got = task_losses({"c": torch.tensor(scores)}, batch, {"c": task})["c"]
     assert math.isclose(got.item(), expected, rel_tol=1e-6)
+
+
+def test_task_losses_take_a_list_of_tasks_or_a_mapping_and_refuse_anything_else():
+    tasks = [Task("a", "regression"), Task("b", "binary")]
+    outputs = {"a": torch.tensor([[1.0], [3.0]]), "b": torch.tensor([[0.0], [0.0]])}
+    batch = Batch(torch.zeros(2, 1), {"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([1.0, 0.0])})
+    from_list = task_losses(outputs, batch, tasks)
+    from_mapping = task_losses(outputs, batch, {t.name: t for t in tasks})
+    assert from_list.keys() == from_mapping.keys() == {"a", "b"}
+    assert from_list["a"].item() == pytest.approx((1.0 + 4.0) / 2)  # mean squared error by hand
+    assert from_list["b"].item() == pytest.approx(math.log(2))  # logit 0: cross-entropy log 2 for either label
+    assert all(torch.equal(from_list[n], from_mapping[n]) for n in from_list)
+    with pytest.raises(TypeError, match="list of Task objects or a mapping"):
+        task_losses(outputs, batch, "a")
+    with pytest.raises(TypeError, match=r"\[1\] str"):
+        task_losses(outputs, batch, [tasks[0], "b"])
+    with pytest.raises(TypeError, match="every value must be a taskloom Task"):
+        task_losses(outputs, batch, {"a": tasks[0], "b": "binary"})
+    with pytest.raises(ValueError, match="unique"):
+        task_losses(outputs, batch, [tasks[0], tasks[0]])

@@ -1,4 +1,11 @@
-"""The command line: ``taskloom run | train | compare | affinity | report | list | describe``. The CLI owns the terminal (rich tables and progress)."""
+"""The command line: ``taskloom run | train | compare | affinity | report | list | describe``
+(and ``predict | export | serve``).
+
+The CLI owns the terminal (rich tables and progress).
+
+Exit codes: 0 done; 2 a config, data or checkpoint error (the message names the field or file);
+3 training diverged (a non-finite loss; the message names the task, epoch and step).
+"""
 from __future__ import annotations
 
 import argparse
@@ -31,11 +38,13 @@ def default_run_config() -> Config:
 
 
 class ProgressCallbacks(dict):
-    """Rich progress bars fed by the trainer's step and epoch callbacks."""
+    """Rich progress bars fed by the trainer's step and epoch callbacks; with ``verbose``, one line per epoch
+    with the validation metrics and the selection score that picks the best checkpoint."""
 
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: Progress, verbose: bool = False) -> None:
         super().__init__(start=self.start, step=self.step, epoch=self.epoch)
         self.progress = progress
+        self.verbose = verbose
         self.task_id: Any = None
         self.model = ""
 
@@ -50,17 +59,26 @@ class ProgressCallbacks(dict):
         self.progress.update(self.task_id, completed=step, total=steps)
 
     def epoch(self, record: dict[str, Any]) -> None:
-        epoch = record["epoch"]
-        score = record.get("score")
-        tail = "" if score is None else f" (score {score:+.2f})"
-        self.progress.update(self.task_id, description=f"{self.model} epoch {min(epoch + 1, self.epochs)}/{self.epochs}")
-        self.progress.console.log(f"{self.model} epoch {epoch}: {_main_metrics(record)}{tail}")
+        self.progress.update(self.task_id,
+                             description=f"{self.model} epoch {min(record['epoch'] + 1, self.epochs)}/{self.epochs}")
+        if self.verbose:
+            self.progress.console.print(epoch_line(self.model, record), highlight=False)
+
+
+def epoch_line(model: str, record: dict[str, Any]) -> str:
+    """One epoch in words: validation metrics, and the selection score with what it measures."""
+    line = f"{model} epoch {record['epoch']}: {_main_metrics(record)}"
+    score = record.get("score")
+    if score is not None:
+        value = "undefined (a metric is not finite)" if score == float("-inf") else f"{score:+.2f}"
+        line += f"; checkpoint selection: {record.get('selected_by', 'score')} = {value}"
+    return line
 
 
 def _main_metrics(record: dict[str, Any]) -> str:
     parts = []
     for task, metrics in record.get("val", {}).items():
-        values = [f"{k} {v:.4f}" for k, v in metrics.items() if v is not None][:2]
+        values = [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float))][:2]
         parts.append(f"{task}: " + ", ".join(values))
     return "; ".join(parts) or "no validation data"
 
@@ -91,16 +109,29 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
     return parse_config(data)
 
 
+def check_resume(run_dir: Path) -> None:
+    """Before a resume does any work: every checkpoint of the run must be readable (a bad one is named),
+    and the temporary files of writes a kill interrupted are removed."""
+    from taskloom.train.checkpoint import check_run_checkpoints, remove_orphan_temporaries
+
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume: {run_dir} is not a directory; pass the run directory a run printed")
+    check_run_checkpoints(run_dir)
+    remove_orphan_temporaries(run_dir)
+
+
 def command_run(args: argparse.Namespace) -> int:
     from taskloom.train.grid import run_comparison
 
     if args.resume:
+        check_resume(Path(args.resume))
         config, run_dir = default_run_config(), Path(args.resume)
     else:
         config = load_config(args.config) if args.config else default_run_config()
         config, run_dir = _apply_overrides(config, args), None
     with _progress() as progress:
-        compare = run_comparison(config, run_dir, resume=bool(args.resume), callbacks=ProgressCallbacks(progress))
+        compare = run_comparison(config, run_dir, resume=bool(args.resume),
+                                 callbacks=ProgressCallbacks(progress, args.verbose))
     print_compare(compare)
     return 0
 
@@ -109,6 +140,7 @@ def command_train(args: argparse.Namespace) -> int:
     from taskloom.train.grid import run_training
 
     if args.resume:
+        check_resume(Path(args.resume))
         config, run_dir = None, Path(args.resume)
     else:
         if not args.config:
@@ -116,7 +148,7 @@ def command_train(args: argparse.Namespace) -> int:
         config, run_dir = _apply_overrides(load_config(args.config), args), None
     with _progress() as progress:
         compare = run_training(config or default_run_config(), run_dir, resume=bool(args.resume),
-                               callbacks=ProgressCallbacks(progress))
+                               callbacks=ProgressCallbacks(progress, args.verbose))
     print_compare(compare)
     return 0
 
@@ -136,6 +168,7 @@ def command_compare(args: argparse.Namespace) -> int:
     from taskloom.train.grid import GRID_FILE, resolve_spec, run_grid
 
     if args.resume:
+        check_resume(Path(args.resume))
         run_dir = Path(args.resume)
         config = default_run_config()
     else:
@@ -160,7 +193,8 @@ def command_compare(args: argparse.Namespace) -> int:
             progress.update(grid_task, completed=index, total=total,
                             description=f"grid cell {index + 1}/{total}: {cell.key} ({state})")
 
-        compare = run_grid(config, spec, run_dir, resume=bool(args.resume), callbacks=ProgressCallbacks(progress),
+        compare = run_grid(config, spec, run_dir, resume=bool(args.resume),
+                           callbacks=ProgressCallbacks(progress, args.verbose),
                            on_cell=on_cell)
         progress.update(grid_task, completed=progress.tasks[0].total, description="grid done")
     print_compare(compare)
@@ -417,6 +451,12 @@ def command_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: when not given after the command, the value given before it (taskloom -v train) is kept
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="one line per epoch: validation metrics and the score that selects checkpoints")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskloom", description="Multi-task learning for PyTorch.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each epoch's details")
@@ -428,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, help="override output_dir")
     run.add_argument("--device", help="override train.device (cpu, cuda)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run; finished models are kept")
+    _add_verbose(run)
     run.set_defaults(func=command_run)
 
     train = sub.add_parser("train", help="train the multi-task model a YAML config describes")
@@ -437,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="override train.epochs")
     train.add_argument("--output", type=Path, help="override output_dir")
     train.add_argument("--device", help="override train.device (cpu, cuda)")
+    _add_verbose(train)
     train.set_defaults(func=command_train)
 
     compare = sub.add_parser("compare", help="single-task baselines vs a grid of multi-task variants over seeds")
@@ -454,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--epochs", type=int, help="override train.epochs")
     compare.add_argument("--output", type=Path, help="override output_dir")
     compare.add_argument("--device", help="override train.device (cpu, cuda)")
+    _add_verbose(compare)
     compare.set_defaults(func=command_compare)
 
     affinity = sub.add_parser("affinity", help="the task affinity logged in a run, and suggested task groupings")
@@ -481,11 +524,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("taskloom.data.report").setLevel(logging.INFO)  # what a table run chose: always shown
+    from taskloom.train.trainer import TrainingDiverged
+
     try:
         return args.func(args)
+    except TrainingDiverged as error:
+        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        return 3
     except (ConfigError, ValueError, KeyError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-        console.print(f"[bold red]error:[/] {message}", highlight=False)
+        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # paths stay whole
         return 2
 
 

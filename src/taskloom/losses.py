@@ -1,7 +1,7 @@
 """Masked per-task losses: the mean over a task's labelled rows, nothing for a task without labels."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -55,15 +55,37 @@ def labelled_tasks(batch: Batch, names: list[str]) -> list[str]:
     return [n for n in names if n not in absent]
 
 
-def task_losses(outputs: Mapping[str, Tensor], batch: Batch, tasks: Mapping[str, Task]) -> dict[str, Tensor]:
+def task_losses(outputs: Mapping[str, Tensor], batch: Batch,
+                tasks: Mapping[str, Task] | Sequence[Task]) -> dict[str, Tensor]:
     """Loss of every task that has a labelled row in the batch, keyed by task name.
 
-    Each task's kind turns the batch's mask into one over its loss units (tokens for tagging,
-    where padding is read from the inputs' lengths).
+    ``tasks`` is a mapping from name to :class:`Task` or a sequence of tasks (the list a model
+    was built with). Each task's kind turns the batch's mask into one over its loss units
+    (tokens for tagging, where padding is read from the inputs' lengths).
     """
+    by_name = tasks_by_name(tasks)
     losses = {}
-    for name in labelled_tasks(batch, list(tasks)):
-        task, target = tasks[name], batch.targets[name]
+    for name in labelled_tasks(batch, list(by_name)):
+        task, target = by_name[name], batch.targets[name]
         mask = task.kind_spec.unit_mask(batch.masks.get(name), target, batch.inputs)
         losses[name] = masked_loss(task, outputs[name], target, mask, batch.weights.get(name))
     return losses
+
+
+def tasks_by_name(tasks: Mapping[str, Task] | Sequence[Task]) -> Mapping[str, Task]:
+    """``tasks`` as a name -> :class:`Task` mapping; a clear TypeError for anything else."""
+    if isinstance(tasks, Mapping):
+        wrong = {name: type(task).__name__ for name, task in tasks.items() if not isinstance(task, Task)}
+        if wrong:
+            raise TypeError(f"tasks: every value must be a taskloom Task; got {wrong}")
+        return tasks
+    if isinstance(tasks, Sequence) and not isinstance(tasks, (str, bytes)):
+        wrong = [f"[{i}] {type(task).__name__}" for i, task in enumerate(tasks) if not isinstance(task, Task)]
+        if wrong:
+            raise TypeError(f"tasks: every item must be a taskloom Task; got {', '.join(wrong)}")
+        names = [task.name for task in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tasks: task names must be unique, got {names}")
+        return {task.name: task for task in tasks}
+    raise TypeError(f"tasks must be a list of Task objects or a mapping from task name to Task, "
+                    f"not {type(tasks).__name__}")

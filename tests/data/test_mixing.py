@@ -124,9 +124,12 @@ def test_homogeneous_batches_come_from_one_source_and_are_deterministic(sources)
 
 @pytest.mark.parametrize("homogeneous", [True, False])
 def test_a_source_without_a_task_never_adds_to_its_loss(sources, homogeneous):
+    """Rows of b (no depth label) and of c (no seg label) add nothing to that task's loss or gradient: checked on
+    batches of b alone (homogeneous: no depth loss at all) and on batches mixing them with labelled rows."""
     tasks = {"seg": Task("seg", "multiclass", 3), "depth": Task("depth", "regression")}
     loader = MixedLoader(sources, batch_size=12, homogeneous=homogeneous, seed=0)
-    seen_b = 0
+    only_b = 0  # batches of b rows alone: no depth loss
+    mixed_checked = {"depth": 0, "seg": 0}  # unlabelled rows checked inside a batch that has the task's loss
     for batch in loader:
         from_b = batch.inputs[:, 0] == 1.0
         from_c = batch.inputs[:, 0] == 2.0
@@ -136,12 +139,20 @@ def test_a_source_without_a_task_never_adds_to_its_loss(sources, homogeneous):
                                                                                               requires_grad=True)}
         losses = task_losses(outputs, batch, tasks)
         if bool(from_b.all()):
-            seen_b += 1
+            only_b += 1
             assert "depth" not in losses
-        if "depth" in losses:
-            keep = ~from_b  # rows of b carry no depth label; a's and c's rows do
-            expected = masked_loss(tasks["depth"], outputs["depth"][keep], batch.targets["depth"][keep])
-            assert torch.allclose(losses["depth"], expected)
-            (grad,) = torch.autograd.grad(losses["depth"], outputs["depth"])
-            assert not grad[from_b].any()
-    assert seen_b > 0 or not homogeneous
+        for name, unlabelled in (("depth", from_b), ("seg", from_c)):
+            if name not in losses:
+                continue
+            keep = ~unlabelled
+            expected = masked_loss(tasks[name], outputs[name][keep], batch.targets[name][keep])
+            assert torch.allclose(losses[name], expected)
+            (grad,) = torch.autograd.grad(losses[name], outputs[name])
+            assert not grad[unlabelled].any()
+            if unlabelled.any():
+                mixed_checked[name] += 1
+    if homogeneous:  # one source per batch: b's batches carry no depth loss, and no batch mixes sources
+        assert only_b > 0
+        assert mixed_checked == {"depth": 0, "seg": 0}
+    else:  # mixed batches: b's rows sit beside labelled depth rows (and c's beside seg rows) and add nothing
+        assert mixed_checked["depth"] > 0 and mixed_checked["seg"] > 0

@@ -9,10 +9,17 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
+from taskloom import MultiTaskDataset, MultiTaskModel, Task
 from taskloom.config import ConfigError, parse_config
 from taskloom.train import runner
+from taskloom.train import timing as timing_module
+from taskloom.train import trainer as trainer_module
 from taskloom.train.runner import run_training
-from taskloom.train.tracking import scalars
+from taskloom.train.timing import EpochClock
+from taskloom.train.tracking import Monitor, scalars
+from taskloom.train.trainer import Trainer
 
 BASE = {
     "name": "track",
@@ -91,10 +98,62 @@ def test_a_model_without_shared_parameters_is_not_tracked_and_says_why_once(tmp_
                for r in records)
 
 
-def test_analysis_time_is_recorded_apart_from_the_epoch_seconds(tmp_path):
-    tracked = _records(run_training(_config(tmp_path, measure=["affinity"], every=1)))
-    assert all(r["analysis_seconds"] >= 0 and r["seconds"] >= 0 for r in tracked)
+class Clock:
+    """A stand-in for time.perf_counter that moves only when told: seconds counted by hand, nothing timed."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SlowAnalysis(Monitor):
+    """A monitor whose analysis takes 5 clock seconds before every step."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def before_step(self, trainer, batch, step) -> None:
+        self.clock.now += 5.0
+
+
+def test_analysis_time_is_recorded_apart_from_the_epoch_seconds(tmp_path, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(trainer_module.time, "perf_counter", clock)
+    monkeypatch.setattr(timing_module.time, "perf_counter", clock)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 3, generator=generator)
+    tasks = [Task("a", "regression"), Task("b", "regression")]
+    data = MultiTaskDataset(x, {"a": x[:, 0], "b": x[:, 1]})
+
+    def train_one_second_per_step(step, steps):
+        clock.now += 1.0
+
+    model = MultiTaskModel(torch.nn.Linear(3, 4), tasks=tasks, out_features=4)
+    trainer = Trainer(model, tasks, epochs=2, batch_size=10, run_dir=tmp_path, monitors=[SlowAnalysis(clock)],
+                      on_step=train_one_second_per_step)
+    epoch_clock = EpochClock(tmp_path / "seconds.json", {})
+    trainer.on_epoch = epoch_clock
+    trainer.fit(data, data)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for record in records:  # 4 steps of 1 s training, each after 5 s of analysis
+        assert record["seconds"] == 4.0 and record["analysis_seconds"] == 20.0
+    saved = json.loads((tmp_path / "seconds.json").read_text())["epochs"]
+    assert saved == {"1": {"train": 4.0, "analysis": 20.0}, "2": {"train": 4.0, "analysis": 20.0}}
+    assert epoch_clock.train_seconds == 8.0 and epoch_clock.analysis_seconds == 40.0
+
+
+def test_a_run_with_tracking_records_its_analysis_time_and_one_without_has_none(tmp_path):
+    result = run_training(_config(tmp_path, measure=["affinity"], every=1))
+    tracked = _records(result)
+    assert [r["epoch"] for r in tracked] == [1, 2]
+    assert all(r["analysis_seconds"] > 0 and r["seconds"] > 0 for r in tracked)  # affinity was measured each step
+    seconds = json.loads((Path(result["run_dir"]) / "hard+equal" / "seed0" / "seconds.json").read_text())["epochs"]
+    assert [seconds[str(r["epoch"])]["analysis"] for r in tracked] == [r["analysis_seconds"] for r in tracked]
     plain = _records(run_training(_config(tmp_path / "plain")))
+    assert [r["epoch"] for r in plain] == [1, 2]
     assert not any("analysis_seconds" in r for r in plain)
 
 

@@ -396,37 +396,50 @@ def _conflict_section(run: RunData) -> str:
 
 
 def _pareto_section(run: RunData) -> str:
-    variants: dict[str, dict[str, float]] = {}
+    """Pareto front and relative-change strip over the tasks every variant has a metric for; a task without one
+    (undefined on the test split) is named, shown as a grey cell in the strip, and left out of the front."""
+    measured_by_variant: dict[str, dict[str, float | None]] = {}
     spec: Mapping[str, Any] = {}
     if run.compare:
         spec = run.compare["tasks"]
         result = analysis_of(run.compare)
-        for name, variant in result["variants"].items():
-            if all("mean" in variant["tasks"][t] for t in spec):
-                variants[name] = {t: variant["tasks"][t]["mean"] for t in spec}
+        measured_by_variant = {name: {t: variant["tasks"][t].get("mean") for t in spec}
+                               for name, variant in result["variants"].items()}
     elif run.comparison:
         spec = run.comparison.get("tasks", {})
-        if all(r.get("single") is not None and r.get("multi") is not None for r in spec.values()):
-            variants = {"single-task": {t: r["single"] for t, r in spec.items()},
-                        "multi-task": {t: r["multi"] for t, r in spec.items()}}
-    tasks = list(spec)
-    if len(tasks) < 2 or len(variants) < 2:
-        return _absent("Needs per-task metrics of at least two variants on at least two tasks.")
-    higher = [bool(spec[t]["higher_is_better"]) for t in tasks]
-    front = plots.pareto_front(np.array([[variants[v][t] for t in tasks] for v in variants], dtype=float), higher)
+        measured_by_variant = {"single-task": {t: r.get("single") for t, r in spec.items()},
+                               "multi-task": {t: r.get("multi") for t, r in spec.items()}}
+    measured = [t for t in spec if all(_finite(values.get(t)) for values in measured_by_variant.values())]
+    unmeasured = [t for t in spec if t not in measured]
+    variants = {name: {t: float(values[t]) for t in measured} for name, values in measured_by_variant.items()}
+    if not measured or len(variants) < 2:
+        return _absent("Needs per-task metrics of at least two variants on at least one task.")
+    left_out = "" if not unmeasured else (
+        f"<p class='note'>Left out of the Pareto front (no test metric for every variant, e.g. undefined on the "
+        f"test split): {', '.join(html.escape(t) for t in unmeasured)}; grey cells in the strip.</p>")
+    higher = [bool(spec[t]["higher_is_better"]) for t in measured]
+    front = plots.pareto_front(np.array([[variants[v][t] for t in measured] for v in variants], dtype=float), higher)
     on_front = dict(zip(variants, (bool(f) for f in front)))
-    changes, baseline = _relative_changes(run, variants, tasks)
+    changes, baseline = _relative_changes(run, variants, list(spec))
     strip = ("<h3>Relative change per task, every variant</h3>"
-             + _img(plots.relative_change_strip(changes, tasks, on_front, baseline),
+             + _img(plots.relative_change_strip(changes, list(spec), on_front, baseline),
                     "relative change per task of every variant") if changes else "")
-    note = "" if len(tasks) <= plots.MAX_PAIR_TASKS else (
-        f"<p class='lead'>The pair plots show the first {plots.MAX_PAIR_TASKS} of {len(tasks)} tasks; the front, "
+    count = f"{len(measured)} task{'s' if len(measured) != 1 else ''}"
+    lead = (f"<p class='lead'>Pareto-optimal over {'all ' if not unmeasured else ''}{count} (test "
+            f"means; no other variant is at least as good on every task and better on one): "
+            f"{', '.join(html.escape(v) for v, f in on_front.items() if f)}.</p>")
+    if len(measured) < 2:
+        return lead + left_out + strip + _absent("The task-pair plots need metrics on at least two tasks.")
+    note = "" if len(measured) <= plots.MAX_PAIR_TASKS else (
+        f"<p class='lead'>The pair plots show the first {plots.MAX_PAIR_TASKS} of {len(measured)} tasks; the front, "
         "and the strip above, cover all tasks.</p>")
-    uri = plots.pareto_scatter(variants, tasks, higher, [spec[t].get("metric") for t in tasks])
-    front_names = ", ".join(html.escape(v) for v, f in on_front.items() if f)
-    return (f"<p class='lead'>Pareto-optimal over all {len(tasks)} tasks (test means; no other variant is at least "
-            f"as good on every task and better on one): {front_names}.</p>" + strip
-            + "<h3>Per-task metrics, task pairs</h3>" + note + _img(uri, "Pareto scatter of per-task metrics"))
+    uri = plots.pareto_scatter(variants, measured, higher, [spec[t].get("metric") for t in measured])
+    return (lead + left_out + strip + "<h3>Per-task metrics, task pairs</h3>" + note
+            + _img(uri, "Pareto scatter of per-task metrics"))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _relative_changes(run: RunData, variants: Mapping[str, Mapping[str, float]],

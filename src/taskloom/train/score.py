@@ -1,6 +1,7 @@
 """Multi-task selection scores: one number per evaluation that decides the best checkpoint."""
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 from taskloom.evaluate.delta import relative_change
@@ -19,8 +20,10 @@ class SelectionScore:
     ``mean_relative`` (default): mean over tasks of the signed relative change (%) of each
     task's main metric against its single-task baseline when given, else against the
     first evaluation; ``weighted``: the same with per-task weights; ``task``: one task's
-    main metric (negated when lower is better). Tasks whose metric is undefined in an
-    evaluation are left out of that evaluation's score.
+    main metric (negated when lower is better). Tasks whose metric is undefined (None) in an
+    evaluation are left out of that evaluation's score. A NaN or infinite metric means the
+    model diverged: the score is then -inf, so that evaluation is never selected, and a
+    non-finite value never becomes a baseline.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class SelectionScore:
         self.weights = dict(weights or {name: 1.0 for name in self.tasks})
         self.task = task
         self.baselines: dict[str, float] = dict(baselines or {})
+        self.against = "single-task baselines" if self.baselines else "the first evaluation"
 
     def state_dict(self) -> dict[str, float]:
         return dict(self.baselines)
@@ -47,22 +51,36 @@ class SelectionScore:
     def load_state_dict(self, baselines: Mapping[str, float]) -> None:
         self.baselines = dict(baselines)
 
+    def describe(self) -> str:
+        """What the score measures, for a progress line: "y1 mse (lower is better)", "mean % change of ..."."""
+        if self.score == "task":
+            task = self.tasks[self.task]
+            return f"{self.task} {task.main_metric} ({'higher' if task.higher_is_better else 'lower'} is better)"
+        kind = "mean" if self.score == "mean_relative" else "weighted mean"
+        metrics = ", ".join(f"{name} {task.main_metric}" for name, task in self.tasks.items())
+        return f"{kind} % change of {metrics} vs {self.against}"
+
     def __call__(self, results: Mapping[str, Mapping[str, float | None]]) -> float:
         mains = {
             name: results[name].get(task.main_metric)
             for name, task in self.tasks.items()
             if name in results and results[name].get(task.main_metric) is not None
         }
+        if any(not math.isfinite(value) for value in mains.values()):
+            return float("-inf")
         if self.score == "task":
             value = mains.get(self.task)
             if value is None:
                 return float("-inf")
             return value if self.tasks[self.task].higher_is_better else -value
         for name, value in mains.items():
+            if not math.isfinite(self.baselines.get(name, 0.0)):
+                del self.baselines[name]
             self.baselines.setdefault(name, value)
         terms = [
             (self.weights.get(name, 0.0), _change(value, self.baselines[name], self.tasks[name].higher_is_better))
             for name, value in mains.items()
         ]
         total = sum(w for w, _ in terms)
-        return sum(w * c for w, c in terms) / total if total > 0 else float("-inf")
+        score = sum(w * c for w, c in terms) / total if total > 0 else float("-inf")
+        return score if math.isfinite(score) else float("-inf")

@@ -2,6 +2,11 @@
 
 The trainer is a convenience, not a cage: :meth:`Trainer.train_step` is the whole step,
 and a user loop can call ``task_losses`` and ``balancer.backward`` directly.
+
+A non-finite task loss stops training with :class:`TrainingDiverged` (naming the task, the
+epoch and the step). A resumed run first reads every checkpoint it will need, removes the
+temporary files of interrupted writes and cuts ``metrics.jsonl`` back to the checkpointed
+epochs, so an epoch interrupted after its record was logged is logged once, not twice.
 """
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +31,11 @@ from taskloom.losses import task_losses
 from taskloom.sharing.base import MultiTaskModule
 from taskloom.sharing.hard import predict
 from taskloom.task import Task
-from taskloom.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from taskloom.train.checkpoint import (
+    load_checkpoint, remove_orphan_temporaries, rng_state, save_checkpoint, seed_everything, set_rng_state,
+)
+from taskloom.train.faults import fault_point
+from taskloom.train.json_files import to_json, write_json_atomically
 from taskloom.train.score import SelectionScore
 
 log = logging.getLogger(__name__)
@@ -64,6 +74,21 @@ def build_schedule(optimizer: torch.optim.Optimizer, name: str, epochs: int, ste
     if name == "none" and warmup == 0:
         return None
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class TrainingDiverged(RuntimeError):
+    """A task's training loss, or its gradient, became NaN or infinite: the run stops instead of saving
+    meaningless models. ``task``, ``epoch`` and ``step`` say where."""
+
+    def __init__(self, model: str, task: str, value: float, epoch: int, step: int, steps: int, lr: float,
+                 reason: str = "") -> None:
+        self.model, self.task, self.epoch, self.step = model, task, epoch, step
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"{model}: the training loss of task {task!r} is {value}{detail} at epoch {epoch}, step {step} of "
+            f"{steps}; training diverged and was stopped (no checkpoint of this epoch was saved). Lower the "
+            f"learning rate (optimizer.lr, now {lr:g}, e.g. to {lr / 10:g}), add a warm-up "
+            "(schedule.warmup_epochs) or check this task's targets for extreme values")
 
 
 @dataclass
@@ -238,6 +263,7 @@ class Trainer:
             loader.set_epoch(epoch)
             sums = {name: torch.zeros((), device=self.device) for name in self.tasks}
             counts = {name: 0 for name in self.tasks}
+            previous = None  # the last step's losses, checked after the next step is queued: no sync of its own
             for step, batch in enumerate(loader):
                 batch = batch.to(self.device, non_blocking=True)
                 if self.monitors:
@@ -245,12 +271,23 @@ class Trainer:
                     for monitor in self.monitors:
                         monitor.before_step(self, batch, step)
                     self.analysis_seconds += self._monitor_clock() - monitor_started
-                losses = self.train_step(batch)
+                try:
+                    losses = self.train_step(batch)
+                except Exception as error:  # e.g. a solver fed non-finite gradients
+                    self._check_finite(previous, epoch, len(loader))
+                    self._check_gradients(batch, error, epoch, step + 1, len(loader))
+                    raise
+                self._check_finite(previous, epoch, len(loader))
+                previous = (step + 1, list(losses), torch.stack([loss.detach().float() for loss in losses.values()])
+                            if losses else None)
+                if step == 0:
+                    fault_point("step", epoch, self.model_name)
                 for name, loss in losses.items():
                     sums[name] += loss.detach().float()
                     counts[name] += 1
                 if self.on_step is not None:
                     self.on_step(step + 1, len(loader))
+            self._check_finite(previous, epoch, len(loader))
             train_loss = {n: (sums[n] / counts[n]).item() for n in self.tasks if counts[n]}
             self.balancer.epoch_end(train_loss)
             model_hook = getattr(self.model, "on_epoch_end", None)  # e.g. the cascade's successive snapshot
@@ -259,7 +296,9 @@ class Trainer:
             record = self._end_epoch(epoch, train_loss, val, time.perf_counter() - started - self.analysis_seconds)
             self.start_epoch = epoch + 1
             if self.run_dir is not None:
+                fault_point("after_log", epoch, self.model_name)
                 self.save(self.checkpoint_dir / "last.pt")
+                fault_point("after_last", epoch, self.model_name)
             if self.on_epoch is not None:
                 self.on_epoch(record)
             if self.patience is not None and self.history.epochs_without_improvement >= self.patience:
@@ -271,7 +310,7 @@ class Trainer:
                 break
         if self.run_dir is not None and self.regularizers:  # their final state, e.g. the learned task covariance
             reports = [regularizer.report() for regularizer in self.regularizers]
-            (self.run_dir / "regularizers.json").write_text(json.dumps(reports, indent=2))
+            write_json_atomically(self.run_dir / "regularizers.json", reports)
         for monitor in self.monitors:
             monitor.end_fit(self)
         return self.history
@@ -298,7 +337,7 @@ class Trainer:
             task_improved = []
             for name, task in self.tasks.items():
                 value = results[name].get(task.main_metric)
-                if value is None:
+                if value is None or not math.isfinite(value):  # a diverged metric is never a task's best
                     continue
                 signed = value if task.higher_is_better else -value
                 if signed > self.history.best_per_task.get(name, float("-inf")):
@@ -310,8 +349,9 @@ class Trainer:
                 if self.save_task_best and len(self.tasks) > 1:
                     for name in task_improved:
                         self.save(self.checkpoint_dir / f"best-{name}.pt")
-            log.info("%s epoch %d: score %.3f, %s", self.model_name, epoch, score,
-                     {n: results[n].get(t.main_metric) for n, t in self.tasks.items()})
+            record["selected_by"] = self.selection.describe()
+            log.debug("%s epoch %d: score %.3f, %s", self.model_name, epoch, score,
+                      {n: results[n].get(t.main_metric) for n, t in self.tasks.items()})
         if self.monitors:
             monitor_started = self._monitor_clock()
             for monitor in self.monitors:
@@ -321,8 +361,46 @@ class Trainer:
         self.history.records.append(record)
         if self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a") as file:
-                file.write(json.dumps(record) + "\n")
+                file.write(to_json(record) + "\n")
         return record
+
+    def _check_finite(self, step_losses: tuple[int, list[str], Tensor | None] | None, epoch: int,
+                      steps: int) -> None:
+        """Raise :class:`TrainingDiverged` when a task's loss of a step (``(step, task names, stacked losses)``)
+        is NaN or infinite. Called one step late, so that reading it waits for work already done."""
+        if step_losses is None or step_losses[2] is None:
+            return
+        step, names, values = step_losses
+        if bool(torch.isfinite(values).all()):
+            return
+        for name, value in zip(names, values.tolist()):
+            if not math.isfinite(value):
+                raise TrainingDiverged(self.model_name, name, value, epoch, step, steps,
+                                       self.optimizer.param_groups[0]["lr"])
+
+    def _check_gradients(self, batch: Batch, error: Exception, epoch: int, step: int, steps: int) -> None:
+        """After a failed step: raise :class:`TrainingDiverged` naming the first task whose loss or gradient on
+        this batch is not finite (one backward per task, only on this failure path); else return."""
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            with self._autocast():
+                losses = task_losses(self.forward(batch.inputs), batch, self.tasks)
+            finite = {}
+            for name, loss in losses.items():
+                gradients = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
+                finite[name] = math.isfinite(float(loss.detach())) and all(
+                    g is None or bool(torch.isfinite(g).all()) for g in gradients)
+        except Exception:  # the failure was not numeric (the forward itself fails): the caller re-raises it
+            return
+        for name, loss in losses.items():
+            value = float(loss.detach())
+            if finite[name]:
+                continue
+            reason = (f"its gradient is not finite, and {type(self.balancer).__name__} failed on it with "
+                      f"{type(error).__name__}")
+            raise TrainingDiverged(self.model_name, name, value, epoch, step, steps,
+                                   self.optimizer.param_groups[0]["lr"], reason) from error
 
     def _monitor_clock(self) -> float:
         """perf_counter after the device's queued work, so monitor time is not billed to a training step."""
@@ -365,7 +443,11 @@ class Trainer:
 
     def save(self, path: str | Path) -> Path:
         """Write the whole training state atomically."""
-        return save_checkpoint(self.state_dict(), path)
+        path = Path(path)
+        point = {"last.pt": "write_last", "best.pt": "write_best"}.get(path.name)
+        epoch = self.start_epoch if point == "write_best" else self.start_epoch - 1  # last.pt follows the epoch's end
+        hook = None if point is None else (lambda: fault_point(point, epoch, self.model_name))
+        return save_checkpoint(self.state_dict(), path, before_rename=hook)
 
     def load(self, path: str | Path, restore_training: bool = True) -> None:
         """Restore the model (and, with ``restore_training``, everything needed to continue)."""
@@ -393,13 +475,43 @@ class Trainer:
         set_rng_state(state["rng"])
 
     def resume(self) -> bool:
-        """Continue from ``run_dir/checkpoints/last.pt`` if it exists; True when it did."""
+        """Continue from ``run_dir/checkpoints/last.pt`` if it exists; True when it did.
+
+        Before anything is loaded, every checkpoint of this model (``last.pt``, ``best.pt``,
+        ``best-<task>.pt``) is read (a bad one raises :class:`CheckpointError` naming it), the
+        temporary files of interrupted writes are removed, and ``metrics.jsonl`` keeps only the
+        records of the epochs the checkpoint covers (a fresh start keeps none).
+        """
+        for checkpoint in sorted(self.checkpoint_dir.glob("*.pt")):
+            load_checkpoint(checkpoint)  # on the CPU: only read, to fail before any work
+        remove_orphan_temporaries(self.run_dir)
         path = self.checkpoint_dir / "last.pt"
+        if path.is_file():
+            self.load(path)
+        self._truncate_log(self.start_epoch)
         if not path.is_file():
             return False
-        self.load(path)
         log.info("%s: resuming at epoch %d", self.model_name, self.start_epoch)
         return True
+
+    def _truncate_log(self, next_epoch: int) -> None:
+        """Keep the metrics.jsonl records of epochs before ``next_epoch`` (one each); drop torn or later lines."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept: dict[int, str] = {}
+        for line in path.read_text().splitlines():
+            try:
+                epoch = int(json.loads(line)["epoch"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # a line torn by a kill during the append
+            if epoch < next_epoch:
+                kept.setdefault(epoch, line)
+        text = "".join(kept[epoch] + "\n" for epoch in sorted(kept))
+        if text != path.read_text():
+            temporary = path.with_name(f".{path.name}.tmp")
+            temporary.write_text(text)
+            os.replace(temporary, path)
 
     @property
     def finished(self) -> bool:
