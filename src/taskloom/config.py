@@ -103,6 +103,19 @@ class TaskConfig(Strict):
     only_where: ConditionConfig | None = None
     head_hidden: list[PositiveInt] = []
     source: str | None = Field(None, description="with data.sources: the table source holding this task's column")
+    decision_threshold: float | Literal["f1"] = Field(
+        0.5, description="binary tasks: probability above which a row is predicted 1, or f1 (chosen on validation)")
+
+    @model_validator(mode="after")
+    def _threshold(self) -> "TaskConfig":
+        threshold = self.decision_threshold
+        if threshold != 0.5 and self.kind != "binary":
+            raise FieldError("decision_threshold", f"only a binary task has a decision threshold; {self.name!r} is "
+                                                   f"{self.kind}")
+        if isinstance(threshold, float) and not 0 < threshold < 1:
+            raise FieldError("decision_threshold", f"must be a probability strictly between 0 and 1 or 'f1', "
+                                                   f"got {threshold}")
+        return self
 
     @field_validator("kind")
     @classmethod

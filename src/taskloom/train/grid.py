@@ -35,6 +35,7 @@ from taskloom.evaluate.grouping import missing_pairs, select_groups
 from taskloom.evaluate.logged import mean_logged_matrix, read_records
 from taskloom.evaluate.logged import variant_records as logged_variant_records
 from taskloom.evaluate.table import write_compare_tables
+from taskloom.train.artifact import choose_decision_thresholds, write_model_artifact
 from taskloom.train.timing import (
     TIMING_FILE, EpochClock, inference_seconds, read_epoch_seconds, write_json_atomically,
 )
@@ -180,6 +181,7 @@ def train_cell(config: Config, spec: GridSpec, splits: DataSplits, cell: Cell, r
     cell_dir.mkdir(parents=True, exist_ok=True)
     settings = cell_config(config, spec, cell)
     tasks = [t for t in splits.tasks if t.name in cell.tasks]
+    write_model_artifact(cell_dir, settings, tasks, splits, multitask=cell.kind != "single")
     callbacks = dict(callbacks or {})
     trainer = build_trainer(settings, tasks, splits, cell_dir, cell.model_name, balancing=cell.kind != "single",
                             callbacks=callbacks)
@@ -195,6 +197,7 @@ def train_cell(config: Config, spec: GridSpec, splits: DataSplits, cell: Cell, r
     best = trainer.checkpoint_dir / "best.pt"
     if best.is_file():
         trainer.load(best, restore_training=False)
+    choose_decision_thresholds(cell_dir, splits.val)
     test = trainer.evaluate(splits.test)
     result = {
         "cell": cell.key, **{k: v for k, v in asdict(cell).items() if k != "key"},

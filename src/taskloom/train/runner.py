@@ -26,6 +26,7 @@ from taskloom.evaluate.delta import delta_m, relative_change
 from taskloom.sharing import ARCHITECTURES
 from taskloom.sharing.base import MultiTaskModule
 from taskloom.task import Condition, Task
+from taskloom.train.artifact import choose_decision_thresholds, write_model_artifact
 from taskloom.train.score import SelectionScore
 from taskloom.train.timing import (
     TIMING_FILE, EpochClock, inference_seconds, read_epoch_seconds, write_json_atomically,
@@ -144,6 +145,13 @@ def load_sources(config: Config) -> DataSplits:
 
 def trunk_factory(config: Config, splits: DataSplits) -> Callable[[], nn.Module]:
     """A function returning a fresh trunk; shape arguments the trunk accepts are filled from the data."""
+    options = trunk_arguments(config, splits)
+    cls = TRUNKS.get(config.model.trunk.name)
+    return lambda: cls(**options)
+
+
+def trunk_arguments(config: Config, splits: DataSplits) -> dict[str, Any]:
+    """The trunk's keyword arguments: shape arguments it accepts filled from the data, then the config's options."""
     if config.model.trunk.name not in TRUNKS:
         raise ConfigError(f"model.trunk.name: unknown trunk {config.model.trunk.name!r}; known: {', '.join(TRUNKS)}")
     cls = TRUNKS.get(config.model.trunk.name)
@@ -160,7 +168,7 @@ def trunk_factory(config: Config, splits: DataSplits) -> Callable[[], nn.Module]
     if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
         raise ConfigError(f"model.trunk.options: {config.model.trunk.name} does not take {unknown}; "
                           f"it takes {sorted(accepted)}")
-    return lambda: cls(**options)
+    return options
 
 
 def build_model(config: Config, tasks: list[Task], splits: DataSplits, single_task: bool = False) -> MultiTaskModule:
@@ -251,6 +259,7 @@ def _train_one(config: Config, tasks: list[Task], splits: DataSplits, run_dir: P
                callbacks: Callbacks | None, baselines: Mapping[str, float] | None = None) -> TrainedModel:
     model_dir = run_dir / name
     model_dir.mkdir(parents=True, exist_ok=True)
+    write_model_artifact(model_dir, config, tasks, splits, multitask)
     trainer = build_trainer(config, tasks, splits, model_dir, name, balancing=multitask, callbacks=callbacks,
                             baselines=baselines)
     trainer.resume()
@@ -265,6 +274,7 @@ def _train_one(config: Config, tasks: list[Task], splits: DataSplits, run_dir: P
     best = trainer.checkpoint_dir / "best.pt"
     if best.is_file():
         trainer.load(best, restore_training=False)
+    choose_decision_thresholds(model_dir, splits.val)
     test = trainer.evaluate(splits.test)
     return TrainedModel(name, trainer, test, seconds, count_parameters(trainer.model))
 
