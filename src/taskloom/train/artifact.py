@@ -110,7 +110,7 @@ def f1_threshold(logits: Tensor, labels: Tensor) -> tuple[float, float]:
     ranked, hits = logits[order], labels[order]
     true_positive = torch.cumsum(hits, 0)
     predicted = torch.arange(1, len(ranked) + 1, dtype=torch.float64)
-    f1 = 2 * true_positive / (true_positive + predicted + positives)
+    f1 = 2 * true_positive / (predicted + positives)  # 2TP / (2TP + FP + FN), FP = k - TP, FN = P - TP
     distinct = torch.ones(len(ranked), dtype=torch.bool)  # a cut can only fall after the last of tied logits
     distinct[:-1] = ranked[:-1] != ranked[1:]
     f1 = torch.where(distinct, f1, torch.full_like(f1, -1.0))
