@@ -2,7 +2,7 @@
 
 Per task it returns the prediction (and the probabilities where they apply) as named tensors:
 binary: ``{task}`` (0/1 by the decision threshold) and ``{task}_prob``; multiclass: ``{task}``
-(class index) and ``{task}_prob`` (one column per class); multilabel: ``{task}`` (0/1 per label)
+(class index) and ``{task}_prob`` (one column per class); tagging: the same per token; multilabel: ``{task}`` (0/1 per label)
 and ``{task}_prob``; regression: ``{task}`` in the target's original units.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from taskloom.task import Task
 
-SUPPORTED_KINDS = ("binary", "multiclass", "multilabel", "regression")
+SUPPORTED_KINDS = ("binary", "multiclass", "multilabel", "regression", "tagging")
 
 
 def output_names(tasks: Sequence[Task]) -> list[str]:
@@ -23,7 +23,7 @@ def output_names(tasks: Sequence[Task]) -> list[str]:
     names = []
     for task in tasks:
         names.append(task.name)
-        if task.kind in ("binary", "multiclass", "multilabel"):
+        if task.kind in ("binary", "multiclass", "multilabel", "tagging"):
             names.append(f"{task.name}_prob")
     return names
 
@@ -41,7 +41,7 @@ class InferenceModule(nn.Module):
         super().__init__()
         unsupported = [f"{t.name} ({t.kind})" for t in tasks if t.kind not in SUPPORTED_KINDS]
         if unsupported:
-            raise ValueError(f"tasks {unsupported} have no row-wise prediction; inference supports the kinds "
+            raise ValueError(f"tasks {unsupported} have no prediction rule here; inference supports the kinds "
                              f"{SUPPORTED_KINDS}")
         self.model = model
         self.tasks = list(tasks)
@@ -57,7 +57,7 @@ class InferenceModule(nn.Module):
             if task.kind == "binary":
                 logit = raw.reshape(-1)
                 out += [(logit > self.cuts.get(task.name, 0.0)).to(torch.int64), torch.sigmoid(logit)]
-            elif task.kind == "multiclass":
+            elif task.kind in ("multiclass", "tagging"):
                 out += [raw.argmax(-1), torch.softmax(raw, dim=-1)]
             elif task.kind == "multilabel":
                 out += [(raw > 0).to(torch.int64), torch.sigmoid(raw)]

@@ -147,25 +147,35 @@ class Predictor:
             raise InputError("this model was not trained on a table, so it takes no JSON rows", field="rows")
         return torch.from_numpy(self.encoder.encode_records(records, first_row=first_row))
 
-    def _check_tensor(self, inputs: Any) -> Tensor:
+    def _check_inputs(self, inputs: Any) -> Any:
+        if self.spec["input"].get("kind") == "mapping":  # token ids and lengths of a sequence model
+            keys = self.spec["input"]["keys"]
+            if not isinstance(inputs, Mapping) or sorted(inputs) != keys:
+                raise InputError(f"this sequence model takes a mapping with keys {keys}", field="inputs")
+            return dict(inputs)
         inputs = torch.as_tensor(inputs)
         if tuple(inputs.shape[1:]) != self.input_shape:
             raise InputError(f"inputs have shape {tuple(inputs.shape)}; this model takes "
                              f"(rows, {', '.join(map(str, self.input_shape))})", field="inputs")
         return inputs.to(torch.float32) if inputs.is_floating_point() else inputs
 
+    @staticmethod
+    def _batches(inputs: Any, batch_size: int) -> list[Any]:
+        n = len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+        if isinstance(inputs, dict):
+            return [{k: v[i:i + batch_size] for k, v in inputs.items()} for i in range(0, max(n, 1), batch_size)]
+        return [inputs[i:i + batch_size] for i in range(0, max(n, 1), batch_size)]
+
     @torch.inference_mode()
     def logits(self, inputs: Any, batch_size: int = 4096) -> dict[str, Tensor]:
         """The model's raw outputs per task (logits, values) on encoded inputs."""
-        inputs = self._check_tensor(inputs)
-        parts = [self.model(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+        parts = [self.model(batch) for batch in self._batches(self._check_inputs(inputs), batch_size)]
         return {name: torch.cat([p[name] for p in parts]) for name in self.task_names}
 
     @torch.inference_mode()
     def outputs(self, inputs: Any, batch_size: int = 4096) -> dict[str, np.ndarray]:
         """Every output of :class:`InferenceModule` on encoded inputs, as arrays keyed by output name."""
-        inputs = self._check_tensor(inputs)
-        parts = [self.module(inputs[i:i + batch_size]) for i in range(0, max(len(inputs), 1), batch_size)]
+        parts = [self.module(batch) for batch in self._batches(self._check_inputs(inputs), batch_size)]
         return {name: torch.cat([p[k] for p in parts]).numpy() for k, name in enumerate(self.output_names)}
 
     def columns(self, outputs: Mapping[str, np.ndarray], tasks: Sequence[str] | None = None) -> dict[str, list]:
@@ -174,6 +184,9 @@ class Predictor:
         for name in self.pick_tasks(tasks):
             spec = self._by_name[name]
             kind, value = spec["kind"], outputs[name]
+            if kind == "tagging":
+                raise InputError(f"task {name!r} tags tokens, which a table of rows cannot hold; use "
+                                 "Predictor.outputs(inputs) for its per-token tags and probabilities", field="tasks")
             if kind == "binary":
                 out[name] = value.tolist()
                 out[f"{name}_prob"] = outputs[f"{name}_prob"].astype(np.float64).tolist()
