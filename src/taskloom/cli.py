@@ -387,6 +387,8 @@ def command_predict(args: argparse.Namespace) -> int:
 
     if (args.input is None) == (args.split is None):
         raise ConfigError("taskloom predict needs exactly one of INPUT (a CSV or Parquet file) or --split SPLIT")
+    if args.input is not None and not Path(args.input).is_file():
+        raise FileNotFoundError(f"input file {args.input!r} does not exist")
     predictor = load(args.run_dir, checkpoint=args.checkpoint, unknown=args.unknown_categories)
     out = args.out or _default_out(args)
     tasks = _names(args.tasks)

@@ -41,6 +41,16 @@ def _is_missing(cell: Any) -> bool:
     return bool(pd.isna(cell))
 
 
+def _as_column(cells: Any, n: int) -> np.ndarray:
+    """One column as a 1-D array; cells that are lists or objects stay single cells (to be refused by name)."""
+    if isinstance(cells, np.ndarray) and cells.ndim == 1:
+        return cells
+    column = np.empty(n, dtype=object)
+    for i, cell in enumerate(cells):
+        column[i] = cell
+    return column
+
+
 class RowEncoder:
     """Encode columns of new rows (a DataFrame, or JSON records) exactly as the training split was encoded.
 
@@ -114,7 +124,7 @@ class RowEncoder:
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
     def _numeric(self, column: str, cells: Any, n: int, name_row: Callable[[int], str], first: int) -> np.ndarray:
-        array = np.asarray(cells)
+        array = _as_column(cells, n)
         if array.dtype.kind in "fiub":
             values = array.astype(np.float64)
         else:
@@ -155,7 +165,7 @@ class RowEncoder:
                      first: int) -> np.ndarray:
         lookup = self.lookups[column]
         onehot = np.zeros((n, len(lookup)))
-        for i, cell in enumerate(np.asarray(cells, dtype=object).tolist() if not isinstance(cells, list) else cells):
+        for i, cell in enumerate(_as_column(cells, n).tolist()):
             if _is_missing(cell):
                 value = MISSING
             elif isinstance(cell, (str, bool, int, float, np.number, np.bool_)):

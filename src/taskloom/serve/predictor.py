@@ -130,7 +130,7 @@ class Predictor:
             return self.task_names
         unknown = [t for t in tasks if t not in self.task_names]
         if unknown:
-            raise InputError(f"unknown task(s) {unknown}; this model predicts {self.task_names}", field="tasks")
+            raise InputError(f"tasks: unknown task(s) {unknown}; this model predicts {self.task_names}", field="tasks")
         return list(dict.fromkeys(tasks))
 
     # -- the inference path -------------------------------------------------------------------

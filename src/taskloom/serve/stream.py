@@ -103,7 +103,7 @@ def predict_file(predictor: Predictor, source: str | Path, out: str | Path, task
             frame = frame.reset_index(drop=True)
             writer.write(predictor.predict(frame, names, chunk_rows, name_row=name_row, first_row=first))
             done += len(frame)
-        if not writer.started:
+        if done == 0:
             raise ValueError(f"{source} has no rows to predict")
         writer.close()
     except BaseException:
