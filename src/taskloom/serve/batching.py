@@ -1,8 +1,9 @@
 """Micro-batching: concurrent requests share one forward pass.
 
-Requests queue their encoded rows; one worker takes what is queued (waiting at most
-``max_wait`` seconds for more while under ``max_rows``), runs one forward pass in a worker
-thread, and hands each request its slice. The queue is bounded: a full queue refuses at once
+Requests queue their encoded rows; one worker takes what is queued (under load, that is when
+other requests wait too or the last batch held several, it waits at most ``max_wait`` seconds
+for more while under ``max_rows``; a lone request is not kept waiting), runs one forward pass
+in a worker thread, and hands each request its slice. The queue is bounded: a full queue refuses at once
 (:class:`Overloaded`), so a burst gets a quick "try again" instead of an ever longer wait.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ class MicroBatcher:
         self.executor: ThreadPoolExecutor | None = None
         self.batches = 0
         self.rows = 0
+        self.last_requests = 0
 
     async def start(self) -> None:
         self.queue = asyncio.Queue(maxsize=self.max_pending)
@@ -74,7 +76,8 @@ class MicroBatcher:
         items = [await self.queue.get()]
         rows = len(items[0][0])
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait
+        busy = not self.queue.empty() or self.last_requests > 1  # alone, a request is not kept waiting
+        deadline = loop.time() + (self.max_wait if busy else 0.0)
         while rows < self.max_rows:
             if self.queue.empty():
                 remaining = deadline - loop.time()
@@ -94,6 +97,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             items = await self._collect()
+            self.last_requests = len(items)
             live = [(x, f) for x, f in items if not f.cancelled()]  # a client that left needs no answer
             if not live:
                 continue
