@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -66,6 +67,12 @@ def test_lenet_on_multimnist_exports_to_onnx_equal_to_pytorch(tmp_path):
     assert predictor.input_shape == (1, 28, 28)
     path = export_onnx(predictor, tmp_path / "lenet.onnx")
     _check_against_pytorch(predictor, path, rows=(1, 9))
+    assert main(["predict", str(predictor.model_dir), "--split", "test", "--out", str(tmp_path / "test.csv")]) == 0
+    predicted = pd.read_csv(tmp_path / "test.csv")
+    assert list(predicted.columns) == ["row", "left", *[f"left_prob_{d}" for d in range(10)],
+                                       "right", *[f"right_prob_{d}" for d in range(10)]]
+    probabilities = predicted[[f"left_prob_{d}" for d in range(10)]].to_numpy()
+    np.testing.assert_array_equal(predicted.left.to_numpy(), probabilities.argmax(1))
 
 
 def test_export_command_writes_the_graph_and_checks_it(tmp_path, capsys):
