@@ -1,8 +1,9 @@
 """Load test of `taskloom serve` against the model's batched forward, on 127.0.0.1 only.
 
 Starts a real uvicorn server (`python -m taskloom serve RUN_DIR`) in a subprocess bound to
-127.0.0.1, sends ``--requests`` requests of one row each (raw rows of Adult's test file) at
-each concurrency, and reports throughput (requests/s), p50/p99 latency, errors, the server's
+127.0.0.1, sends ``--requests`` rows (raw rows of Adult's test file), one per request unless
+``--rows-per-request`` says otherwise, at each concurrency, and reports throughput (requests/s
+and rows/s), p50/p99 latency, errors, the server's
 mean rows per forward pass, and the ratio against calling the same predictor directly on the
 same rows: one batched call (encode + one forward + answers) and one call per row. Every
 request has a timeout and the whole run a deadline. Without RUN_DIR it first trains the Adult
@@ -102,12 +103,14 @@ class Connection:
             self.writer.close()
 
 
-async def load(port: int, rows: list[dict[str, Any]], concurrency: int, timeout: float) -> dict[str, Any]:
+async def load(port: int, rows: list[dict[str, Any]], concurrency: int, timeout: float,
+               per_request: int = 1) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
-    answers: list[Any] = [None] * len(rows)
-    bodies = [json.dumps({"rows": [row]}).encode() for row in rows]
-    position = iter(range(len(rows)))
+    starts = range(0, len(rows), per_request)
+    answers: list[Any] = [None] * len(starts)
+    bodies = [json.dumps({"rows": rows[i:i + per_request]}).encode() for i in starts]
+    position = iter(range(len(bodies)))
 
     async def worker() -> None:
         nonlocal errors
@@ -118,7 +121,7 @@ async def load(port: int, rows: list[dict[str, Any]], concurrency: int, timeout:
                 try:
                     status, body = await asyncio.wait_for(connection.post("/predict", bodies[i]), timeout)
                     if status == 200:
-                        answers[i] = json.loads(body)["predictions"][0]
+                        answers[i] = json.loads(body)["predictions"]
                     else:
                         errors += 1
                 except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
@@ -133,10 +136,10 @@ async def load(port: int, rows: list[dict[str, Any]], concurrency: int, timeout:
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     seconds = time.perf_counter() - started
     ordered = sorted(latencies)
-    return {"concurrency": concurrency, "requests": len(rows), "errors": errors, "seconds": seconds,
-            "requests_per_second": len(rows) / seconds,
+    return {"concurrency": concurrency, "requests": len(bodies), "rows": len(rows), "errors": errors,
+            "seconds": seconds, "requests_per_second": len(bodies) / seconds, "rows_per_second": len(rows) / seconds,
             "p50_ms": 1000 * ordered[len(ordered) // 2], "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))],
-            "answers": answers}
+            "answers": [row for answer in answers for row in (answer or [None] * per_request)]}
 
 
 def compare_answers(answers: list[Any], expected: list[dict[str, Any]]) -> dict[str, Any]:
@@ -174,7 +177,8 @@ def direct(predictor: taskloom.Predictor, rows: list[dict[str, Any]], repeats: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?", help="a trained table run (default: train examples/adult.yaml)")
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=2000, help="rows sent at each concurrency")
+    parser.add_argument("--rows-per-request", type=int, default=1)
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--epochs", type=int, default=2, help="epochs when training Adult here")
     parser.add_argument("--max-batch", type=int, default=256)
@@ -195,14 +199,15 @@ def main() -> None:
         asyncio.run(load(port, rows[:200], 4, args.timeout))  # warm-up, not reported
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             before = httpx.get(f"http://127.0.0.1:{port}/metadata").json()["batching"]
-            result = asyncio.run(asyncio.wait_for(load(port, rows, concurrency, args.timeout), args.deadline))
+            result = asyncio.run(asyncio.wait_for(load(port, rows, concurrency, args.timeout, args.rows_per_request),
+                                                  args.deadline))
             after = httpx.get(f"http://127.0.0.1:{port}/metadata").json()["batching"]
             answers = result.pop("answers")
             batches = after["batches"] - before["batches"]
             result["mean_rows_per_forward"] = (after["rows"] - before["rows"]) / batches if batches else None
             result.update(compare_answers(answers, expected))
-            result["ratio_to_direct_batched"] = result["requests_per_second"] / baseline["batched_rows_per_second"]
-            result["ratio_to_one_call_per_row"] = (result["requests_per_second"]
+            result["ratio_to_direct_batched"] = result["rows_per_second"] / baseline["batched_rows_per_second"]
+            result["ratio_to_one_call_per_row"] = (result["rows_per_second"]
                                                    / baseline["one_call_per_row_rows_per_second"])
             levels.append(result)
     finally:
@@ -212,7 +217,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "serve_load", "run_dir": str(run_dir), "model": predictor.spec["architecture"],
         "trunk": predictor.spec["trunk"], "host": "127.0.0.1", "requests_per_level": args.requests,
-        "rows_per_request": 1, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
+        "rows_per_request": args.rows_per_request, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
         "direct": baseline, "levels": levels, "machine": platform.platform(), "cpus": os.cpu_count(),
         "torch_threads": 1,
     }, indent=2))
