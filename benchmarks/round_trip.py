@@ -53,7 +53,8 @@ def main() -> None:
         via_cli = pd.read_csv(folder / "cli.csv")
         predictor = taskloom.load(run_dir)
         via_python = predictor.predict(pd.read_csv(folder / "adult_test.csv"), batch_size=args.batch)
-        records = json.loads(pd.read_csv(folder / "adult_test.csv")[predictor.feature_columns].to_json(orient="records"))
+        features = pd.read_csv(folder / "adult_test.csv")[predictor.feature_columns]
+        records = json.loads(features.to_json(orient="records"))
         server_args = argparse.Namespace(max_batch=args.batch, max_wait_ms=2.0)
         port = free_port()
         server = start_server(run_dir, port, server_args)

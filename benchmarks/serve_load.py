@@ -170,7 +170,8 @@ def direct(predictor: taskloom.Predictor, rows: list[dict[str, Any]], repeats: i
     for row in rows[:500]:
         predictor.predict_records([row])
     per_row = (time.perf_counter() - started) / min(500, len(rows))
-    return {"batched_rows_per_second": len(rows) / min(batched), "forward_only_rows_per_second": len(rows) / min(forward),
+    return {"batched_rows_per_second": len(rows) / min(batched),
+            "forward_only_rows_per_second": len(rows) / min(forward),
             "one_call_per_row_rows_per_second": 1 / per_row, "expected": expected}
 
 

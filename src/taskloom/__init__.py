@@ -10,6 +10,7 @@ from taskloom.serve.predictor import Predictor, load
 __version__ = "0.1.0"
 __all__ = [
     "Balancer", "Batch", "BatchLoader", "Condition", "DataSplits", "MultiTaskDataset", "MultiTaskModel",
-    "MultiTaskModule", "Predictor", "Task", "Trainer", "build_balancer", "load", "masked_loss", "predict", "task_losses",
+    "MultiTaskModule", "Predictor", "Task", "Trainer", "build_balancer", "load", "masked_loss", "predict",
+    "task_losses",
 ]
 from taskloom import sequence_trunks, tagging  # noqa: E402,F401  (registers the tagging kind and the sequence trunks)

@@ -1,4 +1,4 @@
-"""The command line: ``taskloom run | train | compare | affinity | report | predict | export | serve | list``. The CLI owns the terminal (rich tables and progress)."""
+"""The command line: ``taskloom run | train | compare | affinity | report | list``. The CLI owns the terminal (rich tables and progress)."""
 from __future__ import annotations
 
 import argparse
@@ -430,7 +430,8 @@ def command_serve(args: argparse.Namespace) -> int:
     try:
         from taskloom.serve.app import ServeLimits, serve
     except ImportError as error:
-        raise ConfigError(f'taskloom serve needs FastAPI and uvicorn: pip install "taskloom[serve]" ({error})') from None
+        raise ConfigError(f'taskloom serve needs FastAPI and uvicorn: pip install "taskloom[serve]" '
+                          f"({error})") from None
     from taskloom.serve.predictor import load
 
     predictor = load(args.run_dir, checkpoint=args.checkpoint, unknown=args.unknown_categories)

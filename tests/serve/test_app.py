@@ -180,10 +180,13 @@ def test_the_server_answers_503_with_retry_after_when_its_queue_is_full(predicto
     app.state.batcher.forward = slow
     with TestClient(app) as client:
         answers = {}
-        first = threading.Thread(target=lambda: answers.setdefault("first", client.post("/predict", json={"rows": [GOOD]})))
+        def ask(name):
+            answers[name] = client.post("/predict", json={"rows": [GOOD]})
+
+        first = threading.Thread(target=ask, args=("first",))
         first.start()
         assert entered.wait(5)
-        second = threading.Thread(target=lambda: answers.setdefault("second", client.post("/predict", json={"rows": [GOOD]})))
+        second = threading.Thread(target=ask, args=("second",))
         second.start()
         for _ in range(500):
             if app.state.batcher.pending:

@@ -44,7 +44,8 @@ def test_the_readme_serving_commands_run(plain_run, tmp_path, monkeypatch):
     assert scored.customer.tolist() == frame.customer.head(25).tolist()
     assert set(pd.read_csv("test.csv").columns) == {"row", "churn", "churn_prob"}
     assert Path("shop.onnx").is_file() and Path("shop.onnx.json").is_file()
-    assert taskloom.load(run_dir, checkpoint="best-spend").predict(frame.head(25)).spend.tolist() == spend.spend.tolist()
+    best_spend = taskloom.load(run_dir, checkpoint="best-spend")
+    assert best_spend.predict(frame.head(25)).spend.tolist() == spend.spend.tolist()
     serve, curl = shlex.split(commands[4]), shlex.split(commands[5])
     assert serve[serve.index("--port") + 1] == "8000" and "--host" not in serve  # so it binds 127.0.0.1
     url, body = curl[2], json.loads(curl[curl.index("-d") + 1])

@@ -2,8 +2,8 @@
 
 Per task it returns the prediction (and the probabilities where they apply) as named tensors:
 binary: ``{task}`` (0/1 by the decision threshold) and ``{task}_prob``; multiclass: ``{task}``
-(class index) and ``{task}_prob`` (one column per class); tagging: the same per token; multilabel: ``{task}`` (0/1 per label)
-and ``{task}_prob``; regression: ``{task}`` in the target's original units.
+(class index) and ``{task}_prob`` (one column per class); tagging: the same per token; multilabel:
+``{task}`` (0/1 per label) and ``{task}_prob``; regression: ``{task}`` in the target's original units.
 """
 from __future__ import annotations
 
