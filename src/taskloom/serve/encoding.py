@@ -41,6 +41,21 @@ def _is_missing(cell: Any) -> bool:
     return bool(pd.isna(cell))
 
 
+def _with_number_aliases(categories: Sequence[str]) -> dict[str, int]:
+    """Category -> one-hot position, plus ``3`` for a category ``3.0`` and back: a column of whole numbers
+    reads as floats when it has an empty cell, so a chunk of a file may spell a category either way."""
+    lookup = {value: i for i, value in enumerate(categories)}
+    for value, i in list(lookup.items()):
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if math.isfinite(number) and number.is_integer():
+            for alias in (str(int(number)), str(float(number))):
+                lookup.setdefault(alias, i)
+    return lookup
+
+
 def _as_column(cells: Any, n: int) -> np.ndarray:
     """One column as a 1-D array; cells that are lists or objects stay single cells (to be refused by name)."""
     if isinstance(cells, np.ndarray) and cells.ndim == 1:
@@ -63,7 +78,7 @@ class RowEncoder:
             raise ValueError(f"unknown categories: choose one of {UNKNOWN_POLICIES}, got {unknown!r}")
         self.encoder = encoder
         self.unknown = unknown
-        self.lookups = {c: {v: i for i, v in enumerate(encoder.categories[c])} for c in encoder.categorical}
+        self.lookups = {c: _with_number_aliases(encoder.categories[c]) for c in encoder.categorical}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], unknown: str = "zeros") -> "RowEncoder":
@@ -164,7 +179,7 @@ class RowEncoder:
     def _categorical(self, column: str, cells: Any, n: int, name_row: Callable[[int], str],
                      first: int) -> np.ndarray:
         lookup = self.lookups[column]
-        onehot = np.zeros((n, len(lookup)))
+        onehot = np.zeros((n, len(self.encoder.categories[column])))
         for i, cell in enumerate(_as_column(cells, n).tolist()):
             if _is_missing(cell):
                 value = MISSING
@@ -177,7 +192,7 @@ class RowEncoder:
             if code is not None:
                 onehot[i, code] = 1.0
             elif self.unknown == "error":
-                known = list(lookup)
+                known = list(self.encoder.categories[column])
                 shown = known[:20] + (["..."] if len(known) > 20 else [])
                 raise InputError(f"{name_row(i)}, column {column!r}: category {value!r} was never seen in training; "
                                  f"known: {shown}", field=column, row=first + i)
