@@ -410,6 +410,14 @@ def command_export(args: argparse.Namespace) -> int:
     from taskloom.serve.predictor import load
 
     predictor = load(args.run_dir, checkpoint=args.checkpoint)
+    if args.format == "torch-export":
+        from taskloom.serve.export import export_program
+
+        path = export_program(predictor, args.out or predictor.model_dir / "model.pt2")
+        console.print(f"torch.export program: {path} (load with torch.export.load(path).module(); outputs "
+                      f"{', '.join(predictor.output_names)}; dynamic batch); preprocessing and tasks: {path}.json",
+                      soft_wrap=True, highlight=False)
+        return 0
     out = args.out or predictor.model_dir / "model.onnx"
     path = export_onnx(predictor, out)
     console.print(f"ONNX graph: {path} (outputs {', '.join(predictor.output_names)}; dynamic batch); "
@@ -506,8 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export a trained model to ONNX (preprocessing saved beside it)")
     export.add_argument("run_dir", help="a run directory or a model directory in it")
-    export.add_argument("--format", choices=["onnx"], default="onnx", help="the format (onnx)")
-    export.add_argument("--out", type=Path, help="the graph's path (default MODEL_DIR/model.onnx)")
+    export.add_argument("--format", choices=["onnx", "torch-export"], default="onnx",
+                        help="onnx (default) or torch-export (a torch.export program, .pt2)")
+    export.add_argument("--out", type=Path, help="the graph's path (default MODEL_DIR/model.onnx or model.pt2)")
     export.add_argument("--checkpoint", help=checkpoint_help)
     export.set_defaults(func=command_export)
 

@@ -106,3 +106,18 @@ def test_a_bilstm_tagger_is_refused_with_the_reason(tmp_path, capsys):
         export_onnx(taskloom.load(run_dir), tmp_path / "tags.onnx")
     assert main(["export", run_dir]) == 2
     assert "cannot be exported to ONNX" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("architecture", ["hard", "cascade"])
+def test_torch_export_program_runs_without_taskloom_and_equals_eager(architecture, tmp_path):
+    run_dir, _, _ = train_shop(tmp_path, architecture, TABLE_ARCHITECTURES[architecture], epochs=1)
+    assert main(["export", str(run_dir), "--format", "torch-export", "--out", str(tmp_path / "shop.pt2")]) == 0
+    program = torch.export.load(str(tmp_path / "shop.pt2")).module()
+    predictor = taskloom.load(run_dir)
+    for n in (1, 23):
+        inputs = torch.randn((n, *predictor.input_shape), generator=torch.Generator().manual_seed(n))
+        with torch.no_grad():
+            got = [t.numpy() for t in program(inputs)]
+        expected = predictor.outputs(inputs)
+        for name, value in zip(predictor.output_names, got):
+            np.testing.assert_allclose(value, expected[name], rtol=0, atol=1e-6)

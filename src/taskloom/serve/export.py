@@ -1,8 +1,9 @@
-"""Export a trained model to ONNX: one graph, one named output per task (plus probabilities), dynamic batch.
+"""Export a trained model to ONNX (or a ``torch.export`` program): one graph, one named output per task
+(plus probabilities), dynamic batch.
 
 The graph is :class:`~taskloom.serve.inference.InferenceModule` over the model, so it gives what
 ``Predictor.outputs`` gives; its input is the encoded matrix, and the preprocessing that makes it from
-raw rows is written beside the graph as JSON (``<out>.json``). Needs ``pip install "taskloom[serve]"``.
+raw rows is written beside the graph as JSON (``<out>.json``). ONNX needs ``pip install "taskloom[serve]"``.
 """
 from __future__ import annotations
 
@@ -121,3 +122,34 @@ def max_abs_difference(predictor: Predictor, path: str | Path, inputs: torch.Ten
 
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(f"{path}.json").read_text())
+
+
+def export_program(predictor: Predictor, out: str | Path, verify: bool = True) -> Path:
+    """Write a ``torch.export`` program (``torch.export.load(out).module()`` runs it, no taskloom needed) with
+    a dynamic batch, and the same metadata as the ONNX export to ``out.json``."""
+    if predictor.spec["input"].get("kind") == "mapping":
+        raise ExportError("a sequence model takes a mapping of token ids and lengths and packs its sentences by "
+                          "length (data-dependent shapes); torch-export here takes models over one input tensor")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    example = example_inputs(predictor, rows=4)
+    try:
+        program = torch.export.export(predictor.module, (example,),
+                                      dynamic_shapes={"inputs": {0: torch.export.Dim("batch")}})
+    except Exception as error:
+        raise ExportError(f"{predictor.spec['architecture']['name']} could not be exported with torch.export "
+                          f"({type(error).__name__}: {error})") from error
+    if verify:
+        check = example_inputs(predictor, rows=17, seed=1)
+        with torch.no_grad():
+            got, expected = program.module()(check), predictor.module(check)
+        worst = max(float((a.double() - b.double()).abs().max()) for a, b in zip(got, expected))
+        if not worst <= VERIFY_TOLERANCE:
+            raise ExportError(f"the exported program disagrees with PyTorch eager (max abs difference {worst:.3g})")
+    temporary = out.with_name(f".{out.name}.tmp")
+    torch.export.save(program, str(temporary))
+    os.replace(temporary, out)
+    meta = onnx_metadata(predictor)
+    meta["input"]["name"] = "inputs (positional)"
+    write_json_atomically(Path(f"{out}.json"), meta)
+    return out
