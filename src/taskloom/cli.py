@@ -457,6 +457,83 @@ def _add_verbose(parser: argparse.ArgumentParser) -> None:
                         help="one line per epoch: validation metrics and the score that selects checkpoints")
 
 
+def _default_out(args: argparse.Namespace) -> Path:
+    if args.input:
+        return Path(f"{Path(args.input).stem}-predictions.csv")
+    return Path(f"{args.split}-predictions.csv")
+
+
+def command_predict(args: argparse.Namespace) -> int:
+    from taskloom.serve.predictor import load
+    from taskloom.serve.stream import predict_file, predict_split
+
+    if (args.input is None) == (args.split is None):
+        raise ConfigError("taskloom predict needs exactly one of INPUT (a CSV or Parquet file) or --split SPLIT")
+    if args.input is not None and not Path(args.input).is_file():
+        raise FileNotFoundError(f"input file {args.input!r} does not exist")
+    predictor = load(args.run_dir, checkpoint=args.checkpoint, unknown=args.unknown_categories)
+    out = args.out or _default_out(args)
+    tasks = _names(args.tasks)
+    if args.split is not None:
+        rows = predict_split(predictor, args.split, out, tasks)
+    else:
+        with _progress() as progress:
+            bar = progress.add_task(f"predicting {args.input}", total=None)
+            rows = predict_file(predictor, args.input, out, tasks, args.batch_size,
+                                lambda done, total: progress.update(bar, completed=done, total=total))
+    console.print(f"{rows:,} rows predicted for {', '.join(predictor.pick_tasks(tasks))} "
+                  f"({predictor.model_dir}, checkpoint {predictor.checkpoint}): {out}", soft_wrap=True,
+                  highlight=False)
+    return 0
+
+
+def command_export(args: argparse.Namespace) -> int:
+    from taskloom.serve.export import example_inputs, export_onnx, max_abs_difference
+    from taskloom.serve.predictor import load
+
+    predictor = load(args.run_dir, checkpoint=args.checkpoint)
+    if args.format == "torch-export":
+        from taskloom.serve.export import export_program
+
+        path = export_program(predictor, args.out or predictor.model_dir / "model.pt2")
+        console.print(f"torch.export program: {path} (load with torch.export.load(path).module(); outputs "
+                      f"{', '.join(predictor.output_names)}; dynamic batch); preprocessing and tasks: {path}.json",
+                      soft_wrap=True, highlight=False)
+        return 0
+    out = args.out or predictor.model_dir / "model.onnx"
+    path = export_onnx(predictor, out)
+    console.print(f"ONNX graph: {path} (outputs {', '.join(predictor.output_names)}; dynamic batch); "
+                  f"preprocessing and tasks: {path}.json", soft_wrap=True, highlight=False)
+    try:
+        differences = max_abs_difference(predictor, path, example_inputs(predictor, rows=64, seed=1))
+    except ImportError:
+        return 0
+    except ValueError as error:  # onnxruntime missing: the graph is written, only the check is skipped
+        console.print(f"note: {error}", highlight=False)
+        return 0
+    worst = max(differences.values())
+    console.print(f"onnxruntime vs PyTorch on 64 random rows: max abs difference {worst:.3g}", highlight=False)
+    return 0
+
+
+def command_serve(args: argparse.Namespace) -> int:
+    try:
+        from taskloom.serve.app import ServeLimits, serve
+    except ImportError as error:
+        raise ConfigError(f'taskloom serve needs FastAPI and uvicorn: pip install "taskloom[serve]" '
+                          f"({error})") from None
+    from taskloom.serve.predictor import load
+
+    predictor = load(args.run_dir, checkpoint=args.checkpoint, unknown=args.unknown_categories)
+    limits = ServeLimits(max_body_bytes=args.max_body_bytes, max_batch_rows=args.max_batch,
+                         max_wait_ms=args.max_wait_ms, max_pending=args.max_queue)
+    console.print(f"serving {predictor.model_dir} (checkpoint {predictor.checkpoint}) on "
+                  f"http://{args.host}:{args.port}  (POST /predict, GET /health, GET /metadata, docs at /docs)",
+                  soft_wrap=True, highlight=False)
+    serve(predictor, args.host, args.port, limits)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskloom", description="Multi-task learning for PyTorch.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each epoch's details")
@@ -508,6 +585,39 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained)")
     report.add_argument("run_dir", help="a run directory")
     report.set_defaults(func=command_report)
+
+    checkpoint_help = "best (default; last when the run had no validation split), last, or best-TASK"
+    unknown_help = "a category never seen in training: zeros (all-zero one-hot, as in training; default) or error"
+    predict = sub.add_parser("predict", help="predict new rows (CSV / Parquet) or a split with a trained run")
+    predict.add_argument("run_dir", help="a run directory (its multitask model) or a model directory in it")
+    predict.add_argument("input", nargs="?", help="a CSV or Parquet file of raw rows; other columns pass through")
+    predict.add_argument("--split", choices=["train", "val", "test"], help="predict the run's own data set split")
+    predict.add_argument("--out", type=Path, help="output CSV or Parquet (default INPUT-predictions.csv)")
+    predict.add_argument("--tasks", help="comma-separated tasks to write (default: all)")
+    predict.add_argument("--checkpoint", help=checkpoint_help)
+    predict.add_argument("--batch-size", type=int, default=8192, help="rows read and predicted at a time")
+    predict.add_argument("--unknown-categories", choices=["zeros", "error"], default="zeros", help=unknown_help)
+    predict.set_defaults(func=command_predict)
+
+    export = sub.add_parser("export", help="export a trained model to ONNX (preprocessing saved beside it)")
+    export.add_argument("run_dir", help="a run directory or a model directory in it")
+    export.add_argument("--format", choices=["onnx", "torch-export"], default="onnx",
+                        help="onnx (default) or torch-export (a torch.export program, .pt2)")
+    export.add_argument("--out", type=Path, help="the graph's path (default MODEL_DIR/model.onnx or model.pt2)")
+    export.add_argument("--checkpoint", help=checkpoint_help)
+    export.set_defaults(func=command_export)
+
+    serve = sub.add_parser("serve", help="serve a trained table model over HTTP (FastAPI; needs taskloom[serve])")
+    serve.add_argument("run_dir", help="a run directory or a model directory in it")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--checkpoint", help=checkpoint_help)
+    serve.add_argument("--unknown-categories", choices=["zeros", "error"], default="zeros", help=unknown_help)
+    serve.add_argument("--max-batch", type=int, default=256, help="rows per micro-batched forward pass")
+    serve.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for a micro-batch to fill")
+    serve.add_argument("--max-queue", type=int, default=256, help="pending requests before answering 503")
+    serve.add_argument("--max-body-bytes", type=int, default=1_048_576, help="larger bodies get 413")
+    serve.set_defaults(func=command_serve)
 
     listing = sub.add_parser("list", help="list data sets, task kinds, architectures and balancing methods")
     listing.set_defaults(func=command_list)

@@ -119,6 +119,8 @@ class TaskConfig(Strict):
     head_hidden: list[PositiveInt] = []
     source: str | None = Field(None, description="with data.sources: the table source holding this task's column")
     transform: TransformConfig | None = Field(None, description="make the label from a numeric column")
+    decision_threshold: float | Literal["f1"] = Field(
+        0.5, description="binary tasks: probability above which a row is predicted 1, or f1 (chosen on validation)")
 
     @model_validator(mode="after")
     def _transform_fits(self) -> "TaskConfig":
@@ -145,6 +147,17 @@ class TaskConfig(Strict):
             return None
         bins = None if self.transform.bins is None else tuple(self.transform.bins)
         return TargetTransform(threshold=self.transform.threshold, bins=bins)
+
+    @model_validator(mode="after")
+    def _threshold(self) -> "TaskConfig":
+        threshold = self.decision_threshold
+        if threshold != 0.5 and self.kind != "binary":
+            raise FieldError("decision_threshold", f"only a binary task has a decision threshold; {self.name!r} is "
+                                                   f"{self.kind}")
+        if isinstance(threshold, float) and not 0 < threshold < 1:
+            raise FieldError("decision_threshold", f"must be a probability strictly between 0 and 1 or 'f1', "
+                                                   f"got {threshold}")
+        return self
 
     @field_validator("kind")
     @classmethod

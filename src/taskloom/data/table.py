@@ -224,6 +224,26 @@ class FeatureEncoder:
         if self.impute not in (None, "mean"):
             raise ValueError(f"impute must be None or 'mean', got {self.impute!r}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted encoder as plain JSON data (no pickle): what a saved model needs to encode new rows."""
+        return {"numeric": list(self.numeric), "categorical": list(self.categorical), "impute": self.impute,
+                "means": dict(self.means), "scales": dict(self.scales),
+                "categories": {c: list(v) for c, v in self.categories.items()},
+                "missing_category": MISSING, "unseen_category": "all zeros"}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FeatureEncoder":
+        """The encoder :meth:`to_dict` described; refuses a description that lacks a column's statistics."""
+        encoder = cls(list(data["numeric"]), list(data["categorical"]), data.get("impute"),
+                      {c: float(v) for c, v in data["means"].items()}, {c: float(v) for c, v in data["scales"].items()},
+                      {c: [str(x) for x in v] for c, v in data["categories"].items()})
+        lacking = [c for c in encoder.numeric if c not in encoder.means or c not in encoder.scales]
+        lacking += [c for c in encoder.categorical if c not in encoder.categories]
+        if lacking:
+            raise ValueError(f"the saved feature encoder has no statistics for columns {lacking}; "
+                             "the model directory is damaged: retrain or restore its model.json")
+        return encoder
+
     @property
     def feature_names(self) -> list[str]:
         names = list(self.numeric)
@@ -347,6 +367,7 @@ def frame_splits(
         else given_report(numeric, categorical, "feature column of the data set"),
         notes=list(details.get("notes", [])) + imbalance_notes(tasks, splits["train"].targets,
                                                                splits["train"].masks, np.arange(len(splits["train"]))),
+        preprocessing=encoder.to_dict(),
     )
     result = DataSplits(splits["train"], splits["val"], splits["test"], list(tasks), (inputs.shape[1],), details)
     result.validate()

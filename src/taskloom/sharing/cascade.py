@@ -20,11 +20,11 @@ def label_distribution(task: Task, output: Tensor) -> Tensor:
     if task.kind in ("multiclass", "tagging"):
         return torch.softmax(output, dim=-1)
     if task.kind == "binary":
-        p = torch.sigmoid(output.reshape(len(output), 1))
+        p = torch.sigmoid(output.reshape(output.shape[0], 1))  # shape[0], not len(): ONNX keeps the batch dynamic
         return torch.cat([1 - p, p], dim=-1)
     if task.kind == "multilabel":
         return torch.sigmoid(output)
-    return output.reshape(len(output), -1)
+    return output.reshape(output.shape[0], -1)
 
 
 def distribution_size(task: Task) -> int:

@@ -46,6 +46,7 @@ from taskloom.evaluate.references import reference_scores
 from taskloom.evaluate.resampling import REPLICATES, TaskOutputs, replicate_metric, row_counts
 from taskloom.evaluate.table import write_compare_tables
 from taskloom.evaluate.verdict import analyze
+from taskloom.train.artifact import choose_decision_thresholds, write_model_artifact
 from taskloom.train.runner import (
     Callbacks, build_trainer, count_parameters, load_data, prepare_run, training_data, write_report_safely,
 )
@@ -287,6 +288,7 @@ def train_cell(config: Config, spec: GridSpec, splits: DataSplits, cell: Cell, r
     cell_dir.mkdir(parents=True, exist_ok=True)
     settings = cell_config(config, spec, cell)
     tasks = [t for t in splits.tasks if t.name in cell.tasks]
+    write_model_artifact(cell_dir, settings, tasks, splits, multitask=cell.kind != "single")
     callbacks = dict(callbacks or {})
     chosen = dict(baselines or {})
     chosen.update(settings.selection.baselines or {})
@@ -305,6 +307,7 @@ def train_cell(config: Config, spec: GridSpec, splits: DataSplits, cell: Cell, r
     best = trainer.checkpoint_dir / "best.pt"
     if best.is_file():
         trainer.load(best, restore_training=False)
+    choose_decision_thresholds(cell_dir, splits.val)
     batch_size = max(settings.train.batch_size, 512)
     collected = collect_outputs(trainer.model, splits.test, tasks, batch_size, trainer.device)
     test = metrics_from_outputs(collected, tasks)

@@ -138,6 +138,13 @@ def load_sources(config: Config) -> DataSplits:
 
 def trunk_factory(config: Config, splits: DataSplits) -> Callable[[], nn.Module]:
     """A function returning a fresh trunk; shape arguments the trunk accepts are filled from the data."""
+    options = trunk_arguments(config, splits)
+    cls = TRUNKS.get(config.model.trunk.name)
+    return lambda: cls(**options)
+
+
+def trunk_arguments(config: Config, splits: DataSplits) -> dict[str, Any]:
+    """The trunk's keyword arguments: shape arguments it accepts filled from the data, then the config's options."""
     if config.model.trunk.name not in TRUNKS:
         raise ConfigError(f"model.trunk.name: unknown trunk {config.model.trunk.name!r}; known: {', '.join(TRUNKS)}")
     cls = TRUNKS.get(config.model.trunk.name)
@@ -154,7 +161,7 @@ def trunk_factory(config: Config, splits: DataSplits) -> Callable[[], nn.Module]
     if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
         raise ConfigError(f"model.trunk.options: {config.model.trunk.name} does not take {unknown}; "
                           f"it takes {sorted(accepted)}")
-    return lambda: cls(**options)
+    return options
 
 
 def build_model(config: Config, tasks: list[Task], splits: DataSplits, single_task: bool = False) -> MultiTaskModule:

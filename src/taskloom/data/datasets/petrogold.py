@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
 from taskloom.data.dataset import DataSplits, MultiTaskDataset, split_indices
 from taskloom.data.datasets import DATASETS
