@@ -10,8 +10,8 @@ Scenarios:
     the training rows and arm B on the other half. Their population performance is equal by
     symmetry, yet on a fixed test set their difference is not zero: this is the test set's own
     sampling noise, which a seed-only test cannot see. Any helps/hurts is false.
-  * ``power``: arm B trains on every training row, arm A on a quarter of them (a known gain for B).
-    The rate of "helps" is the power.
+  * ``power`` (or ``power:F``): arm B trains on every training row, arm A on a fraction F of them
+    (default 0.25; a known gain for B, smaller as F grows). The rate of "helps" is the power.
 Rates come with Clopper-Pearson 95% intervals. Run: python benchmarks/verdict_calibration.py --reps 20
 """
 from __future__ import annotations
@@ -131,8 +131,9 @@ def run(dataset: str, scenario: str, reps: int, seeds: int, epochs: int | None) 
         if scenario == "aa_halves":
             order = rng.permutation(len(splits.train))
             rows_a, rows_b = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])
-        elif scenario == "power":
-            rows_a = np.sort(rng.permutation(len(splits.train))[: len(splits.train) // 4])
+        elif scenario.startswith("power"):
+            fraction = float(scenario.split(":")[1]) if ":" in scenario else 0.25
+            rows_a = np.sort(rng.permutation(len(splits.train))[: int(len(splits.train) * fraction)])
         arm_a = train_arm(config, splits, seeds_a, rows_a, counts)
         arm_b = train_arm(config, splits, seeds_b, rows_b, counts)
         records.append(verdicts(splits, arm_a, arm_b, seeds_a, seeds_b))
@@ -141,19 +142,19 @@ def run(dataset: str, scenario: str, reps: int, seeds: int, epochs: int | None) 
     return {"dataset": dataset, "scenario": scenario, "reps": reps, "seeds_per_arm": seeds,
             "tasks": [t.name for t in splits.tasks], "test_rows": len(splits.test),
             "seconds": time.perf_counter() - started,
-            "false_verdicts" if scenario != "power" else "power":
-                summarize(records, None if scenario != "power" else "helps"),
+            "false_verdicts" if not scenario.startswith("power") else "power":
+                summarize(records, None if not scenario.startswith("power") else "helps"),
             "records": records}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="synthetic,adult,yeast")
-    parser.add_argument("--scenarios", default="aa,aa_halves,power")
+    parser.add_argument("--scenarios", default="aa,aa_halves,power,power:0.6")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--power-datasets", default="synthetic")
+    parser.add_argument("--power-datasets", default="synthetic,adult")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     results = []
     for scenario in args.scenarios.split(","):
-        names = args.power_datasets if scenario == "power" else args.datasets
+        names = args.power_datasets if scenario.startswith("power") else args.datasets
         for dataset in names.split(","):
             results.append(run(dataset, scenario, args.reps, args.seeds, args.epochs))
     text = json.dumps({"alpha": 0.05, "results": results}, indent=1)
