@@ -478,7 +478,8 @@ def command_predict(args: argparse.Namespace) -> int:
         rows = predict_split(predictor, args.split, out, tasks)
     else:
         with _progress() as progress:
-            bar = progress.add_task(f"predicting {args.input}", total=None)
+            unit = "rows" if str(args.input).lower().endswith((".parquet", ".pq")) else "bytes read"
+            bar = progress.add_task(f"predicting {args.input} ({unit})", total=None)
             rows = predict_file(predictor, args.input, out, tasks, args.batch_size,
                                 lambda done, total: progress.update(bar, completed=done, total=total))
     console.print(f"{rows:,} rows predicted for {', '.join(predictor.pick_tasks(tasks))} "

@@ -145,7 +145,7 @@ def test_a_compare_file_without_the_baseline_is_refused():
 def test_unpaired_seeds_use_welch_variances():
     grid = _grid()
     grid["variants"]["hard+ew"]["values"] = {"7": {"acc": 0.84, "err": 2.1}, "8": {"acc": 0.88, "err": 1.9}}
-    grid["variants"]["single"]["values"] = {"0": {"acc": 0.80, "err": 2.0}, "1": {"acc": 0.82, "err": 2.0}}
+    grid["variants"]["single"]["values"] = {"0": {"acc": 0.80, "err": 2.0}, "1": {"acc": 0.82, "err": 2.1}}
     row = compare_variants(grid)["variants"]["hard+ew"]["tasks"]["acc"]
     a, b = np.var([0.84, 0.88], ddof=1) / 2, np.var([0.80, 0.82], ddof=1) / 2
     df = (a + b) ** 2 / (a ** 2 + b ** 2)
