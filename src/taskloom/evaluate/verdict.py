@@ -325,8 +325,8 @@ def _task_row(name: str, task: str, values: Mapping[str, Mapping[str, Any]], bas
     estimate = float(_relative(mean, base_mean, sign))
     row["relative_change"] = estimate
     paired = set(ours) == set(theirs)
-    per_unit = {u: float(_relative(ours[u], theirs[u], sign) * abs(theirs[u]) / abs(base_mean)) for u in ours} \
-        if paired else None
+    # each unit's change against the baseline's mean, so that their mean is the estimate itself
+    per_unit = {u: 100.0 * sign * (ours[u] - theirs[u]) / abs(base_mean) for u in ours} if paired else None
     seed_variance = None
     if not paired and len(ours) >= 2 and len(theirs) >= 2:
         scale = (100.0 / abs(base_mean)) ** 2

@@ -455,11 +455,12 @@ def _fail(run_dir: Path, created: bool, error: BaseException) -> None:
     finished = any(run_dir.rglob(RESULTS_FILE))
     if created and not finished:
         shutil.rmtree(run_dir, ignore_errors=True)
-        log.error("the run failed before any model finished (%s); %s was removed", error, run_dir)
+        log.warning("no model of the run finished: %s was removed (the error follows)", run_dir)
         return
     write_json_atomically(run_dir / FAILED_FILE, {"error": f"{type(error).__name__}: {error}",
                                                   "resume": f"taskloom compare --resume {run_dir}"})
-    log.error("the run failed (%s); finished models are kept: fix the cause and resume %s", error, run_dir)
+    log.warning("finished models are kept in %s (failed.json says how to resume once the error below is fixed)",
+                run_dir)
 
 
 def run_grid(config: Config, spec: GridSpec | None, run_dir: Path | None = None, resume: bool = False,
