@@ -6,6 +6,7 @@ import torch
 
 from taskloom import MultiTaskModel, Task
 from taskloom.balancing import StaticWeighting
+from taskloom.data.dataset import BatchLoader
 from taskloom.train.checkpoint import load_checkpoint
 from taskloom.train.trainer import Trainer
 from taskloom.trunks import MLP
@@ -124,3 +125,28 @@ def test_a_checkpoint_loads_into_a_model_of_the_same_tasks_in_another_order(tmp_
         second.load(tmp_path / "checkpoints" / "last.pt")
     with pytest.raises(ValueError, match=r"is for tasks \['sign', 'quadrant', 'level'\], not \['sign', 'quadrant'\]"):
         _trainer(tasks[:2]).load(tmp_path / "checkpoints" / "last.pt", restore_training=False)
+
+
+def test_the_step_forward_follows_what_the_balancer_declares(caplog):
+    from taskloom.balancing import EqualWeighting, build_balancer
+
+    data, tasks = make_three_task_data(n=64)
+    names = [t.name for t in tasks]
+    batch = next(iter(BatchLoader(data, 32)))
+
+    class Declares(EqualWeighting):  # loss-level, yet with an outputs method: the declaration decides
+        def outputs(self, model, inputs):
+            raise AssertionError("a loss-level balancer's outputs must not be used")
+
+    _trainer(tasks, balancer=Declares(names)).train_step(batch)
+    calls = []
+    gradient = build_balancer("pcgrad", names)
+    original = gradient.outputs
+    gradient.outputs = lambda model, inputs: calls.append(1) or original(model, inputs)
+    _trainer(tasks, balancer=gradient).train_step(batch)
+    assert calls == [1]  # parameter mode without compile: the representation fast path
+    compiled = _trainer(tasks, balancer=build_balancer("pcgrad", names), compile=True)
+    assert compiled.step_forward is compiled.forward  # parameter mode with compile: the compiled model
+    with caplog.at_level("WARNING"):
+        kept = _trainer(tasks, balancer=build_balancer("pcgrad", names, mode="representation"), compile=True)
+    assert kept.step_forward is not kept.forward and "torch.compile is not applied" in caplog.text

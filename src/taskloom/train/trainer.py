@@ -182,6 +182,7 @@ class Trainer:
         self.monitors = list(monitors)  # see taskloom.train.tracking: before_step, end_epoch, end_fit
         self.analysis_seconds = 0.0  # this epoch's time in monitors, kept out of its training seconds
         self.forward = torch.compile(self.model) if compile else self.model
+        self.step_forward = self._step_forward(compile)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         self.optimizer = build_optimizer(self.model.parameters(), **self.optimizer_spec)
         balancer_parameters = [p for p in self.balancer.parameters() if p.requires_grad]
@@ -194,6 +195,25 @@ class Trainer:
         self.start_epoch = 1
 
     # -- one step -------------------------------------------------------------------------
+    def _step_forward(self, compile: bool) -> Callable[[Any], dict[str, Tensor]]:
+        """The forward pass of a training step, decided once from what the balancer declares it needs.
+
+        Loss-level methods: the (compiled) model. Gradient methods keep the shared representation
+        through ``balancer.outputs``: required in representation mode, the fast path in parameter
+        mode. With ``compile``, parameter mode takes the compiled model instead (the balancer then
+        derives per-task gradients from the parameters); representation mode cannot, and says so.
+        """
+        if not self.balancer.needs_task_gradients:
+            return self.forward
+        if getattr(self.balancer, "needs_representation", False):
+            if compile:
+                log.warning("%s: torch.compile is not applied: %s in representation mode needs the shared "
+                            "representation of the uncompiled model", self.model_name, type(self.balancer).__name__)
+            return lambda inputs: self.balancer.outputs(self.model, inputs)
+        if compile:
+            return self.forward
+        return lambda inputs: self.balancer.outputs(self.model, inputs)
+
     def _autocast(self):
         if self.amp == "none":
             return contextlib.nullcontext()
@@ -206,11 +226,7 @@ class Trainer:
             self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            if hasattr(self.balancer, "outputs"):  # gradient methods keep the shared representation
-                outputs = self.balancer.outputs(self.model, batch.inputs)
-            else:
-                outputs = self.forward(batch.inputs)
-            losses = task_losses(outputs, batch, self.tasks)
+            losses = task_losses(self.step_forward(batch.inputs), batch, self.tasks)
         if self.scaler.is_enabled():
             self.balancer.backward(losses, self.model, scale=self.scaler.scale)  # weights from the true losses
         else:
