@@ -1,6 +1,5 @@
 """The README's section on architectures, regularizers and token tagging: where it is, and every YAML
 example in it trains end to end (on a few rows); its Python examples run in tests/test_readme.py."""
-import json
 import re
 from pathlib import Path
 

@@ -72,7 +72,7 @@ def check_trains_to_lower_loss(name: str, steps: int = 120, epoch: int = 10, **o
         for task in TASKS:
             running[task] += float(losses[task].detach()) / epoch
         if step % epoch == 0:
-            balancer.epoch_end(running)
+            balancer.on_epoch_end(running)
             running = {task: 0.0 for task in TASKS}
     with torch.no_grad():
         final = losses_of(model, x, targets)
@@ -89,7 +89,7 @@ def check_state_round_trip(name: str, **options) -> None:
     optimizer = torch.optim.SGD(list(model.parameters()) + list(balancer.parameters()), lr=0.05)
     for step in range(4):
         losses = train_step(balancer, model, optimizer, x, targets)
-        balancer.epoch_end({task: float(loss.detach()) + step for task, loss in losses.items()})
+        balancer.on_epoch_end({task: float(loss.detach()) + step for task, loss in losses.items()})
     restored = build(name, **options)
     restored.load_state_dict(balancer.state_dict())
     for each in (balancer, restored):

@@ -1,5 +1,4 @@
 """FAMO (Liu et al. 2023): the update direction and the logit update, step by step by hand."""
-import math
 
 import pytest
 import torch

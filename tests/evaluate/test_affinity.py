@@ -102,7 +102,7 @@ def test_tasks_without_labels_in_a_batch_are_left_out():
     tracker = AffinityTracker(["a", "b", "c"])
     z = tracker.measure(_model(tasks), batch, tasks, 0.05)
     assert set(z) == {"a", "b"}
-    assert tracker.epoch_end()["c"]["a"] is None
+    assert tracker.on_epoch_end()["c"]["a"] is None
 
 
 def test_affinity_groups_the_tasks_that_share_a_signal():
@@ -119,7 +119,7 @@ def test_affinity_groups_the_tasks_that_share_a_signal():
             optimizer.zero_grad()
             sum(task_losses(model(batch.inputs), batch, task_map).values()).backward()
             optimizer.step()
-    z = tracker.epoch_end()
+    z = tracker.on_epoch_end()
     assert min(z["a"]["b"], z["b"]["a"]) > max(z["a"]["c"], z["c"]["a"], z["b"]["c"], z["c"]["b"])
     assert tracker.matrix().shape == (3, 3)
     grouping = select_groups(z, networks=2)

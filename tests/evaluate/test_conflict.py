@@ -67,7 +67,7 @@ def test_pairwise_mean_skips_missing_cells_and_resets_each_epoch():
     tracker = PairwiseMean(["a", "b"])
     tracker.add({"a": {"a": 1.0, "b": 0.5}, "b": {"a": 0.5, "b": 1.0}})
     tracker.add({"a": {"a": 1.0, "b": float("nan")}, "b": {"a": -0.5, "b": 1.0}})
-    mean = tracker.epoch_end()
+    mean = tracker.on_epoch_end()
     assert mean["a"]["b"] == 0.5 and mean["b"]["a"] == 0.0
     assert tracker.mean()["a"]["a"] is None
     with pytest.raises(ValueError, match="unknown task 'c'"):
@@ -79,4 +79,4 @@ def test_conflict_tracker_measures_and_accumulates():
     tracker = ConflictTracker(["a", "b"])
     out = model(torch.randn(5, 3))
     tracker.measure(model, {"a": out["a"].sum(), "b": out["a"].sum()})
-    assert tracker.epoch_end()["a"]["b"] == pytest.approx(1.0)
+    assert tracker.on_epoch_end()["a"]["b"] == pytest.approx(1.0)

@@ -131,10 +131,10 @@ def test_analysis_time_is_recorded_apart_from_the_epoch_seconds(tmp_path, monkey
         clock.now += 1.0
 
     model = MultiTaskModel(torch.nn.Linear(3, 4), tasks=tasks, out_features=4)
+    epoch_clock = EpochClock(tmp_path / "seconds.json")
     trainer = Trainer(model, tasks, epochs=2, batch_size=10, run_dir=tmp_path, monitors=[SlowAnalysis(clock)],
-                      on_step=train_one_second_per_step)
-    epoch_clock = EpochClock(tmp_path / "seconds.json", {})
-    trainer.on_epoch = epoch_clock
+                      on_step=train_one_second_per_step, on_epoch_end=epoch_clock)
+    epoch_clock.start(trainer.start_epoch)
     trainer.fit(data, data)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]

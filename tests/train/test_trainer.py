@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from taskloom import MultiTaskModel, Task
+from taskloom import MultiTaskModel
 from taskloom.balancing import StaticWeighting
 from taskloom.data.dataset import BatchLoader
 from taskloom.train.checkpoint import load_checkpoint
@@ -43,7 +43,7 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
         if record["epoch"] == 2:
             raise KeyboardInterrupt
 
-    first = _trainer(tasks, tmp_path / "resumed", epochs=4, on_epoch=interrupt)
+    first = _trainer(tasks, tmp_path / "resumed", epochs=4, on_epoch_end=interrupt)
     with pytest.raises(KeyboardInterrupt):
         first.fit(train, val)
     second = _trainer(tasks, tmp_path / "resumed", epochs=4, seed=0)

@@ -71,7 +71,7 @@ class Balancer(nn.Module):
     The trainer calls ``backward(losses, model)`` once per step, after zeroing the
     gradients and before the optimizer step; ``losses`` holds only the tasks labelled in
     the batch. A balancer may own parameters (they join the optimizer) and state (it is
-    saved in checkpoints through ``state_dict``). ``epoch_end`` receives the epoch's mean
+    saved in checkpoints through ``state_dict``). ``on_epoch_end`` receives the epoch's mean
     training loss per task, for methods that adapt per epoch. Under fp16 mixed precision the
     trainer passes ``scale`` (the ``GradScaler``'s): the method still sees the true losses and
     gradients, and only what it back-propagates is scaled (so fp16 gradients do not underflow
@@ -95,7 +95,7 @@ class Balancer(nn.Module):
         Called by the trainer, without gradients, only when ``needs_post_step_losses``.
         """
 
-    def epoch_end(self, epoch_losses: Mapping[str, float]) -> None:
+    def on_epoch_end(self, epoch_losses: Mapping[str, float]) -> None:
         """Hook for methods that update per epoch (for example DWA)."""
 
     def last_weights(self) -> dict[str, float]:

@@ -32,7 +32,7 @@ class DynamicWeightAverage(LossWeighting):
         self.register_buffer("previous_losses", torch.full((2, count), math.nan))
         self.register_buffer("task_weights", torch.ones(count))
 
-    def epoch_end(self, epoch_losses: Mapping[str, float]) -> None:
+    def on_epoch_end(self, epoch_losses: Mapping[str, float]) -> None:
         for name, value in epoch_losses.items():
             if name not in self._index:
                 continue

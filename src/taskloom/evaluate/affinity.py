@@ -106,7 +106,7 @@ def lookahead_affinity(
 class AffinityTracker(PairwiseMean):
     """Mean lookahead affinity per epoch, ``{i: {j: Z[i->j]}}`` keyed by task names (Fifty et al. 2021).
 
-    Call :meth:`measure` every N training steps and :meth:`epoch_end` once per epoch.
+    Call :meth:`measure` every N training steps and :meth:`on_epoch_end` once per epoch.
     """
 
     def measure(

@@ -94,7 +94,7 @@ class PairwiseMean:
             for a in self.task_names
         }
 
-    def epoch_end(self) -> dict[str, dict[str, float | None]]:
+    def on_epoch_end(self) -> dict[str, dict[str, float | None]]:
         """The epoch's mean matrix; the tracker starts afresh for the next epoch."""
         result = self.mean()
         self.reset()

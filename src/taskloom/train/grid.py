@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -50,7 +49,7 @@ from taskloom.train.artifact import choose_decision_thresholds, write_model_arti
 from taskloom.train.runner import (
     Callbacks, build_trainer, count_parameters, load_data, prepare_run, training_data, write_report_safely,
 )
-from taskloom.train.timing import TIMING_FILE, EpochClock, inference_seconds, read_epoch_seconds, write_json_atomically
+from taskloom.train.timing import TIMING_FILE, EpochClock, inference_seconds, write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -293,15 +292,13 @@ def train_cell(config: Config, spec: GridSpec, splits: DataSplits, cell: Cell, r
     chosen = dict(baselines or {})
     chosen.update(settings.selection.baselines or {})
     chosen = {t: v for t, v in chosen.items() if t in cell.tasks}
+    clock = EpochClock(cell_dir / TIMING_FILE, callbacks.get("epoch"))
     trainer = build_trainer(settings, tasks, splits, cell_dir, cell.model_name, balancing=cell.kind != "single",
-                            callbacks=callbacks, baselines=chosen or None)
+                            callbacks={**callbacks, "epoch": clock}, baselines=chosen or None)
     trainer.resume()
-    clock = EpochClock(cell_dir / TIMING_FILE, read_epoch_seconds(cell_dir / TIMING_FILE, trainer.start_epoch),
-                       callbacks.get("epoch"))
-    trainer.on_epoch = clock
     if "start" in callbacks:
         callbacks["start"](cell.key, trainer.epochs, trainer.start_epoch)
-    clock.mark = time.perf_counter()
+    clock.start(trainer.start_epoch)
     trainer.fit(training_data(settings, splits, [t.name for t in tasks]), splits.val)
     seconds = clock.train_seconds
     best = trainer.checkpoint_dir / "best.pt"

@@ -209,7 +209,7 @@ def build_trainer(config: Config, tasks: list[Task], splits: DataSplits, run_dir
         batch_size=config.train.batch_size, seed=config.train.seed, device=config.train.device,
         selection=selection, patience=config.train.patience, regularizers=regularizers, run_dir=run_dir,
         model_name=model_name, amp=config.train.amp, compile=config.train.compile,
-        on_step=callbacks.get("step"), on_epoch=callbacks.get("epoch"), monitors=monitors,
+        on_step=callbacks.get("step"), on_epoch_end=callbacks.get("epoch"), monitors=monitors,
     )
 
 

@@ -94,11 +94,15 @@ class EpochClock:
     time spent in the wrapped callback (progress display) and in saving counts for neither.
     """
 
-    def __init__(self, path: Path, epochs: dict[str, dict[str, float]],
-                 then: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(self, path: Path, then: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.path = path
-        self.epochs = dict(epochs)
+        self.epochs: dict[str, dict[str, float]] = {}
         self.then = then
+        self.mark = time.perf_counter()
+
+    def start(self, first_epoch: int) -> None:
+        """Start timing at ``first_epoch``, keeping the saved seconds of the epochs before it (a resume)."""
+        self.epochs = read_epoch_seconds(self.path, first_epoch)
         self.mark = time.perf_counter()
 
     def __call__(self, record: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """Trainer monitors: per-epoch gradient conflict and TAG affinity, and TensorBoard / MLflow logging.
 
-A monitor is any object with ``before_step(trainer, batch, step)``, ``end_epoch(trainer,
-record)`` and ``end_fit(trainer)``; the trainer calls them and writes what ``end_epoch``
+A monitor is any object with ``before_step(trainer, batch, step)``, ``on_epoch_end(trainer,
+record)`` and ``end_fit(trainer)``; the trainer calls them and writes what ``on_epoch_end``
 adds to the record into metrics.jsonl. Analysis follows Fifty et al. 2021 (TAG lookahead
 affinity) and Yu et al. 2020 (gradient cosine similarity); both are off by default.
 """
@@ -32,7 +32,7 @@ class Monitor:
     def before_step(self, trainer: Any, batch: Batch, step: int) -> None:
         pass
 
-    def end_epoch(self, trainer: Any, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
         pass
 
     def end_fit(self, trainer: Any) -> None:
@@ -92,13 +92,13 @@ class AnalysisMonitor(Monitor):
         if self.affinity is not None:
             self.affinity.measure(model, batch, self.tasks, trainer.optimizer.param_groups[0]["lr"])
 
-    def end_epoch(self, trainer: Any, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
         if not self._measurable(trainer):
             record["tracking_skipped"] = self.skipped
             return
         for key, tracker in (("conflict", self.conflict), ("affinity", self.affinity)):
             if tracker is not None:
-                record[key] = tracker.epoch_end()
+                record[key] = tracker.on_epoch_end()
 
 
 def scalars(record: Mapping[str, Any]) -> dict[str, float]:
@@ -128,7 +128,7 @@ class TensorBoardMonitor(Monitor):
         self.writer = SummaryWriter(log_dir=str(log_dir))
         self.prefix = prefix
 
-    def end_epoch(self, trainer: Any, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
         for key, value in scalars(record).items():
             self.writer.add_scalar(f"{self.prefix}/{key}", value, record["epoch"])
         self.writer.flush()
@@ -152,7 +152,7 @@ class MLflowMonitor(Monitor):
         self.params = dict(params)
         self.active = False
 
-    def end_epoch(self, trainer: Any, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
         if not self.active:
             if self.tracking_uri:
                 self.mlflow.set_tracking_uri(self.tracking_uri)

@@ -120,7 +120,9 @@ class Trainer:
     ``run_dir/checkpoints`` when a run directory is given (and, at the end of ``fit``, each
     regularizer's final ``report()``, e.g. a learned task covariance, in ``run_dir/regularizers.json``),
     and stops early after ``patience`` epochs without improvement. ``monitors`` (see :mod:`taskloom.train.tracking`)
-    are called before each step and at the end of each epoch and of ``fit``.
+    are called before each step and at the end of each epoch and of ``fit``. Every per-epoch hook has
+    one name, ``on_epoch_end``: the balancer's (mean training losses), the model's (the epoch), each
+    monitor's (the trainer and the record) and the ``on_epoch_end`` callback given here (the record).
     """
 
     def __init__(
@@ -148,7 +150,7 @@ class Trainer:
         amp: str = "none",
         compile: bool = False,
         on_step: Callable[[int, int], None] | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
         save_task_best: bool = True,
         monitors: Sequence[Any] = (),
     ) -> None:
@@ -177,9 +179,9 @@ class Trainer:
         self.model_name = model_name
         self.amp = amp
         self.on_step = on_step
-        self.on_epoch = on_epoch
+        self.on_epoch_end = on_epoch_end
         self.save_task_best = save_task_best
-        self.monitors = list(monitors)  # see taskloom.train.tracking: before_step, end_epoch, end_fit
+        self.monitors = list(monitors)  # see taskloom.train.tracking: before_step, on_epoch_end, end_fit
         self.analysis_seconds = 0.0  # this epoch's time in monitors, kept out of its training seconds
         self.forward = torch.compile(self.model) if compile else self.model
         self.step_forward = self._step_forward(compile)
@@ -305,7 +307,7 @@ class Trainer:
                     self.on_step(step + 1, len(loader))
             self._check_finite(previous, epoch, len(loader))
             train_loss = {n: (sums[n] / counts[n]).item() for n in self.tasks if counts[n]}
-            self.balancer.epoch_end(train_loss)
+            self.balancer.on_epoch_end(train_loss)
             model_hook = getattr(self.model, "on_epoch_end", None)  # e.g. the cascade's successive snapshot
             if callable(model_hook):
                 model_hook(epoch)
@@ -315,8 +317,8 @@ class Trainer:
                 fault_point("after_log", epoch, self.model_name)
                 self.save(self.checkpoint_dir / "last.pt")
                 fault_point("after_last", epoch, self.model_name)
-            if self.on_epoch is not None:
-                self.on_epoch(record)
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(record)
             if self.patience is not None and self.history.epochs_without_improvement >= self.patience:
                 log.info("%s: early stop after epoch %d (%d epochs without improvement)", self.model_name, epoch,
                          self.patience)
@@ -371,7 +373,7 @@ class Trainer:
         if self.monitors:
             monitor_started = self._monitor_clock()
             for monitor in self.monitors:
-                monitor.end_epoch(self, record)
+                monitor.on_epoch_end(self, record)
             self.analysis_seconds += self._monitor_clock() - monitor_started
             record["analysis_seconds"] = self.analysis_seconds
         self.history.records.append(record)
