@@ -17,6 +17,8 @@ from pydantic import (
     BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator,
 )
 
+from taskloom.train.options import AMP_MODES, OPTIMIZERS, SCHEDULES
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names each bad field by its path."""
@@ -290,14 +292,14 @@ class RegularizerConfig(Strict):
 
 
 class OptimizerConfig(Strict):
-    name: Literal["adamw", "sgd"] = "adamw"
+    name: Literal[OPTIMIZERS] = "adamw"  # type: ignore[valid-type]
     lr: PositiveFloat = 1e-3
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
 
 
 class ScheduleConfig(Strict):
-    name: Literal["none", "cosine", "step"] = "none"
+    name: Literal[SCHEDULES] = "none"  # type: ignore[valid-type]
     step_size: PositiveInt = 10
     gamma: PositiveFloat = 0.1
     warmup_epochs: int = Field(0, ge=0)
@@ -325,7 +327,7 @@ class TrainConfig(Strict):
     seed: int = 0
     device: str = "cpu"
     patience: PositiveInt | None = None
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    amp: Literal[AMP_MODES] = "none"  # type: ignore[valid-type]
     compile: bool = False
     num_threads: PositiveInt | None = None
     baselines: bool = False

@@ -150,3 +150,22 @@ def test_the_step_forward_follows_what_the_balancer_declares(caplog):
     with caplog.at_level("WARNING"):
         kept = _trainer(tasks, balancer=build_balancer("pcgrad", names, mode="representation"), compile=True)
     assert kept.step_forward is not kept.forward and "torch.compile is not applied" in caplog.text
+
+
+def test_a_trainer_from_a_config_takes_every_section_and_refuses_unknown_names():
+    from taskloom.config import parse_config
+
+    config = parse_config({"optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.5, "weight_decay": 0.01},
+                           "schedule": {"name": "step", "step_size": 2, "gamma": 0.5, "warmup_epochs": 1},
+                           "train": {"epochs": 3, "batch_size": 16, "seed": 4, "patience": 2, "amp": "bf16"}})
+    data, tasks = make_three_task_data(n=32)
+    trainer = Trainer.from_config(config, MultiTaskModel(MLP(8, (8,)), tasks=tasks), tasks)
+    group = trainer.optimizer.param_groups[0]
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.05, 0.5, 0.01)
+    assert trainer.schedule_spec == {"name": "step", "step_size": 2, "gamma": 0.5, "warmup_epochs": 1}
+    assert (trainer.epochs, trainer.batch_size, trainer.seed, trainer.patience, trainer.amp) == (3, 16, 4, 2, "bf16")
+    with pytest.raises(ValueError, match="schedule.name must be one of none, cosine, step; got 'linear'"):
+        _trainer(tasks, schedule="linear")  # refused at construction, not at the first fit
+    with pytest.raises(ValueError, match="optimizer.name must be one of adamw, sgd"):
+        _trainer(tasks, optimizer="adam")

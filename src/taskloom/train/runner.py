@@ -201,16 +201,9 @@ def build_trainer(config: Config, tasks: list[Task], splits: DataSplits, run_dir
         regularizers = [REGULARIZERS.get(r.name)(model, **r.options) for r in config.regularizers]
     callbacks = callbacks or {}
     monitors = build_monitors(config, tasks, run_dir, model_name, multitask=balancing)
-    return Trainer(
-        model, tasks, balancer,
-        optimizer=config.optimizer.name, lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay,
-        momentum=config.optimizer.momentum, schedule=config.schedule.name, step_size=config.schedule.step_size,
-        gamma=config.schedule.gamma, warmup_epochs=config.schedule.warmup_epochs, epochs=config.train.epochs,
-        batch_size=config.train.batch_size, seed=config.train.seed, device=config.train.device,
-        selection=selection, patience=config.train.patience, regularizers=regularizers, run_dir=run_dir,
-        model_name=model_name, amp=config.train.amp, compile=config.train.compile,
-        on_step=callbacks.get("step"), on_epoch_end=callbacks.get("epoch"), monitors=monitors,
-    )
+    return Trainer.from_config(config, model, tasks, balancer, selection=selection, regularizers=regularizers,
+                               run_dir=run_dir, model_name=model_name, monitors=monitors,
+                               on_step=callbacks.get("step"), on_epoch_end=callbacks.get("epoch"))
 
 
 def count_parameters(model: nn.Module) -> int:

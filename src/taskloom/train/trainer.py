@@ -36,6 +36,7 @@ from taskloom.train.checkpoint import (
 )
 from taskloom.train.faults import fault_point
 from taskloom.train.json_files import to_json, write_json_atomically
+from taskloom.train.options import AMP_MODES, OPTIMIZERS, SCHEDULES, check_choice
 from taskloom.train.score import SelectionScore
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,10 @@ def build_optimizer(parameters: Iterable[nn.Parameter], name: str, lr: float, we
                     momentum: float = 0.9) -> torch.optim.Optimizer:
     """AdamW or SGD (with momentum) over ``parameters``."""
     parameters = list(parameters)
+    check_choice("optimizer.name", name, OPTIMIZERS)
     if name == "adamw":
         return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"optimizer.name must be 'adamw' or 'sgd', got {name!r}")
+    return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, name: str, epochs: int, steps_per_epoch: int,
@@ -69,8 +69,7 @@ def build_schedule(optimizer: torch.optim.Optimizer, name: str, epochs: int, ste
             return gamma ** ((step // steps_per_epoch) // step_size)
         return 1.0
 
-    if name not in ("none", "cosine", "step"):
-        raise ValueError(f"schedule.name must be none, cosine or step, got {name!r}")
+    check_choice("schedule.name", name, SCHEDULES)
     if name == "none" and warmup == 0:
         return None
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -160,8 +159,8 @@ class Trainer:
         missing = [n for n in names if n not in getattr(model, "task_names", names)]
         if missing:
             raise ValueError(f"the model has no output for tasks {missing}")
-        if amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"amp must be none, bf16 or fp16, got {amp!r}")
+        check_choice("train.amp", amp, AMP_MODES)
+        check_choice("schedule.name", schedule, SCHEDULES)  # built at the first fit: checked now
         seed_everything(seed)
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -195,6 +194,22 @@ class Trainer:
         self._pending_scheduler_state = None
         self.history = History()
         self.start_epoch = 1
+
+    @classmethod
+    def from_config(cls, config: Any, model: MultiTaskModule, tasks: Sequence[Task], balancer: Balancer | None = None,
+                    **runtime: Any) -> "Trainer":
+        """A trainer built from a config's ``optimizer``, ``schedule`` and ``train`` sections (already validated).
+
+        ``runtime`` holds what no config section says: ``selection``, ``regularizers``, ``run_dir``,
+        ``model_name``, ``monitors`` and the ``on_step`` / ``on_epoch_end`` callbacks.
+        """
+        optimizer, schedule, train = config.optimizer, config.schedule, config.train
+        return cls(model, tasks, balancer,
+                   optimizer=optimizer.name, lr=optimizer.lr, weight_decay=optimizer.weight_decay,
+                   momentum=optimizer.momentum, schedule=schedule.name, step_size=schedule.step_size,
+                   gamma=schedule.gamma, warmup_epochs=schedule.warmup_epochs, epochs=train.epochs,
+                   batch_size=train.batch_size, seed=train.seed, device=train.device, patience=train.patience,
+                   amp=train.amp, compile=train.compile, **runtime)
 
     # -- one step -------------------------------------------------------------------------
     def _step_forward(self, compile: bool) -> Callable[[Any], dict[str, Tensor]]:
