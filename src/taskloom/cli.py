@@ -195,10 +195,12 @@ def _train_in_group(args: argparse.Namespace) -> int:
     try:
         if not communicator.is_main:
             run_training(config, run_dir, resume=bool(args.resume))
+            communicator.barrier()  # leave the group only once rank 0 has written everything
             return 0
         with _progress() as progress:
             compare = run_training(config, run_dir, resume=bool(args.resume),
                                    callbacks=ProgressCallbacks(progress, args.verbose))
+        communicator.barrier()
         print_compare(compare)
         return 0
     finally:
