@@ -164,7 +164,7 @@ def command_train(args: argparse.Namespace) -> int:
     if args.nproc is not None and args.nproc > 1 and not distributed.launched_by_torchrun():
         return _launch_processes(args)
     if distributed.launched_by_torchrun():
-        return _train_in_group(args)
+        distributed.leave_process(_train_in_group(args))
     if args.resume:
         check_resume(Path(args.resume))
         config, run_dir = None, Path(args.resume)

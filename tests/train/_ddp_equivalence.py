@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -98,5 +99,14 @@ def spawned_worker(rank: int, world_size: int, rendezvous: str, out: str) -> Non
         table = equivalence_table(communicator, steps=3)
         if rank == 0:
             Path(out).write_text(json.dumps(table))
+        communicator.barrier()  # leave the group together: a rank that leaves early aborts the other
     finally:
         distributed.stop()
+    distributed.leave_process(0)
+
+
+def free_tcp_address() -> str:
+    """A ``tcp://127.0.0.1:PORT`` rendezvous on a port free now (the file store races at teardown)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"

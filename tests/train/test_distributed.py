@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from train._ddp_equivalence import spawned_worker
+from train._ddp_equivalence import free_tcp_address, spawned_worker
 
 from taskloom.train.distributed import shard_batch, shard_bounds
 
@@ -24,7 +24,7 @@ REFUSED = {"graddrop/representation": "GradDrop does not support data-parallel t
 def table(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddp")
     out = folder / "table.json"
-    mp.spawn(spawned_worker, args=(2, f"file://{folder / 'rendezvous'}", str(out)), nprocs=2, join=True)
+    mp.spawn(spawned_worker, args=(2, free_tcp_address(), str(out)), nprocs=2, join=True)
     return json.loads(out.read_text())
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from taskloom.train.faults import FAULT_VARIABLE
+
 CONFIG = """\
 name: tiny
 data:
@@ -61,3 +63,26 @@ def test_the_readme_torchrun_command_runs(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "compare.json").is_file()
+
+
+def test_a_resume_under_torchrun_continues_bit_exact(tmp_path):
+    """Rank 0 is killed after epoch 1's last.pt; ``--resume --nproc 2`` ends with the uninterrupted run's metrics."""
+    whole = _train(tmp_path / "whole", "--nproc", "2")
+    folder = tmp_path / "killed"
+    folder.mkdir()
+    config = folder / "tiny.yaml"
+    config.write_text(CONFIG.format(output=folder / "runs"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", FAULT_VARIABLE: "after_last:1"}
+    killed = subprocess.run([sys.executable, "-m", "taskloom", "train", str(config), "--nproc", "2"], cwd=folder,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode != 0
+    (run,) = list((folder / "runs").iterdir())
+    cell = run / "hard+pcgrad" / "seed0"
+    assert (cell / "checkpoints" / "last.pt").is_file() and not (cell / "results.json").is_file()
+    env.pop(FAULT_VARIABLE)
+    resumed = subprocess.run([sys.executable, "-m", "taskloom", "train", "--resume", str(run), "--nproc", "2"],
+                             cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    result = json.loads((cell / "results.json").read_text())
+    assert result["test"] == whole["test"]
+    assert result["best_epoch"] == whole["best_epoch"]

@@ -491,6 +491,9 @@ def run_grid(config: Config, spec: GridSpec | None, run_dir: Path | None = None,
     if communicator is not None:
         if spec.groups:
             raise ConfigError("--groups is not supported on several processes yet: train on one process")
+        if spec.measure:
+            raise ConfigError("tracking.measure (--track conflict/affinity) is not supported on several processes "
+                              "yet: it would measure one rank's rows; train on one process to track")
         if not communicator.is_main:
             _run_worker(config, spec, data, communicator, run_dir)
             return {}
