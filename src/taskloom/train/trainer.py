@@ -123,6 +123,8 @@ class Trainer:
     are called before each step and at the end of each epoch and of ``fit``. Every per-epoch hook has
     one name, ``on_epoch_end``: the balancer's (mean training losses), the model's (the epoch), each
     monitor's (the trainer and the record) and the ``on_epoch_end`` callback given here (the record).
+    With a ``communicator`` (:mod:`taskloom.train.distributed`) it trains data-parallel: each rank takes its
+    slice of every batch, the update is the one-process update on the whole batch, and only rank 0 writes.
     """
 
     def __init__(
