@@ -59,7 +59,8 @@ def _bytes(communicator) -> dict:
     gradient = [n for n in BALANCERS if issubclass(BALANCERS.get(n), GradientBalancer)]
     for k in (4, 40):
         rows = {}
-        for method, mode in [("equal", None)] + [(n, m) for n in gradient for m in MODES if m in BALANCERS.get(n).modes]:
+        methods = [("equal", None)] + [(n, m) for n in gradient for m in MODES if m in BALANCERS.get(n).modes]
+        for method, mode in methods:
             key = method if mode is None else f"{method}/{mode}"
             try:
                 trainer = _trainer(method, mode, k, communicator)

@@ -59,7 +59,8 @@ def make_trainer(name: str, mode: str | None, tasks: list[Task], communicator: C
                    communicator=communicator)
 
 
-def parameters_after(trainer: Trainer, data: MultiTaskDataset, steps: int, communicator: Communicator | None) -> torch.Tensor:
+def parameters_after(trainer: Trainer, data: MultiTaskDataset, steps: int,
+                     communicator: Communicator | None) -> torch.Tensor:
     """All model and balancer parameters, flattened, after ``steps`` steps on the whole data set as one batch."""
     for step in range(steps):
         batch = data.batch(torch.arange(ROWS))

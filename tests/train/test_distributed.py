@@ -5,7 +5,6 @@ The workers are spawned once; each loops over every method and mode (see ``_ddp_
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -50,3 +49,21 @@ def test_shards_are_contiguous_and_cover_the_batch():
     parts = [shard_batch(batch, r, 2) for r in range(2)]
     assert torch.equal(torch.cat([p.inputs for p in parts]), batch.inputs)
     assert [int(p.masks["quadrant"].sum()) for p in parts] == [12, 3]
+
+
+def test_a_mixed_loader_is_sharded_batch_by_batch():
+    """Two ranks of a multi-source loader see, together and in order, the batches one process sees."""
+    from taskloom.data.dataset import MultiTaskDataset
+    from taskloom.data.mixing import MixedLoader
+    from taskloom.train.distributed import Communicator, ShardedLoader
+
+    generator = torch.Generator().manual_seed(0)
+    sources = {name: MultiTaskDataset(torch.randn(n, 3, generator=generator), {name: torch.randn(n)})
+               for name, n in (("a", 40), ("b", 90))}
+    whole = list(MixedLoader(sources, batch_size=16, seed=1))
+    ranks = [list(ShardedLoader(MixedLoader(sources, batch_size=16, seed=1), Communicator(r, 2))) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(whole)
+    for batch, first, second in zip(whole, *ranks):
+        assert torch.equal(torch.cat([first.inputs, second.inputs]), batch.inputs)
+        for name in batch.targets:
+            assert torch.equal(torch.cat([first.targets[name], second.targets[name]]), batch.targets[name])

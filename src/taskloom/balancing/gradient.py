@@ -168,7 +168,7 @@ class GradientBalancer(Balancer):
         write_gradient(shared, self._scaled_combine(grads, names, factor))
 
     def _global_task_gradients(self, grads: Tensor) -> Tensor:
-        """Under data parallelism, the K x P per-task gradients of the whole batch: one all-reduce of the ranks' sums."""
+        """Under data parallelism, the K x P per-task gradients of the whole batch (the ranks' sum)."""
         if self.communicator is None:
             return grads
         return self.communicator.all_reduce_sum(grads.contiguous())
