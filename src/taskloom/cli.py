@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -136,9 +137,34 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launch_processes(args: argparse.Namespace) -> int:
+    """``--nproc N``: run this same command in N processes through torch's elastic launcher (torchrun)."""
+    rest, skip = [], False
+    for index, word in enumerate(args.argv):
+        if skip:
+            skip = False
+            continue
+        if word == "--nproc":
+            skip = True
+            continue
+        if word.startswith("--nproc="):
+            continue
+        rest.append(word)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "taskloom", *rest]
+    return subprocess.call(command)
+
+
 def command_train(args: argparse.Namespace) -> int:
+    from taskloom.train import distributed
     from taskloom.train.grid import run_training
 
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc: need at least 1 process, got {args.nproc}")
+    if args.nproc is not None and args.nproc > 1 and not distributed.launched_by_torchrun():
+        return _launch_processes(args)
+    if distributed.launched_by_torchrun():
+        distributed.leave_process(_train_in_group(args))
     if args.resume:
         check_resume(Path(args.resume))
         config, run_dir = None, Path(args.resume)
@@ -151,6 +177,34 @@ def command_train(args: argparse.Namespace) -> int:
                                callbacks=ProgressCallbacks(progress, args.verbose))
     print_compare(compare)
     return 0
+
+
+def _train_in_group(args: argparse.Namespace) -> int:
+    """One process of a data-parallel ``train`` (started by torchrun): rank 0 shows progress and the table."""
+    from taskloom.train import distributed
+    from taskloom.train.grid import run_training
+
+    if args.resume:
+        check_resume(Path(args.resume))
+        config, run_dir = load_config(Path(args.resume) / "config.yaml"), Path(args.resume)
+    else:
+        if not args.config:
+            raise ConfigError("taskloom train needs a CONFIG.yaml (or --resume RUN_DIR)")
+        config, run_dir = _apply_overrides(load_config(args.config), args), None
+    communicator = distributed.start(config.train.device)
+    try:
+        if not communicator.is_main:
+            run_training(config, run_dir, resume=bool(args.resume))
+            communicator.barrier()  # leave the group only once rank 0 has written everything
+            return 0
+        with _progress() as progress:
+            compare = run_training(config, run_dir, resume=bool(args.resume),
+                                   callbacks=ProgressCallbacks(progress, args.verbose))
+        communicator.barrier()
+        print_compare(compare)
+        return 0
+    finally:
+        distributed.stop()
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -556,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="override train.epochs")
     train.add_argument("--output", type=Path, help="override output_dir")
     train.add_argument("--device", help="override train.device (cpu, cuda)")
+    train.add_argument("--nproc", type=int, metavar="N",
+                       help="data-parallel training on N processes (torchrun; gloo on CPU, NCCL on CUDA)")
     _add_verbose(train)
     train.set_defaults(func=command_train)
 
@@ -632,6 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("taskloom.data.report").setLevel(logging.INFO)  # what a table run chose: always shown

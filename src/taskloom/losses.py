@@ -23,9 +23,18 @@ def masked_loss(
     with ``torch.where`` so a NaN or garbage label there cannot leak into the loss or
     its gradient. With no labelled unit the result is 0 with a zero gradient.
     """
-    class_weights = task.class_weight_tensor(output.device)
     if mask is None and sample_weight is None:
-        return task.kind_spec.mean_loss(output, target, class_weights)
+        return task.kind_spec.mean_loss(output, target, task.class_weight_tensor(output.device))
+    loss, weight = _weighted_units(task, output, target, mask, sample_weight)
+    if weight is None:
+        return loss.mean()
+    return (loss * weight).sum() / weight.sum().clamp_min(torch.finfo(loss.dtype).tiny)
+
+
+def _weighted_units(task: Task, output: Tensor, target: Tensor, mask: Tensor | None,
+                    sample_weight: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Each unit's loss (masked units zeroed) and its weight (None: every unit weighs 1)."""
+    class_weights = task.class_weight_tensor(output.device)
     if mask is not None:
         target = torch.where(mask.reshape(mask.shape + (1,) * (target.dim() - mask.dim())), target, 0)
     loss, class_weight = task.kind_spec.row_loss(output, target, class_weights)
@@ -40,9 +49,25 @@ def masked_loss(
         ones = torch.ones((), dtype=loss.dtype, device=loss.device)
         weight = torch.where(mask, ones if weight is None else weight, 0)
         loss = torch.where(mask, loss, 0)
+    return loss, weight
+
+
+def masked_loss_parts(
+    task: Task,
+    output: Tensor,
+    target: Tensor,
+    mask: Tensor | None = None,
+    sample_weight: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The numerator and the denominator of :func:`masked_loss` (weighted sum of unit losses, sum of weights).
+
+    Under data parallelism the ranks' numerators and denominators are summed before dividing,
+    so that a task's loss is its mean over the global batch's labelled units.
+    """
+    loss, weight = _weighted_units(task, output, target, mask, sample_weight)
     if weight is None:
-        return loss.mean()
-    return (loss * weight).sum() / weight.sum().clamp_min(torch.finfo(loss.dtype).tiny)
+        return loss.sum(), torch.tensor(float(loss.numel()), dtype=loss.dtype, device=loss.device)
+    return (loss * weight).sum(), weight.sum()
 
 
 def labelled_tasks(batch: Batch, names: list[str]) -> list[str]:

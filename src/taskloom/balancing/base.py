@@ -85,6 +85,12 @@ class Balancer(nn.Module):
         super().__init__()
         self.task_names = list(task_names)
         self._last_weights: dict[str, Tensor] = {}
+        #: under data parallelism, the trainer's :class:`~taskloom.train.distributed.Communicator` (else None)
+        self.communicator: Any = None
+
+    def reduced_parameters(self, model: MultiTaskModule) -> list[Tensor]:
+        """The model parameters whose ``.grad`` this method already summed over the ranks (the trainer skips them)."""
+        return []
 
     def backward(self, losses: Mapping[str, Tensor], model: MultiTaskModule, scale: LossScale | None = None) -> None:
         raise NotImplementedError

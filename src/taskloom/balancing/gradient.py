@@ -44,6 +44,9 @@ class GradientBalancer(Balancer):
     modes: tuple[str, ...] = MODES
     #: True when :meth:`combine` takes ``representation=`` (the shared representation) in representation mode
     combines_representation: bool = False
+    #: True when :meth:`combine` returns ``weights @ grads`` with weights a function of the Gramian
+    #: ``grads @ grads.T`` alone (and of the method's state): what data-parallel representation mode needs
+    weights_from_gram: bool = False
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None) -> None:
         super().__init__(task_names)
@@ -59,6 +62,20 @@ class GradientBalancer(Balancer):
     def needs_representation(self) -> bool:
         """True when the trainer must route the forward pass through :meth:`outputs`."""
         return self.mode == "representation"
+
+    def reduced_parameters(self, model: MultiTaskModule) -> list[Tensor]:
+        """In parameter mode under data parallelism the shared parameters get the combined global update."""
+        if self.communicator is None or self.mode != "parameters":
+            return []
+        return list(model.shared_parameters())
+
+    def check_data_parallel(self) -> None:
+        """Refuse, naming the method, a mode this method cannot run under data parallelism."""
+        if self.mode == "representation" and not self.weights_from_gram:
+            raise ValueError(
+                f"{type(self).__name__} does not support data-parallel training in representation mode yet: its "
+                "update is not a function of the batch Gramian (which is all the ranks share); "
+                "use balancing.options.mode='parameters' or train on one process")
 
     def task_index(self, names: Sequence[str]) -> Tensor:
         """Positions of ``names`` in ``task_names`` (for state kept per task)."""
@@ -128,12 +145,16 @@ class GradientBalancer(Balancer):
             for params, grads in zip(own, head_grads):
                 write_gradients(params, grads)
             if self.mode == "representation":
-                direction = self._scaled_combine(rep_grads, names, factor, representation)
+                if self.communicator is not None:
+                    direction = self._data_parallel_direction(rep_grads, names, factor)
+                else:
+                    direction = self._scaled_combine(rep_grads, names, factor, representation)
                 representation.backward(direction.view_as(representation).to(representation.dtype))
                 return
             shared = model.shared_parameters()
             grads = chain_gradients(representation, shared, rep_grads, batched=self.batched,
                                     fallback=self.vmap_fallback)
+            grads = self._global_task_gradients(grads)
         else:
             heads = unique(p for n in names for p in model.task_parameters(n))
             if heads:
@@ -143,7 +164,36 @@ class GradientBalancer(Balancer):
             if not shared:
                 return
             grads = task_gradients(values, shared, batched=self.batched, fallback=self.vmap_fallback)
+            grads = self._global_task_gradients(grads)
         write_gradient(shared, self._scaled_combine(grads, names, factor))
+
+    def _global_task_gradients(self, grads: Tensor) -> Tensor:
+        """Under data parallelism, the K x P per-task gradients of the whole batch (the ranks' sum)."""
+        if self.communicator is None:
+            return grads
+        return self.communicator.all_reduce_sum(grads.contiguous())
+
+    def _data_parallel_direction(self, rep_grads: Tensor, names: Sequence[str], factor: Tensor | None) -> Tensor:
+        """This rank's rows of the combined gradient of the representation, from the global K x K Gramian.
+
+        The rows of ``rep_grads`` are this rank's samples, so the global Gramian is the sum of the
+        ranks' ones (one K x K all-reduce). The method combines a K x K factor R with R R^T equal to
+        it (same Gramian, hence the same weights), and the direction is those weights times the local rows.
+        """
+        self.check_data_parallel()
+        local = rep_grads.float() if rep_grads.dtype in (torch.float16, torch.bfloat16) else rep_grads
+        if factor is not None:
+            local = local / factor.to(local.dtype)
+        gramian = self.communicator.all_reduce_sum((local @ local.T).double())
+        eigenvalues, eigenvectors = torch.linalg.eigh(gramian)
+        root = (eigenvectors * eigenvalues.clamp_min(0).sqrt()).to(local.dtype)
+        _, weights = self.combine(root, names)
+        if weights is None:
+            raise ValueError(f"{type(self).__name__} returned no task weights; it cannot run data-parallel in "
+                             "representation mode")
+        self._weights = (list(names), weights.detach())
+        direction = weights.to(local.dtype) @ local
+        return direction if factor is None else direction * factor.to(direction.dtype)
 
     def _scaled_combine(self, grads: Tensor, names: Sequence[str], factor: Tensor | None,
                         representation: Tensor | None = None) -> Tensor:
@@ -181,6 +231,7 @@ class AggregatorBalancer(GradientBalancer):
     """A stateless method given by a weight function of the Gram matrix (``weights_fn(gram, **options)``)."""
 
     weights_fn: Any = None
+    weights_from_gram = True
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
                  **options: Any) -> None:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from taskloom.balancing.base import Balancer, LossScale
+from taskloom.balancing.jacobian import task_gradients
 from taskloom.sharing.base import MultiTaskModule
 
 
@@ -114,6 +115,9 @@ class GradNorm(Balancer):
         """
         count = losses.shape[0]
         batched = self.batched if self.batched is not None else losses.device.type != "cpu"
+        if self.communicator is not None:  # the norms of the global batch's gradients: one K x |W| all-reduce
+            rows = task_gradients(list(losses.unbind()), params, batched=batched, retain_graph=True)
+            return self.communicator.all_reduce_sum(rows).norm(dim=1)
         if batched:
             eye = torch.eye(count, device=losses.device, dtype=losses.dtype)
             grads = torch.autograd.grad(

@@ -95,6 +95,8 @@ class GradVac(GradientBalancer):
     gradients' device (seeded by ``seed``, state saved), so a resumed run repeats.
     """
 
+    weights_from_gram = True
+
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
                  beta: float = 0.01, seed: int = 0, shuffle: bool = True) -> None:
         super().__init__(task_names, mode=mode, batched=batched)

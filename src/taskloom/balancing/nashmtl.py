@@ -69,6 +69,8 @@ def nashmtl(grads: Tensor, state: NashMTLState | None = None, **options) -> Tens
 class NashMTL(GradientBalancer):
     """Nash-MTL (Navon et al. 2022): bargaining weights, warm-started between steps."""
 
+    weights_from_gram = True
+
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
                  max_iter: int = 50, tol: float = 1e-10) -> None:
         super().__init__(task_names, mode=mode, batched=batched)

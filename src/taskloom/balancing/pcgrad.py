@@ -72,6 +72,8 @@ class PCGrad(GradientBalancer):
     ``seed``); its state is saved with the balancer, so a resumed run repeats them.
     """
 
+    weights_from_gram = True
+
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
                  seed: int = 0, shuffle: bool = True) -> None:
         super().__init__(task_names, mode=mode, batched=batched)

@@ -49,6 +49,7 @@ from taskloom.train.artifact import choose_decision_thresholds, write_model_arti
 from taskloom.train.runner import (
     Callbacks, build_trainer, count_parameters, load_data, prepare_run, training_data, write_report_safely,
 )
+from taskloom.train import distributed
 from taskloom.train.timing import TIMING_FILE, EpochClock, inference_seconds, write_json_atomically
 
 log = logging.getLogger(__name__)
@@ -282,7 +283,11 @@ def train_cell(config: Config, spec: GridSpec, splits: DataSplits, cell: Cell, r
     """
     cell_dir = run_dir / cell.key
     results_file = cell_dir / RESULTS_FILE
-    if results_file.is_file():
+    communicator = distributed.active()
+    finished = results_file.is_file()
+    if communicator is not None:  # the other ranks ask rank 0 whether to train this cell
+        communicator.broadcast_object(finished)
+    if finished:
         return json.loads(results_file.read_text())
     cell_dir.mkdir(parents=True, exist_ok=True)
     settings = cell_config(config, spec, cell)
@@ -482,6 +487,16 @@ def run_grid(config: Config, spec: GridSpec | None, run_dir: Path | None = None,
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
     data = load_splits(config, spec)
+    communicator = distributed.active()
+    if communicator is not None:
+        if spec.groups:
+            raise ConfigError("--groups is not supported on several processes yet: train on one process")
+        if spec.measure:
+            raise ConfigError("tracking.measure (--track conflict/affinity) is not supported on several processes "
+                              "yet: it would measure one rank's rows; train on one process to track")
+        if not communicator.is_main:
+            _run_worker(config, spec, data, communicator, run_dir)
+            return {}
     created = not resume and (run_dir is None or not run_dir.exists())
     config, run_dir = prepare_run(config, run_dir, resume)
     (run_dir / FAILED_FILE).unlink(missing_ok=True)
@@ -490,6 +505,25 @@ def run_grid(config: Config, spec: GridSpec | None, run_dir: Path | None = None,
     except Exception as error:
         _fail(run_dir, created, error)
         raise
+
+
+def _run_worker(config: Config, spec: GridSpec, data: Sequence[DataSplits], communicator: distributed.Communicator,
+                run_dir: Path | None) -> None:
+    """A rank other than 0: train each cell rank 0 trains, in step with it, and write nothing.
+
+    Rank 0 says which cells it finished before (a resumed run); each trainer starts from rank 0's
+    state (fresh or resumed), so the ranks stay identical; test metrics, analysis and files are rank 0's.
+    """
+    names = [t.name for t in data[0].tasks]
+    for cell in plan_cells(spec, names):
+        finished = run_dir is not None and (run_dir / cell.key / RESULTS_FILE).is_file()
+        if communicator.broadcast_object(finished):
+            continue
+        splits = data[cell.split]
+        settings = cell_config(config, spec, cell)
+        tasks = [t for t in splits.tasks if t.name in cell.tasks]
+        trainer = build_trainer(settings, tasks, splits, None, cell.model_name, balancing=cell.kind != "single")
+        trainer.fit(training_data(settings, splits, [t.name for t in tasks]), splits.val)
 
 
 def _run_grid(config: Config, spec: GridSpec, data: Sequence[DataSplits], run_dir: Path,

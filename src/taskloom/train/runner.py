@@ -23,6 +23,7 @@ from taskloom.sharing import ARCHITECTURES
 from taskloom.sharing.base import MultiTaskModule
 from taskloom.task import Condition, Task
 from taskloom.train.score import SelectionScore
+from taskloom.train import distributed
 from taskloom.train.trainer import Trainer
 from taskloom.train.tracking import build_monitors
 from taskloom.trunks import TRUNKS
@@ -203,7 +204,8 @@ def build_trainer(config: Config, tasks: list[Task], splits: DataSplits, run_dir
     monitors = build_monitors(config, tasks, run_dir, model_name, multitask=balancing)
     return Trainer.from_config(config, model, tasks, balancer, selection=selection, regularizers=regularizers,
                                run_dir=run_dir, model_name=model_name, monitors=monitors,
-                               on_step=callbacks.get("step"), on_epoch_end=callbacks.get("epoch"))
+                               on_step=callbacks.get("step"), on_epoch_end=callbacks.get("epoch"),
+                               communicator=distributed.active())
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -31,6 +31,7 @@ from taskloom.losses import task_losses
 from taskloom.sharing.base import MultiTaskModule
 from taskloom.sharing.hard import predict
 from taskloom.task import Task
+from taskloom.train.distributed import Communicator, ShardedLoader, global_task_losses, local_device
 from taskloom.train.checkpoint import (
     load_checkpoint, remove_orphan_temporaries, rng_state, save_checkpoint, seed_everything, set_rng_state,
 )
@@ -122,6 +123,8 @@ class Trainer:
     are called before each step and at the end of each epoch and of ``fit``. Every per-epoch hook has
     one name, ``on_epoch_end``: the balancer's (mean training losses), the model's (the epoch), each
     monitor's (the trainer and the record) and the ``on_epoch_end`` callback given here (the record).
+    With a ``communicator`` (:mod:`taskloom.train.distributed`) it trains data-parallel: each rank takes its
+    slice of every batch, the update is the one-process update on the whole batch, and only rank 0 writes.
     """
 
     def __init__(
@@ -152,6 +155,7 @@ class Trainer:
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
         save_task_best: bool = True,
         monitors: Sequence[Any] = (),
+        communicator: Communicator | None = None,
     ) -> None:
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):
@@ -162,10 +166,18 @@ class Trainer:
         check_choice("train.amp", amp, AMP_MODES)
         check_choice("schedule.name", schedule, SCHEDULES)  # built at the first fit: checked now
         seed_everything(seed)
-        self.device = torch.device(device)
+        self.communicator = communicator
+        self.device = torch.device(device) if communicator is None else local_device(device)
         self.model = model.to(self.device)
         self.tasks = {t.name: t for t in tasks}
         self.balancer = (balancer or EqualWeighting(names)).to(self.device)
+        if communicator is not None:
+            self.balancer.communicator = communicator
+            check = getattr(self.balancer, "check_data_parallel", None)
+            if callable(check):
+                check()
+            if not communicator.is_main:  # only rank 0 writes the run directory
+                run_dir = None
         self.optimizer_spec = dict(name=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
         self.schedule_spec = dict(name=schedule, step_size=step_size, gamma=gamma, warmup_epochs=warmup_epochs)
         self.epochs = epochs
@@ -180,6 +192,7 @@ class Trainer:
         self.on_step = on_step
         self.on_epoch_end = on_epoch_end
         self.save_task_best = save_task_best
+        self._synchronized = communicator is None
         self.monitors = list(monitors)  # see taskloom.train.tracking: before_step, on_epoch_end, end_fit
         self.analysis_seconds = 0.0  # this epoch's time in monitors, kept out of its training seconds
         self.forward = torch.compile(self.model) if compile else self.model
@@ -201,7 +214,8 @@ class Trainer:
         """A trainer built from a config's ``optimizer``, ``schedule`` and ``train`` sections (already validated).
 
         ``runtime`` holds what no config section says: ``selection``, ``regularizers``, ``run_dir``,
-        ``model_name``, ``monitors`` and the ``on_step`` / ``on_epoch_end`` callbacks.
+        ``model_name``, ``monitors``, the ``on_step`` / ``on_epoch_end`` callbacks and the ``communicator``
+        (data parallelism; see :mod:`taskloom.train.distributed`).
         """
         optimizer, schedule, train = config.optimizer, config.schedule, config.train
         return cls(model, tasks, balancer,
@@ -243,11 +257,15 @@ class Trainer:
             self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            losses = task_losses(self.step_forward(batch.inputs), batch, self.tasks)
+            losses = self._losses(self.step_forward(batch.inputs), batch)
         if self.scaler.is_enabled():
             self.balancer.backward(losses, self.model, scale=self.scaler.scale)  # weights from the true losses
         else:
             self.balancer.backward(losses, self.model)
+        if self.communicator is not None:  # before the penalties, which every rank adds whole
+            done = {id(p) for p in self.balancer.reduced_parameters(self.model)}
+            self.communicator.reduce_gradients([p for p in self.model.parameters()
+                                                if p.requires_grad and id(p) not in done])
         penalties = [p for p in [self.model.regularization(), *(r.penalty() for r in self.regularizers)] if p is not None]
         if penalties:
             penalty = sum(penalties)
@@ -268,8 +286,23 @@ class Trainer:
                 regularizer.proximal_step(lr)
         if self.balancer.needs_post_step_losses:
             with torch.no_grad(), self._autocast():
-                self.balancer.post_step(task_losses(self.forward(batch.inputs), batch, self.tasks))
+                self.balancer.post_step(self._losses(self.forward(batch.inputs), batch))
         return losses
+
+    def _losses(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+        """The masked task losses; under data parallelism those of the global batch (see ``distributed``)."""
+        if self.communicator is None:
+            return task_losses(outputs, batch, self.tasks)
+        return global_task_losses(outputs, batch, self.tasks, self.communicator)
+
+    def synchronize(self) -> None:
+        """Under data parallelism, start every rank from rank 0's whole training state (fresh or resumed)."""
+        if self.communicator is None:
+            return
+        state = self.communicator.broadcast_object(self.state_dict() if self.communicator.is_main else None)
+        if not self.communicator.is_main:
+            self._load_state(state, "rank 0's state", restore_training=True)
+        self._synchronized = True
 
     # -- epochs ---------------------------------------------------------------------------
     def fit(self, train: MultiTaskDataset | Any, val: MultiTaskDataset | None = None) -> History:
@@ -282,6 +315,10 @@ class Trainer:
             if isinstance(data, MultiTaskDataset):  # bad labels or features are named before any step
                 data.validate(list(self.tasks.values()), split)
         loader = BatchLoader(train, self.batch_size, seed=self.seed) if isinstance(train, MultiTaskDataset) else train
+        if self.communicator is not None:
+            if not self._synchronized:
+                self.synchronize()
+            loader = ShardedLoader(loader, self.communicator)
         if not self._schedule_built:
             self._schedule_built = True
             self.scheduler = build_schedule(self.optimizer, epochs=self.epochs, steps_per_epoch=len(loader),
@@ -334,7 +371,10 @@ class Trainer:
                 fault_point("after_last", epoch, self.model_name)
             if self.on_epoch_end is not None:
                 self.on_epoch_end(record)
-            if self.patience is not None and self.history.epochs_without_improvement >= self.patience:
+            stop = self.patience is not None and self.history.epochs_without_improvement >= self.patience
+            if self.communicator is not None:  # rank 0's decision (its selection may use baselines only it read)
+                stop = self.communicator.broadcast_object(stop)
+            if stop:
                 log.info("%s: early stop after epoch %d (%d epochs without improvement)", self.model_name, epoch,
                          self.patience)
                 self.start_epoch = self.epochs + 1
@@ -484,7 +524,9 @@ class Trainer:
 
     def load(self, path: str | Path, restore_training: bool = True) -> None:
         """Restore the model (and, with ``restore_training``, everything needed to continue)."""
-        state = load_checkpoint(path, self.device)
+        self._load_state(load_checkpoint(path, self.device), path, restore_training)
+
+    def _load_state(self, state: dict[str, Any], path: Any, restore_training: bool) -> None:
         if set(state["task_names"]) != set(self.tasks):
             raise ValueError(f"checkpoint {path} is for tasks {state['task_names']}, not {list(self.tasks)}")
         if restore_training and state["task_names"] != list(self.tasks):  # optimizer and balancer state are positional
@@ -515,6 +557,8 @@ class Trainer:
         temporary files of interrupted writes are removed, and ``metrics.jsonl`` keeps only the
         records of the epochs the checkpoint covers (a fresh start keeps none).
         """
+        if self.communicator is not None and not self.communicator.is_main:
+            return False  # this rank takes rank 0's (resumed) state at the start of fit
         for checkpoint in sorted(self.checkpoint_dir.glob("*.pt")):
             load_checkpoint(checkpoint)  # on the CPU: only read, to fail before any work
         remove_orphan_temporaries(self.run_dir)
