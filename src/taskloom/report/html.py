@@ -405,10 +405,6 @@ def _pareto_section(run: RunData) -> str:
         result = analysis_of(run.compare)
         measured_by_variant = {name: {t: variant["tasks"][t].get("mean") for t in spec}
                                for name, variant in result["variants"].items()}
-    elif run.comparison:
-        spec = run.comparison.get("tasks", {})
-        measured_by_variant = {"single-task": {t: r.get("single") for t, r in spec.items()},
-                               "multi-task": {t: r.get("multi") for t, r in spec.items()}}
     measured = [t for t in spec if all(_finite(values.get(t)) for values in measured_by_variant.values())]
     unmeasured = [t for t in spec if t not in measured]
     variants = {name: {t: float(values[t]) for t in measured} for name, values in measured_by_variant.items()}

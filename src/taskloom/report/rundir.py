@@ -1,4 +1,4 @@
-"""Reading a run directory: the resolved config, per-epoch metrics and the comparison files.
+"""Reading a run directory: the resolved config, per-epoch metrics, compare.json and grid.json.
 
 Every part is optional, so a report can be written for a run that is partway through.
 A repeated (model, epoch) record (an epoch logged again after a resume) counts once: the last.
@@ -18,12 +18,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunData:
-    """What the report draws from: config text, metrics.jsonl records, comparison.json, compare.json, grid.json."""
+    """What the report draws from: config text, metrics.jsonl records, compare.json, grid.json."""
 
     path: Path
     config_text: str | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
-    comparison: dict[str, Any] | None = None
     compare: dict[str, Any] | None = None
     grid: dict[str, Any] | None = None
 
@@ -45,26 +44,24 @@ class RunData:
         return self.model_records(model), 1
 
     def models(self) -> list[str]:
-        """Model names in the order they first appear, multitask first."""
+        """Model names: the multi-task models first, then the single-task ones, each sorted by name."""
         names = list(dict.fromkeys(r["model"] for r in self.records))
-        return sorted(names, key=lambda n: (n != "multitask", n))
+        return sorted(names, key=lambda n: (n.startswith("single/"), n))
 
     def model_records(self, model: str) -> list[dict[str, Any]]:
         return sorted((r for r in self.records if r["model"] == model), key=lambda r: r["epoch"])
 
     def tasks(self) -> list[str]:
-        for source in (self.comparison, self.compare):
-            if source and isinstance(source.get("tasks"), dict):
-                return list(source["tasks"])
+        if self.compare and isinstance(self.compare.get("tasks"), dict):
+            return list(self.compare["tasks"])
         names: dict[str, None] = {}
         for record in self.records:
             names.update(dict.fromkeys(record.get("train_loss") or {}))
         return list(names)
 
     def main_metric(self, task: str) -> str | None:
-        for source in (self.comparison, self.compare):
-            if source and task in source.get("tasks", {}):
-                return source["tasks"][task].get("metric")
+        if self.compare and task in self.compare.get("tasks", {}):
+            return self.compare["tasks"][task].get("metric")
         for record in self.records:
             metrics = (record.get("val") or {}).get(task)
             if metrics:
@@ -106,7 +103,6 @@ def load_run(run_dir: str | Path) -> RunData:
                 continue
             data.records.append(record)
     data.records = dedupe_epochs(data.records)
-    data.comparison = _read_json(path / "comparison.json")
     data.compare = _read_json(path / "compare.json")
     data.grid = _read_json(path / "grid.json")
     return data
