@@ -23,7 +23,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
-from train._ddp_equivalence import equivalence_table, free_tcp_address  # noqa: E402
+from train._ddp_equivalence import equivalence_table, free_tcp_address, run_rank  # noqa: E402
 
 from taskloom import Task  # noqa: E402
 from taskloom.balancing import BALANCERS, build_balancer  # noqa: E402
@@ -93,18 +93,13 @@ def _seconds(communicator, steps: int = 20) -> float:
     return (time.perf_counter() - started) / steps
 
 
+def _measure(communicator: distributed.Communicator) -> dict:
+    return {"equivalence": equivalence_table(communicator, steps=3), "bytes": _bytes(communicator),
+            "seconds_two_processes": _seconds(communicator)}
+
+
 def _worker(rank: int, rendezvous: str, out: str) -> None:
-    torch.set_num_threads(1)
-    communicator = distributed.start("cpu", init_method=rendezvous, rank=rank, world_size=2)
-    try:
-        result = {"equivalence": equivalence_table(communicator, steps=3), "bytes": _bytes(communicator),
-                  "seconds_two_processes": _seconds(communicator)}
-        if rank == 0:
-            Path(out).write_text(json.dumps(result))
-        communicator.barrier()  # leave the group together: a rank that leaves early aborts the other
-    finally:
-        distributed.stop()
-    distributed.leave_process(0)
+    run_rank(rank, 2, rendezvous, out, _measure)
 
 
 def main() -> None:

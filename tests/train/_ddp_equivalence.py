@@ -92,18 +92,27 @@ def equivalence_table(communicator: Communicator, steps: int) -> dict[str, Any]:
     return table
 
 
-def spawned_worker(rank: int, world_size: int, rendezvous: str, out: str) -> None:
-    """A spawned rank: join the group, compute the table, rank 0 writes it to ``out`` as JSON."""
+def run_rank(rank: int, world_size: int, rendezvous: str, out: str, compute: Any) -> None:
+    """A spawned rank: join the group, run ``compute(communicator)`` on every rank, rank 0 writes its JSON to ``out``."""
     torch.set_num_threads(1)
     communicator = distributed.start("cpu", init_method=rendezvous, rank=rank, world_size=world_size)
     try:
-        table = equivalence_table(communicator, steps=3)
+        result = compute(communicator)
         if rank == 0:
-            Path(out).write_text(json.dumps(table))
+            Path(out).write_text(json.dumps(result))
         communicator.barrier()  # leave the group together: a rank that leaves early aborts the other
     finally:
         distributed.stop()
     distributed.leave_process(0)
+
+
+def three_step_table(communicator: Any) -> Any:
+    return equivalence_table(communicator, steps=3)
+
+
+def spawned_worker(rank: int, world_size: int, rendezvous: str, out: str) -> None:
+    """A spawned rank that computes the equivalence table (rank 0 writes it to ``out`` as JSON)."""
+    run_rank(rank, world_size, rendezvous, out, three_step_table)
 
 
 def free_tcp_address() -> str:
