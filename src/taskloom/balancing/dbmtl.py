@@ -49,18 +49,25 @@ class DBMTL(GradientBalancer):
     modes = ("parameters",)
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 beta: float = 0.9, sigma: float = 0.5, eps: float = 1e-8) -> None:
+                 beta: float = 0.9, sigma: float = 0.5, eps: float = 1e-8, task_chunk: int | None = None) -> None:
         if mode not in self.modes and mode in MODES:
             raise ValueError(
                 "dbmtl averages parameter gradients across steps and cannot use representation gradients "
                 "(they are per sample, of a different batch each step): set balancing.options.mode to "
                 "'parameters' (the default) or pick a method that allows it, such as mgda_ub"
             )
-        super().__init__(task_names, mode=mode, batched=batched)
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk)
         self.beta, self.sigma, self.eps = beta, sigma, eps
         k = len(self.task_names)
         self.register_buffer("_buffer", torch.zeros((k, 0)))  # K x P, sized at the first step
         self.register_buffer("_steps", torch.zeros(k, dtype=torch.long))
+
+    def check_task_chunk(self) -> None:
+        """DB-MTL refuses ``task_chunk``: its state is a moving average of every task's whole gradient."""
+        raise ValueError(
+            "dbmtl cannot use balancing.options.task_chunk: it keeps a moving average of every task's gradient "
+            "of the shared parameters (a K x P state, by definition of the method), so chunking the per-task "
+            "gradients would not bound its memory; remove task_chunk or pick a Gramian-based method such as upgrad")
 
     def transform_losses(self, losses: list[Tensor]) -> list[Tensor]:
         return [torch.log(loss + self.eps) for loss in losses]

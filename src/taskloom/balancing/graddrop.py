@@ -16,6 +16,9 @@ from torch import Tensor
 
 from taskloom.balancing.base import SeededGenerator
 from taskloom.balancing.gradient import GradientBalancer
+from taskloom.balancing.gramian_engine import chunk_bounds, task_rows
+from taskloom.balancing.jacobian import write_gradient
+from taskloom.sharing.base import MultiTaskModule
 
 
 def _draw_uniform(count: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -36,25 +39,44 @@ def graddrop(grads: Tensor, generator: torch.Generator | None = None, leak: floa
     """
     if not 0 <= leak <= 1:
         raise ValueError(f"graddrop leak must be in [0, 1], got {leak!r}")
-    k = grads.shape[0]
     if representation is None:
         signed = grads
     else:
         if representation.numel() != grads.shape[1]:
             raise ValueError(f"graddrop: the representation has {representation.numel()} entries but the "
                              f"gradients {grads.shape[1]}")
-        batch = representation.shape[0] if representation.dim() else 1
-        per_sample = grads.reshape(k, batch, -1)  # K x B x units
-        signed = (per_sample * representation.reshape(1, batch, -1).sign().to(grads.dtype)).sum(dim=1)
+        per_sample, signed = _signed_units(grads, representation)  # K x B x units, K x units
     total, magnitude = signed.sum(dim=0), signed.abs().sum(dim=0)
     if uniform is None:
         uniform = _draw_uniform(total.numel(), total, generator)
-    positive_part = (total + magnitude).mul_(0.5)  # sum of the positive s_i; P = positive_part / magnitude
-    positive = positive_part > uniform.to(total).reshape(total.shape) * magnitude  # P > U, without dividing
-    if representation is None:  # each entry's own sign decides: the kept sum is the positive or negative part
-        kept = torch.where(positive, positive_part, positive_part - magnitude)
-        return kept if leak == 0 else leak * total + (1 - leak) * kept
-    keep = torch.where(positive, signed > 0, signed < 0).to(grads.dtype)  # K x units, the same for the batch
+    positive_part, positive = _positive_side(total, magnitude, uniform)
+    if representation is None:
+        return _kept_sum(total, magnitude, positive_part, positive, leak)
+    return _masked_sum(per_sample, signed, positive, leak)
+
+
+def _signed_units(grads: Tensor, representation: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows of gradients of the representation as K x batch x units, and their sign-weighted batch sums s_i."""
+    batch = representation.shape[0] if representation.dim() else 1
+    per_sample = grads.reshape(grads.shape[0], batch, -1)
+    return per_sample, (per_sample * representation.reshape(1, batch, -1).sign().to(grads.dtype)).sum(dim=1)
+
+
+def _positive_side(total: Tensor, magnitude: Tensor, uniform: Tensor) -> tuple[Tensor, Tensor]:
+    """Per unit, the sum of the positive s_i and whether the unit keeps its positive side (P > U)."""
+    positive_part = (total + magnitude).mul_(0.5)  # P = positive_part / magnitude
+    return positive_part, positive_part > uniform.to(total).reshape(total.shape) * magnitude  # without dividing
+
+
+def _kept_sum(total: Tensor, magnitude: Tensor, positive_part: Tensor, positive: Tensor, leak: float) -> Tensor:
+    """Parameter mode: each entry's own sign decides, so the kept sum is the positive or the negative part."""
+    kept = torch.where(positive, positive_part, positive_part - magnitude)
+    return kept if leak == 0 else leak * total + (1 - leak) * kept
+
+
+def _masked_sum(per_sample: Tensor, signed: Tensor, positive: Tensor, leak: float) -> Tensor:
+    """Representation mode: the sum of the gradients each task keeps, one mask per unit for the whole batch."""
+    keep = torch.where(positive, signed > 0, signed < 0).to(per_sample.dtype)  # K x units
     if leak:
         keep = leak + (1 - leak) * keep
     return (per_sample * keep.unsqueeze(1)).sum(dim=0).reshape(-1)
@@ -64,14 +86,17 @@ class GradDrop(GradientBalancer):
     """GradDrop (Chen et al. 2020): sign-consistency gradient dropout, the paper's way on the representation.
 
     Draws its uniforms on the gradients' device with its own generator (seeded by ``seed``),
-    whose state is saved with the balancer, so a resumed run draws the same numbers.
+    whose state is saved with the balancer, so a resumed run draws the same numbers. With
+    ``task_chunk`` it needs per unit only sum_i s_i and sum_i |s_i| (one pass over chunks of
+    tasks; representation mode recomputes each chunk once more for the masked sum): the same
+    draws and update as the full engine with B task rows held at a time.
     """
 
     combines_representation = True
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 leak: float = 0.0, seed: int = 0) -> None:
-        super().__init__(task_names, mode=mode, batched=batched)
+                 leak: float = 0.0, seed: int = 0, task_chunk: int | None = None) -> None:
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk)
         if not 0 <= leak <= 1:
             raise ValueError(f"balancing.options.leak must be in [0, 1], got {leak!r}")
         self.leak = leak
@@ -81,6 +106,47 @@ class GradDrop(GradientBalancer):
                 representation: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         generator = self.random.on(grads.device)
         return graddrop(grads, generator, self.leak, representation=representation), None
+
+    def check_task_chunk(self) -> None:
+        """GradDrop accepts ``task_chunk`` (its sums over tasks are taken chunk by chunk)."""
+
+    def _chunked_backward(self, values: list[Tensor], names: list[str], model: MultiTaskModule,
+                          representation: Tensor | None, factor: Tensor | None) -> None:
+        """GradDrop's step with per-task gradients held ``task_chunk`` tasks at a time (K or 2K task passes)."""
+        rows = task_rows(self, values, names, model, representation, factor)
+        if not rows.shared and representation is None:
+            return
+        units = None if rows.shared else representation.detach()
+        bounds = chunk_bounds(len(values), self.task_chunk)
+        total = magnitude = None
+        for start, stop in bounds:
+            block = rows(start, stop)
+            signed = block if units is None else _signed_units(block, units)[1]
+            del block
+            total = signed.sum(dim=0) if total is None else total.add_(signed.sum(dim=0))
+            magnitude = signed.abs().sum(dim=0) if magnitude is None else magnitude.add_(signed.abs().sum(dim=0))
+            del signed
+        if factor is not None and not bool(torch.isfinite(magnitude).all()):  # overflow: the scaler skips the step
+            direction = torch.full((representation.numel() if units is not None else total.numel(),), float("nan"),
+                                   dtype=total.dtype, device=total.device)
+        else:
+            uniform = _draw_uniform(total.numel(), total, self.random.on(total.device))
+            positive_part, positive = _positive_side(total, magnitude, uniform)
+            if units is None:
+                direction = _kept_sum(total, magnitude, positive_part, positive, self.leak)
+            else:
+                direction = None
+                for start, stop in bounds:
+                    per_sample, signed = _signed_units(rows(start, stop), units)
+                    part = _masked_sum(per_sample, signed, positive, self.leak)
+                    del per_sample, signed
+                    direction = part if direction is None else direction.add_(part)
+            if factor is not None:
+                direction = direction * factor.to(direction.dtype)
+        if units is None:
+            write_gradient(rows.shared, direction)
+        else:
+            representation.backward(direction.view_as(representation).to(representation.dtype))
 
     def get_extra_state(self) -> Any:
         return self.random.state()

@@ -6,11 +6,13 @@ Sener & Koltun 2018) into one update direction; every head gets its own task's g
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from taskloom.balancing import gramian_engine
 from taskloom.balancing.base import Balancer, LossScale
 from taskloom.balancing.jacobian import (
     VmapFallback,
@@ -23,6 +25,8 @@ from taskloom.balancing.jacobian import (
 from taskloom.sharing.base import MultiTaskModule, unique
 
 MODES = ("parameters", "representation")
+
+log = logging.getLogger(__name__)
 
 
 class GradientBalancer(Balancer):
@@ -37,6 +41,9 @@ class GradientBalancer(Balancer):
     also works with a plain ``model(inputs)`` and ``backward(losses, model)``. ``batched``
     picks the engine's path for the trunk (None: batched on accelerators); where vmap cannot
     run, this balancer goes sequential from then on (its own ``vmap_fallback``, no global flag).
+    ``task_chunk`` (B) bounds the memory with many tasks: per-task gradients are held B tasks at
+    a time, twice, and recomputed (see :mod:`~taskloom.balancing.gramian_engine`); None (default)
+    holds all K at once.
     """
 
     needs_task_gradients = True
@@ -48,12 +55,17 @@ class GradientBalancer(Balancer):
     #: ``grads @ grads.T`` alone (and of the method's state): what data-parallel representation mode needs
     weights_from_gram: bool = False
 
-    def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None) -> None:
+    def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
+                 task_chunk: int | None = None) -> None:
         super().__init__(task_names)
         if mode not in MODES:
             raise ValueError(f"balancing.options.mode must be one of {list(MODES)}, got {mode!r}")
         self.mode = mode
         self.batched = batched
+        self.task_chunk = gramian_engine.check_task_chunk(task_chunk, type(self).__name__)
+        if self.task_chunk is not None:
+            self.check_task_chunk()
+        self._engine_logged = False
         self.vmap_fallback = VmapFallback()
         self._representation: Tensor | None = None
         self._weights: tuple[list[str], Tensor] | None = None
@@ -67,7 +79,31 @@ class GradientBalancer(Balancer):
         """In parameter mode under data parallelism the shared parameters get the combined global update."""
         if self.communicator is None or self.mode != "parameters":
             return []
+        if self.task_chunk is not None and self.weights_from_gram:  # its weighted backward is local
+            return []
         return list(model.shared_parameters())
+
+    def check_task_chunk(self) -> None:
+        """Refuse, naming the method, ``task_chunk`` for a method whose update is not a function of the Gramian."""
+        if not self.weights_from_gram:
+            raise ValueError(
+                f"{type(self).__name__} cannot use balancing.options.task_chunk: its update is not a function of "
+                "the task gradients' Gramian, so it needs all of them at once; remove task_chunk")
+
+    def _chunked_backward(self, values: list[Tensor], names: list[str], model: MultiTaskModule,
+                          representation: Tensor | None, factor: Tensor | None) -> None:
+        """One step with per-task gradients held ``task_chunk`` tasks at a time (the Gramian engine)."""
+        gramian_engine.gramian_backward(self, values, names, model, representation, factor)
+
+    def _log_engine(self, k: int) -> None:
+        if self._engine_logged:
+            return
+        self._engine_logged = True
+        if self.task_chunk is None:
+            log.info("%s: full gradient engine (%d per-task gradients held at once)", type(self).__name__, k)
+        else:
+            log.info("%s: task-chunked engine, %d tasks in chunks of %d (at most %d per-task gradients held)",
+                     type(self).__name__, k, self.task_chunk, 2 * min(self.task_chunk, k))
 
     def check_data_parallel(self) -> None:
         """Refuse, naming the method, a mode this method cannot run under data parallelism."""
@@ -139,6 +175,10 @@ class GradientBalancer(Balancer):
         if scale is not None:  # fp16: back-propagate scaled objectives, combine the true gradients
             values = [scale(v) for v in values]
             factor = scale(torch.ones((), device=values[0].device))
+        self._log_engine(len(names))
+        if self.task_chunk is not None:
+            self._chunked_backward(values, names, model, representation, factor)
+            return
         if representation is not None:
             own = [model.task_parameters(n) for n in names]
             rep_grads, head_grads = head_gradients(values, representation, own)
@@ -234,8 +274,8 @@ class AggregatorBalancer(GradientBalancer):
     weights_from_gram = True
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 **options: Any) -> None:
-        super().__init__(task_names, mode=mode, batched=batched)
+                 task_chunk: int | None = None, **options: Any) -> None:
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk)
         self.options = options
 
     def combine(self, grads: Tensor, names: Sequence[str]) -> tuple[Tensor, Tensor | None]:

@@ -145,13 +145,13 @@ def head_gradients(
 
 def chain_gradients(
     representation: Tensor, inputs: Sequence[Tensor], rep_grads: Tensor, batched: bool | None = None,
-    fallback: VmapFallback | None = None,
+    fallback: VmapFallback | None = None, retain_graph: bool = False,
 ) -> Tensor:
     """K x P gradients of ``inputs`` (the trunk's parameters) from K gradients of the representation.
 
     One vmapped vector-Jacobian product through the trunk on accelerators, K sequential
     ones on CPU (faster there), as an option (``batched``), or where vmap cannot run (recorded
-    in ``fallback`` as in :func:`task_gradients`).
+    in ``fallback`` as in :func:`task_gradients`). ``retain_graph`` keeps the graph for a later pass.
     """
     inputs = list(inputs)
     k = rep_grads.shape[0]
@@ -169,7 +169,7 @@ def chain_gradients(
     rows = _sequential_rows(k, inputs)
     for index in range(k):
         grads = torch.autograd.grad(representation, inputs, grad_outputs=cotangents[index],
-                                    retain_graph=index < k - 1, allow_unused=True)
+                                    retain_graph=retain_graph or index < k - 1, allow_unused=True)
         _flatten_into(rows[index], grads, inputs)
     return rows
 

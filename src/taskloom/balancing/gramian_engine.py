@@ -1,0 +1,195 @@
+"""The task-chunked Gramian engine: gradient methods with many tasks in O(2B x P) memory, exactly.
+
+The full engine holds the K x P matrix of per-task gradients (K x |z| in representation
+mode). Most methods need only its K x K Gramian G = J J^T: their update is ``w @ J`` with w a
+function of G (and of the method's state), which is the gradient of ``sum_k w_k L_k``. So this
+engine computes G holding at most two chunks of ``task_chunk`` = B rows: chunk I is held while
+each chunk J >= I is recomputed, its block G[I, J] = J_I J_J^T kept and the rows dropped. Then
+the method gets the weights from a K x K factor R of G (R R^T = G: same Gramian, same weights),
+and one weighted backward pass of ``sum_k w_k L_k`` writes the shared update. Each head gets its
+own task's gradient the first time its chunk is computed. Nothing is approximated; the price is
+recomputation: with C = ceil(K / B) chunks the Gramian takes C (C + 1) / 2 chunk passes, about
+K (C + 1) / 2 per-task backward passes (K at C = 1), plus the weighted one.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from taskloom.balancing.jacobian import VmapFallback, chain_gradients, head_gradients, task_gradients, write_gradients
+from taskloom.sharing.base import MultiTaskModule, unique
+
+log = logging.getLogger(__name__)
+
+
+def check_task_chunk(task_chunk: Any, method: str) -> int | None:
+    """``task_chunk`` as an int >= 1 or None, else a ValueError that names the option and the method."""
+    if task_chunk is None:
+        return None
+    if isinstance(task_chunk, bool) or not isinstance(task_chunk, int) or task_chunk < 1:
+        raise ValueError(f"balancing.options.task_chunk of {method} must be a whole number >= 1 (tasks whose "
+                         f"gradients are held at once) or null for the full engine, got {task_chunk!r}")
+    return task_chunk
+
+
+def chunk_bounds(k: int, size: int) -> list[tuple[int, int]]:
+    """The [start, stop) ranges of ``k`` tasks in chunks of ``size`` (the last one may be shorter)."""
+    return [(start, min(start + size, k)) for start in range(0, k, size)]
+
+
+def gramian_passes(k: int, size: int) -> int:
+    """Chunk computations the Gramian takes for ``k`` tasks in chunks of ``size``: C (C + 1) / 2."""
+    chunks = math.ceil(k / size)
+    return chunks * (chunks + 1) // 2
+
+
+@dataclass
+class TaskRows:
+    """Per-task gradient rows of a range of tasks, computed on demand (what the chunked engine holds).
+
+    Parameter mode: gradients of the ``shared`` parameters (through the representation when there
+    is one, else directly from the losses); representation mode (``shared`` empty): gradients of
+    the representation. Rows come back unscaled (divided by ``factor`` under fp16), in at least
+    float32, and under data parallelism in parameter mode summed over the ranks (the global rows).
+    The first computation of a task also writes its head's own gradient.
+    """
+
+    values: Sequence[Tensor]
+    model: MultiTaskModule
+    names: Sequence[str]
+    representation: Tensor | None
+    shared: Sequence[Tensor]
+    factor: Tensor | None = None
+    communicator: Any = None
+    batched: bool | None = None
+    fallback: VmapFallback | None = None
+    heads_done: set[int] = field(default_factory=set)
+
+    def __call__(self, start: int, stop: int) -> Tensor:
+        return chunk_rows(self, start, stop)
+
+
+def chunk_rows(rows: TaskRows, start: int, stop: int) -> Tensor:
+    """The (stop - start) x P rows of tasks ``start:stop`` (see :class:`TaskRows`)."""
+    values = list(rows.values[start:stop])
+    if rows.representation is not None:
+        own = [() if index in rows.heads_done else rows.model.task_parameters(rows.names[index])
+               for index in range(start, stop)]
+        rep_grads, head_grads = head_gradients(values, rows.representation, own)
+        for params, grads in zip(own, head_grads):
+            write_gradients(params, grads)
+        rows.heads_done.update(range(start, stop))
+        if rows.shared:
+            block = chain_gradients(rows.representation, rows.shared, rep_grads, batched=rows.batched,
+                                    fallback=rows.fallback, retain_graph=True)
+            del rep_grads
+        else:
+            block = rep_grads
+    else:
+        block = task_gradients(values, rows.shared, batched=rows.batched, retain_graph=True, fallback=rows.fallback)
+    if block.dtype in (torch.float16, torch.bfloat16):
+        block = block.float()
+    if rows.communicator is not None and rows.shared:
+        block = rows.communicator.all_reduce_sum(block.contiguous())
+    if rows.factor is not None:
+        block = block / rows.factor.to(block.dtype)
+    return block
+
+
+def write_plain_heads(values: Sequence[Tensor], model: MultiTaskModule, names: Sequence[str]) -> None:
+    """Without a representation, every head's own gradient from one backward of the summed objectives."""
+    heads = unique(p for n in names for p in model.task_parameters(n))
+    if heads:
+        total = values[0] if len(values) == 1 else torch.stack([v.reshape(()) for v in values]).sum()
+        write_gradients(heads, torch.autograd.grad(total, heads, retain_graph=True, allow_unused=True))
+
+
+def chunked_gramian(rows: Callable[[int, int], Tensor], k: int, size: int) -> Tensor:
+    """The K x K Gramian (float64) of the rows ``rows(start, stop)`` returns, holding at most two chunks.
+
+    Chunk I is computed once as the held chunk, then each later chunk J is recomputed for the
+    block G[I, J]: C (C + 1) / 2 chunk computations for C chunks (:func:`gramian_passes`).
+    """
+    bounds = chunk_bounds(k, size)
+    gramian: Tensor | None = None
+    for position, (a0, a1) in enumerate(bounds):
+        held = rows(a0, a1)
+        if gramian is None:
+            gramian = torch.zeros((k, k), dtype=torch.float64, device=held.device)
+        gramian[a0:a1, a0:a1] = (held @ held.T).double()
+        for b0, b1 in bounds[position + 1:]:
+            other = rows(b0, b1)
+            block = (held @ other.T).double()
+            del other  # before the next chunk is computed: never more than two chunks alive
+            gramian[a0:a1, b0:b1] = block
+            gramian[b0:b1, a0:a1] = block.T
+        del held
+    return gramian
+
+
+def gramian_factor(gramian: Tensor, dtype: torch.dtype) -> Tensor:
+    """A K x K matrix R with R R^T = ``gramian`` (from its eigendecomposition; negative rounding clipped)."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(gramian)
+    return (eigenvectors * eigenvalues.clamp_min(0).sqrt()).to(dtype)
+
+
+def weighted_backward(values: Sequence[Tensor], weights: Tensor, representation: Tensor | None,
+                      shared: Sequence[Tensor]) -> None:
+    """Back-propagate ``sum_k w_k values_k`` to the shared part only (heads already have their gradients).
+
+    Representation mode (``shared`` empty): through the representation, as the full engine does;
+    parameter mode: into the shared parameters' ``.grad`` (zeros for one the objectives do not reach).
+    """
+    weights = weights.detach()
+    total = sum(w.to(v.dtype) * v.reshape(()) for w, v in zip(weights.unbind(), values))
+    if not shared:
+        (direction,) = torch.autograd.grad(total, representation)
+        representation.backward(direction)
+        return
+    grads = torch.autograd.grad(total, list(shared), allow_unused=True)
+    write_gradients(list(shared), [torch.zeros_like(p) if g is None else g for p, g in zip(shared, grads)])
+
+
+def task_rows(balancer: Any, values: Sequence[Tensor], names: Sequence[str], model: MultiTaskModule,
+              representation: Tensor | None, factor: Tensor | None) -> TaskRows:
+    """The row source of one step of ``balancer`` (a GradientBalancer); without a representation, heads first."""
+    parameter_mode = balancer.mode == "parameters"
+    if representation is None:
+        write_plain_heads(values, model, names)
+    return TaskRows(values, model, names, representation,
+                    list(model.shared_parameters()) if parameter_mode else [], factor=factor,
+                    communicator=balancer.communicator, batched=balancer.batched, fallback=balancer.vmap_fallback)
+
+
+def gramian_backward(balancer: Any, values: Sequence[Tensor], names: Sequence[str], model: MultiTaskModule,
+                     representation: Tensor | None, factor: Tensor | None) -> None:
+    """One step of a method whose weights are a function of the Gramian, in chunks of ``balancer.task_chunk``.
+
+    The Gramian of the unscaled rows; under data parallelism the global one (parameter mode:
+    from rows summed over the ranks; representation mode: the sum of the ranks' Gramians, one
+    K x K all-reduce). A non-finite Gramian (an fp16 overflow) leaves the method's state alone
+    and makes the update NaN, so the loss scaler skips the step. The weighted backward is local:
+    under data parallelism the trainer sums the trunk's gradients like any other parameter's.
+    """
+    rows = task_rows(balancer, values, names, model, representation, factor)
+    if not rows.shared and representation is None:
+        return  # parameter mode on a model without shared parameters: the heads are done
+    gramian = chunked_gramian(rows, len(values), balancer.task_chunk)
+    if balancer.communicator is not None and not rows.shared:
+        balancer.check_data_parallel()
+        gramian = balancer.communicator.all_reduce_sum(gramian)
+    dtype = torch.promote_types(values[0].dtype, torch.float32)
+    if factor is not None and not bool(torch.isfinite(gramian).all()):
+        weights = torch.full((len(values),), float("nan"), dtype=dtype, device=gramian.device)
+    else:
+        _, weights = balancer.combine(gramian_factor(gramian, dtype), names)
+        if weights is None:
+            raise ValueError(f"{type(balancer).__name__} returned no task weights; it cannot use "
+                             "balancing.options.task_chunk")
+        balancer._weights = (list(names), weights.detach())
+    weighted_backward(values, weights, representation, rows.shared)
