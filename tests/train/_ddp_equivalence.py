@@ -20,18 +20,30 @@ from taskloom.trunks import MLP
 
 OPTIONS = {"static": {"weights": {"sign": 1.0, "quadrant": 2.0, "level": 0.5}}, "rlw": {"seed": 3}}
 ROWS = 24
+#: tasks per chunk of the chunked-engine variants (3 tasks: chunks of 2 and 1)
+TASK_CHUNK = 2
 
 
-def cases() -> list[tuple[str, str | None]]:
-    """Every registered method: loss-level ones once, gradient ones in each mode they are defined for."""
-    found = []
+def cases() -> list[tuple[str, str | None, int | None]]:
+    """Every registered method: loss-level ones once, gradient ones in each mode they are defined for,
+    and again with the task-chunked engine (every gradient method that accepts ``task_chunk``)."""
+    found: list[tuple[str, str | None, int | None]] = []
+    chunked = []
     for name in BALANCERS:
         kind = BALANCERS.get(name)
         if issubclass(kind, GradientBalancer):
-            found += [(name, mode) for mode in MODES if mode in kind.modes]
+            found += [(name, mode, None) for mode in MODES if mode in kind.modes]
+            if name != "dbmtl":  # refuses task_chunk by definition (tested with the method)
+                chunked += [(name, mode, TASK_CHUNK) for mode in MODES if mode in kind.modes]
         else:
-            found.append((name, None))
-    return found
+            found.append((name, None, None))
+    return found + chunked
+
+
+def case_key(name: str, mode: str | None, task_chunk: int | None) -> str:
+    """The table's key of a case: ``name``, ``name/mode`` or ``name/mode/task_chunk=B``."""
+    key = name if mode is None else f"{name}/{mode}"
+    return key if task_chunk is None else f"{key}/task_chunk={task_chunk}"
 
 
 def make_data() -> tuple[MultiTaskDataset, list[Task]]:
@@ -47,13 +59,16 @@ def make_data() -> tuple[MultiTaskDataset, list[Task]]:
     return MultiTaskDataset(x, targets, masks), tasks
 
 
-def make_trainer(name: str, mode: str | None, tasks: list[Task], communicator: Communicator | None) -> Trainer:
+def make_trainer(name: str, mode: str | None, tasks: list[Task], communicator: Communicator | None,
+                 task_chunk: int | None = None) -> Trainer:
     torch.manual_seed(0)
     heads = {"sign": nn.Linear(16, 1), "quadrant": nn.Linear(16, 4), "level": nn.Linear(16, 1)}
     model = MultiTaskModel(MLP(6, hidden=(16, 16)), heads=heads)
     options = dict(OPTIONS.get(name, {}))
     if mode is not None:
         options["mode"] = mode
+    if task_chunk is not None:
+        options["task_chunk"] = task_chunk
     balancer = build_balancer(name, [t.name for t in tasks], **options)
     return Trainer(model, tasks, balancer, optimizer="sgd", lr=0.05, momentum=0.0, batch_size=ROWS,
                    communicator=communicator)
@@ -75,15 +90,15 @@ def equivalence_table(communicator: Communicator, steps: int) -> dict[str, Any]:
     """Per case: the max relative parameter difference (2 ranks vs 1), or the error a refused case raises."""
     data, tasks = make_data()
     table: dict[str, Any] = {}
-    for name, mode in cases():
-        key = name if mode is None else f"{name}/{mode}"
+    for name, mode, task_chunk in cases():
+        key = case_key(name, mode, task_chunk)
         try:
-            trainer = make_trainer(name, mode, tasks, communicator)
+            trainer = make_trainer(name, mode, tasks, communicator, task_chunk)
         except ValueError as error:
             table[key] = {"refused": str(error)}
             continue
         sharded = parameters_after(trainer, data, steps, communicator)
-        single = parameters_after(make_trainer(name, mode, tasks, None), data, steps, None)
+        single = parameters_after(make_trainer(name, mode, tasks, None, task_chunk), data, steps, None)
         difference = ((sharded - single).abs().max() / single.abs().max()).item()
         same_on_ranks = sharded.clone()
         communicator.all_reduce_sum(same_on_ranks)

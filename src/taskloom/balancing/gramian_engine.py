@@ -10,6 +10,13 @@ and one weighted backward pass of ``sum_k w_k L_k`` writes the shared update. Ea
 own task's gradient the first time its chunk is computed. Nothing is approximated; the price is
 recomputation: with C = ceil(K / B) chunks the Gramian takes C (C + 1) / 2 chunk passes, about
 K (C + 1) / 2 per-task backward passes (K at C = 1), plus the weighted one.
+
+Data parallelism (see :mod:`taskloom.train.distributed`): in representation mode the rows are
+per sample, so the global Gramian is the sum of the ranks' ones (one K x K all-reduce); in
+parameter mode each chunk's rows are summed over the ranks before their products (recomputed
+chunks again: C (C + 1) / 2 x B x P values all-reduced, against K x P for the full engine).
+Either way the weighted backward is local and the trainer sums the trunk's gradients like any
+other parameter's (:meth:`GradientBalancer.reduced_parameters` returns none).
 """
 from __future__ import annotations
 
