@@ -113,8 +113,12 @@ class SummedGradients(GradientBalancer):
 
 
 def taskloom_step(model, balancer, optimizer, names, loss_fn) -> Callable[[Any], None]:
-    """What the trainer does in one step (gradient methods forward through ``balancer.outputs``)."""
-    representation = hasattr(balancer, "outputs")
+    """What the trainer does in one step: gradient methods forward through ``balancer.outputs``.
+
+    As the trainer decides it, from what the balancer declares: needed in representation mode,
+    the fast path in parameter mode; loss-level methods take the plain forward.
+    """
+    representation = balancer.needs_task_gradients or getattr(balancer, "needs_representation", False)
 
     def step(batch) -> None:
         x, y = batch

@@ -8,7 +8,6 @@ on the chunk function (weak references to the rows it returned), never measured 
 from __future__ import annotations
 
 import logging
-import math
 import weakref
 
 import pytest
@@ -64,53 +63,59 @@ def trajectory(name: str, mode: str, task_chunk: int | None, path: str = "output
 
 
 class RowSpy:
-    """Wraps the chunk function: counts its calls and the largest number of returned rows alive at once."""
+    """Wraps the engine's row functions: counts the task rows computed, and the most alive at once.
 
-    def __init__(self, real) -> None:
-        self.real, self.calls, self.most, self.alive, self.sizes = real, 0, 0, {}, []
+    ``chunk_rows`` returns a chunk's rows as one tensor; ``task_pieces`` one task's row as
+    per-parameter tensors (alive while any of them is). Weak references tell when each is freed.
+    """
 
-    def __call__(self, rows, start: int, stop: int) -> torch.Tensor:
-        block = self.real(rows, start, stop)
-        self.calls += 1
-        key = self.calls
-        self.alive[key] = (weakref.ref(block, lambda _, key=key: self.alive.pop(key, None)), block.shape[0])
-        self.most = max(self.most, sum(count for _, count in self.alive.values()))
-        self.sizes.append(block.shape[0])
-        return block
+    def __init__(self, monkeypatch) -> None:
+        self.rows_computed, self.most, self.alive, self.calls = 0, 0, {}, 0
+        self.largest_chunk = 0
+        monkeypatch.setattr(gramian_engine, "chunk_rows", self.wrap(gramian_engine.chunk_rows, chunk=True))
+        monkeypatch.setattr(gramian_engine, "task_pieces", self.wrap(gramian_engine.task_pieces, chunk=False))
+
+    def wrap(self, real, chunk: bool):
+        def spied(*args):
+            result = real(*args)
+            self.calls += 1
+            key, tensors = self.calls, ([result] if chunk else [t for t in result if t is not None])
+            count = result.shape[0] if chunk else 1
+            self.rows_computed += count
+            self.largest_chunk = max(self.largest_chunk, count)
+            self.alive[key] = [count, len(tensors)]
+            for tensor in tensors:
+                weakref.finalize(tensor, self.freed, key)
+            self.most = max(self.most, sum(rows for rows, _ in self.alive.values()))
+            return result
+        return spied
+
+    def freed(self, key: int) -> None:
+        self.alive[key][1] -= 1
+        if self.alive[key][1] == 0:
+            del self.alive[key]
 
 
-@pytest.mark.parametrize("task_chunk", [1, 2, 5])
-@pytest.mark.parametrize("name,mode", CASES)
-def test_chunked_engine_gives_the_full_engines_parameters(name, mode, task_chunk):
-    full = trajectory(name, mode, None)
-    chunked = trajectory(name, mode, task_chunk)
-    for number, (expected, got) in enumerate(zip(full, chunked), start=1):
-        assert not torch.equal(expected, full[0]) or number == 1  # the steps do move the parameters
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=f"{name}/{mode} after step {number}")
-
-
-@pytest.mark.parametrize("name", [n for n, mode in CASES if mode == "parameters"])
-def test_chunked_engine_without_a_representation_gives_the_full_engines_parameters(name):
-    torch.testing.assert_close(trajectory(name, "parameters", 2, path="plain")[-1],
-                               trajectory(name, "parameters", None, path="plain")[-1], rtol=1e-5, atol=1e-5)
+#: task rows the Gramian of K = 5 takes by hand: chunk I, then every later chunk again (B = 2: 5 + 3 + 1)
+GRAMIAN_ROWS = {1: 5 + 4 + 3 + 2 + 1, 2: 9, 5: 5}
 
 
 @pytest.mark.parametrize("task_chunk", [1, 2, 5])
 @pytest.mark.parametrize("name,mode", [("upgrad", "parameters"), ("pcgrad", "representation"),
                                        ("graddrop", "parameters"), ("graddrop", "representation")])
 def test_rows_held_at_once_are_at_most_two_chunks(monkeypatch, name, mode, task_chunk):
-    spy = RowSpy(gramian_engine.chunk_rows)
-    monkeypatch.setattr(gramian_engine, "chunk_rows", spy)
+    spy = RowSpy(monkeypatch)
     model, balancer = make_model(), build_balancer(name, NAMES, mode=mode, task_chunk=task_chunk)
     x, targets = make_batches()[0]
     step(balancer, model, torch.optim.SGD(model.parameters(), lr=0.1), x, targets, "outputs")
-    chunks = math.ceil(len(NAMES) / task_chunk)
     if name == "graddrop":  # one pass over the chunks; representation mode a second for the masked sum
-        assert spy.calls == chunks * (2 if mode == "representation" else 1)
-    else:  # chunk I once, then each later chunk once per earlier one: C (C + 1) / 2
-        assert spy.calls == chunks * (chunks + 1) // 2 == gramian_engine.gramian_passes(len(NAMES), task_chunk)
-    assert max(spy.sizes) == task_chunk
+        assert spy.rows_computed == len(NAMES) * (2 if mode == "representation" else 1)
+    else:
+        assert spy.rows_computed == GRAMIAN_ROWS[task_chunk]
+    assert spy.largest_chunk == task_chunk
     assert spy.most <= 2 * task_chunk
+    if mode == "parameters" and name != "graddrop":  # later chunks are streamed one task at a time
+        assert spy.most <= task_chunk + 1
     assert spy.most < len(NAMES) or task_chunk == len(NAMES)
 
 
@@ -197,3 +202,16 @@ def test_the_engine_is_logged_once(caplog):
             step(balancer, model, optimizer, x, targets, "outputs")
     lines = [r.getMessage() for r in caplog.records if "engine" in r.getMessage()]
     assert lines == ["MGDA: task-chunked engine, 5 tasks in chunks of 2 (at most 4 per-task gradients held)"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_graddrop_with_leak_gives_the_full_engines_parameters(mode):
+    runs = {}
+    for task_chunk in (None, 2):
+        model = make_model()
+        balancer = build_balancer("graddrop", NAMES, mode=mode, leak=0.3, task_chunk=task_chunk)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for x, targets in make_batches():
+            step(balancer, model, optimizer, x, targets, "outputs")
+        runs[task_chunk] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(runs[2], runs[None], rtol=1e-5, atol=1e-5)

@@ -28,7 +28,14 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from taskloom.balancing.jacobian import VmapFallback, chain_gradients, head_gradients, task_gradients, write_gradients
+from taskloom.balancing.jacobian import (
+    VmapFallback,
+    chain_gradients,
+    head_gradients,
+    task_gradients,
+    use_vmap,
+    write_gradients,
+)
 from taskloom.sharing.base import MultiTaskModule, unique
 
 log = logging.getLogger(__name__)
@@ -80,17 +87,66 @@ class TaskRows:
     def __call__(self, start: int, stop: int) -> Tensor:
         return chunk_rows(self, start, stop)
 
+    def products(self, held: Tensor, start: int, stop: int) -> Tensor:
+        """``held @ rows(start, stop).T``; on the sequential path of one process, without building those rows."""
+        tensor = self.representation if self.representation is not None else self.values[0]
+        if self.shared and self.communicator is None and not use_vmap(tensor, stop - start, self.batched,
+                                                                          self.fallback):
+            return streamed_products(self, held, start, stop)
+        return held @ chunk_rows(self, start, stop).T
+
+
+def _write_own_head(rows: TaskRows, index: int) -> list[Tensor]:
+    """Task ``index``'s own parameters if its head has no gradient yet this step (else none), marked done."""
+    if index in rows.heads_done:
+        return []
+    rows.heads_done.add(index)
+    return list(rows.model.task_parameters(rows.names[index]))
+
+
+def task_pieces(rows: TaskRows, index: int) -> tuple[Tensor | None, ...]:
+    """Task ``index``'s gradient of each shared parameter, unflattened (and its head's, the first time)."""
+    if rows.representation is None:
+        return torch.autograd.grad(rows.values[index], list(rows.shared), retain_graph=True, allow_unused=True)
+    own = _write_own_head(rows, index)
+    rep_grads, head_grads = head_gradients([rows.values[index]], rows.representation, [own])
+    write_gradients(own, head_grads[0])
+    cotangent = rep_grads.view_as(rows.representation).to(rows.representation.dtype)
+    del rep_grads
+    return torch.autograd.grad(rows.representation, list(rows.shared), grad_outputs=cotangent, retain_graph=True,
+                               allow_unused=True)
+
+
+def streamed_products(rows: TaskRows, held: Tensor, start: int, stop: int) -> Tensor:
+    """``held @ rows(start, stop).T`` one task at a time, from its per-parameter gradients (never one flat row)."""
+    return torch.stack([_dot_pieces(held, task_pieces(rows, index), rows.shared, rows.factor)
+                        for index in range(start, stop)], dim=1)
+
+
+def _dot_pieces(held: Tensor, pieces: Sequence[Tensor | None], shared: Sequence[Tensor],
+                factor: Tensor | None) -> Tensor:
+    """``held @ row`` for the row whose per-parameter pieces are ``pieces`` (divided by ``factor``)."""
+    column = held.new_zeros(held.shape[0])
+    offset = 0
+    for piece, parameter in zip(pieces, shared):
+        size = parameter.numel()
+        if piece is not None:
+            flat = piece.reshape(-1).to(held.dtype)
+            if factor is not None:
+                flat = flat / factor.to(held.dtype)
+            column += held[:, offset:offset + size] @ flat
+        offset += size
+    return column
+
 
 def chunk_rows(rows: TaskRows, start: int, stop: int) -> Tensor:
     """The (stop - start) x P rows of tasks ``start:stop`` (see :class:`TaskRows`)."""
     values = list(rows.values[start:stop])
     if rows.representation is not None:
-        own = [() if index in rows.heads_done else rows.model.task_parameters(rows.names[index])
-               for index in range(start, stop)]
+        own = [_write_own_head(rows, index) for index in range(start, stop)]
         rep_grads, head_grads = head_gradients(values, rows.representation, own)
         for params, grads in zip(own, head_grads):
             write_gradients(params, grads)
-        rows.heads_done.update(range(start, stop))
         if rows.shared:
             block = chain_gradients(rows.representation, rows.shared, rep_grads, batched=rows.batched,
                                     fallback=rows.fallback, retain_graph=True)
@@ -116,11 +172,14 @@ def write_plain_heads(values: Sequence[Tensor], model: MultiTaskModule, names: S
         write_gradients(heads, torch.autograd.grad(total, heads, retain_graph=True, allow_unused=True))
 
 
-def chunked_gramian(rows: Callable[[int, int], Tensor], k: int, size: int) -> Tensor:
+def chunked_gramian(rows: Callable[[int, int], Tensor], k: int, size: int,
+                    products: Callable[[Tensor, int, int], Tensor] | None = None) -> Tensor:
     """The K x K Gramian (float64) of the rows ``rows(start, stop)`` returns, holding at most two chunks.
 
     Chunk I is computed once as the held chunk, then each later chunk J is recomputed for the
     block G[I, J]: C (C + 1) / 2 chunk computations for C chunks (:func:`gramian_passes`).
+    ``products(held, start, stop)``, when given, returns ``held @ rows(start, stop).T`` its own
+    way (:meth:`TaskRows.products` streams the rows of J, so only chunk I is ever held whole).
     """
     bounds = chunk_bounds(k, size)
     gramian: Tensor | None = None
@@ -130,9 +189,12 @@ def chunked_gramian(rows: Callable[[int, int], Tensor], k: int, size: int) -> Te
             gramian = torch.zeros((k, k), dtype=torch.float64, device=held.device)
         gramian[a0:a1, a0:a1] = (held @ held.T).double()
         for b0, b1 in bounds[position + 1:]:
-            other = rows(b0, b1)
-            block = (held @ other.T).double()
-            del other  # before the next chunk is computed: never more than two chunks alive
+            if products is not None:
+                block = products(held, b0, b1).double()
+            else:
+                other = rows(b0, b1)
+                block = (held @ other.T).double()
+                del other  # before the next chunk is computed: never more than two chunks alive
             gramian[a0:a1, b0:b1] = block
             gramian[b0:b1, a0:a1] = block.T
         del held
@@ -186,7 +248,7 @@ def gramian_backward(balancer: Any, values: Sequence[Tensor], names: Sequence[st
     rows = task_rows(balancer, values, names, model, representation, factor)
     if not rows.shared and representation is None:
         return  # parameter mode on a model without shared parameters: the heads are done
-    gramian = chunked_gramian(rows, len(values), balancer.task_chunk)
+    gramian = chunked_gramian(rows, len(values), balancer.task_chunk, rows.products)
     if balancer.communicator is not None and not rows.shared:
         balancer.check_data_parallel()
         gramian = balancer.communicator.all_reduce_sum(gramian)

@@ -37,7 +37,7 @@ class VmapFallback:
         log.info("batched backward failed (%s); using %d sequential backward passes from now on", error, k)
 
 
-def _use_vmap(tensor: Tensor, k: int, batched: bool | None, fallback: VmapFallback | None) -> bool:
+def use_vmap(tensor: Tensor, k: int, batched: bool | None, fallback: VmapFallback | None) -> bool:
     """vmap where it pays (accelerators, launch-bound; on CPU K sequential passes measured faster) or when asked."""
     if fallback is not None and fallback.failed:
         return False
@@ -92,7 +92,7 @@ def task_gradients(
         raise ValueError("task_gradients needs at least one loss")
     if not inputs:
         raise ValueError("task_gradients needs at least one input tensor (no shared parameters?)")
-    if _use_vmap(losses[0], k, batched, fallback):
+    if use_vmap(losses[0], k, batched, fallback):
         stacked = torch.stack([loss.reshape(()) for loss in losses])
         eye = torch.eye(k, dtype=stacked.dtype, device=stacked.device)
         try:
@@ -133,14 +133,19 @@ def head_gradients(
         own = [torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True) if params else ()
                for loss, params in zip(losses, task_parameters)]
         return rows, own
-    rows, own = [], []
+    rows = representation.new_empty((k, representation.numel()))  # filled row by row: no stacked copy
+    own = []
     for index in range(k):
         params = list(task_parameters[index])
         grads = torch.autograd.grad(losses[index], [representation, *params], retain_graph=True, allow_unused=True)
-        first = grads[0] if grads[0] is not None else torch.zeros_like(representation)
-        rows.append(first.reshape(-1))
+        if k == 1 and grads[0] is not None:
+            return grads[0].reshape(1, -1), [grads[1:]]
+        if grads[0] is None:
+            rows[index].zero_()
+        else:
+            rows[index].copy_(grads[0].reshape(-1))
         own.append(grads[1:])
-    return torch.stack(rows), own
+    return rows, own
 
 
 def chain_gradients(
@@ -156,7 +161,7 @@ def chain_gradients(
     inputs = list(inputs)
     k = rep_grads.shape[0]
     cotangents = rep_grads.reshape(k, *representation.shape).to(representation.dtype)
-    if _use_vmap(representation, k, batched, fallback):
+    if use_vmap(representation, k, batched, fallback):
         try:
             grads = torch.autograd.grad(representation, inputs, grad_outputs=cotangents, is_grads_batched=True,
                                         retain_graph=True, allow_unused=True)

@@ -42,7 +42,9 @@ def box_qp(gram: Tensor, lower: Tensor, linear: Tensor | None = None, max_iter: 
         block = torch.where(free.unsqueeze(2) & free.unsqueeze(1), a, eye)  # the free block, identity elsewhere
         rhs = torch.where(active, lower, linear - fixed @ a)
         factor, failed_factor = torch.linalg.cholesky_ex(block)
+        del block  # K x K x K each: at most two alive (K = 40: 0.5 MB apiece)
         v = torch.cholesky_solve(rhs.unsqueeze(2), factor).squeeze(2)
+        del factor
         multipliers = v @ a - linear
         new_active = (multipliers - (v - lower)) > 0
         if torch.equal(new_active, active):
