@@ -16,7 +16,8 @@ from torch import Tensor
 
 from taskloom.balancing.base import SeededGenerator
 from taskloom.balancing.gradient import GradientBalancer
-from taskloom.balancing.gramian_engine import chunk_bounds, task_rows
+from taskloom.balancing import gramian_engine
+from taskloom.balancing.gramian_engine import TaskRows, chunk_bounds, flat_pieces, task_rows
 from taskloom.balancing.jacobian import write_gradient
 from taskloom.sharing.base import MultiTaskModule
 
@@ -96,14 +97,41 @@ def _masked_sum(per_sample: Tensor, signed: Tensor, positive: Tensor, leak: floa
     return (per_sample * keep.unsqueeze(1)).sum(dim=0).reshape(-1)
 
 
+def _streamed_sums(rows: TaskRows, k: int) -> tuple[Tensor, Tensor]:
+    """Parameter mode: sum_i g_i and sum_i |g_i| per coordinate, from one task's gradient pieces at a time."""
+    size = sum(p.numel() for p in rows.shared)
+    device = rows.shared[0].device
+    total = torch.zeros(size, dtype=rows.dtype, device=device)
+    magnitude = torch.zeros(size, dtype=rows.dtype, device=device)
+    for index in range(k):
+        for offset, flat in flat_pieces(gramian_engine.task_pieces(rows, index), rows.shared, rows.dtype, rows.factor):
+            total[offset:offset + flat.numel()].add_(flat)
+            magnitude[offset:offset + flat.numel()].add_(flat.abs())
+    return total, magnitude
+
+
+def _chunked_sums(rows: TaskRows, bounds: list[tuple[int, int]], units: Tensor | None) -> tuple[Tensor, Tensor]:
+    """sum_i s_i and sum_i |s_i| per unit, from the rows of each chunk in turn (s_i = g_i in parameter mode)."""
+    total = magnitude = None
+    for start, stop in bounds:
+        block = rows(start, stop)
+        signed = block if units is None else _signed_units(block, units)[1]
+        del block
+        total = signed.sum(dim=0) if total is None else total.add_(signed.sum(dim=0))
+        magnitude = signed.abs().sum(dim=0) if magnitude is None else magnitude.add_(signed.abs().sum(dim=0))
+        del signed
+    return total, magnitude
+
+
 class GradDrop(GradientBalancer):
     """GradDrop (Chen et al. 2020): sign-consistency gradient dropout, the paper's way on the representation.
 
     Draws its uniforms on the gradients' device with its own generator (seeded by ``seed``),
     whose state is saved with the balancer, so a resumed run draws the same numbers. With
-    ``task_chunk`` it needs per unit only sum_i s_i and sum_i |s_i| (one pass over chunks of
-    tasks; representation mode recomputes each chunk once more for the masked sum): the same
-    draws and update as the full engine with B task rows held at a time.
+    ``task_chunk`` it needs per unit only sum_i s_i and sum_i |s_i| (one pass over the tasks;
+    representation mode recomputes each task's row once more for the masked sum): the same draws
+    and update as the full engine, holding one task's gradient at a time (B of them where whole
+    rows are needed: data parallelism or vmap in parameter mode).
     """
 
     combines_representation = True
@@ -126,20 +154,17 @@ class GradDrop(GradientBalancer):
 
     def _chunked_backward(self, values: list[Tensor], names: list[str], model: MultiTaskModule,
                           representation: Tensor | None, factor: Tensor | None) -> None:
-        """GradDrop's step with per-task gradients held ``task_chunk`` tasks at a time (K or 2K task passes)."""
+        """GradDrop's step from sums over the tasks, a few rows at a time (K task passes; 2K in representation mode)."""
         rows = task_rows(self, values, names, model, representation, factor)
-        if not rows.shared and representation is None:
+        if rows is None:
             return
         units = None if rows.shared else representation.detach()
-        bounds = chunk_bounds(len(values), self.task_chunk)
-        total = magnitude = None
-        for start, stop in bounds:
-            block = rows(start, stop)
-            signed = block if units is None else _signed_units(block, units)[1]
-            del block
-            total = signed.sum(dim=0) if total is None else total.add_(signed.sum(dim=0))
-            magnitude = signed.abs().sum(dim=0) if magnitude is None else magnitude.add_(signed.abs().sum(dim=0))
-            del signed
+        # a task's gradient of z comes from its head alone: one task at a time costs nothing more
+        bounds = chunk_bounds(len(values), self.task_chunk if units is None else 1)
+        if rows.streams(self.task_chunk):  # one task's per-parameter pieces at a time, never a whole row
+            total, magnitude = _streamed_sums(rows, len(values))
+        else:
+            total, magnitude = _chunked_sums(rows, bounds, units)
         if factor is not None and not bool(torch.isfinite(magnitude).all()):  # overflow: the scaler skips the step
             direction = torch.full((representation.numel() if units is not None else total.numel(),), float("nan"),
                                    dtype=total.dtype, device=total.device)

@@ -20,6 +20,7 @@ other parameter's (:meth:`GradientBalancer.reduced_parameters` returns none).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -87,13 +88,32 @@ class TaskRows:
     def __call__(self, start: int, stop: int) -> Tensor:
         return chunk_rows(self, start, stop)
 
-    def products(self, held: Tensor, start: int, stop: int) -> Tensor:
-        """``held @ rows(start, stop).T``; on the sequential path of one process, without building those rows."""
+    def streams(self, k: int) -> bool:
+        """True when ``k`` rows of shared parameters can come one task at a time, as per-parameter pieces.
+
+        That is the sequential path (not vmapped) of one process: data parallelism all-reduces whole rows.
+        """
         tensor = self.representation if self.representation is not None else self.values[0]
-        if self.shared and self.communicator is None and not use_vmap(tensor, stop - start, self.batched,
-                                                                          self.fallback):
+        return bool(self.shared) and self.communicator is None and not use_vmap(tensor, k, self.batched,
+                                                                                 self.fallback)
+
+    def products(self, held: Tensor, start: int, stop: int) -> Tensor:
+        """``held @ rows(start, stop).T``, one task's row at a time where it can (never the whole chunk J).
+
+        Representation mode always (a task's gradient of z comes from its head alone); parameter
+        mode where :meth:`streams` (else the chunk's rows are built, all-reduced, multiplied).
+        """
+        if not self.shared:
+            return torch.stack([held @ chunk_rows(self, index, index + 1)[0] for index in range(start, stop)], dim=1)
+        if self.streams(stop - start):
             return streamed_products(self, held, start, stop)
         return held @ chunk_rows(self, start, stop).T
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The rows' dtype: that of the shared parameters (or representation), at least float32."""
+        tensors = self.shared or [self.representation]
+        return functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
 
 
 def _write_own_head(rows: TaskRows, index: int) -> list[Tensor]:
@@ -106,15 +126,21 @@ def _write_own_head(rows: TaskRows, index: int) -> list[Tensor]:
 
 def task_pieces(rows: TaskRows, index: int) -> tuple[Tensor | None, ...]:
     """Task ``index``'s gradient of each shared parameter, unflattened (and its head's, the first time)."""
+    return _pieces(rows, index)
+
+
+def _pieces(rows: TaskRows, index: int) -> tuple[Tensor | None, ...]:
+    """:func:`task_pieces` (which tests may wrap; the engine's own chunk filling calls this one).
+
+    One backward pass from the loss (through the head and the trunk), so the representation's
+    gradient is an intermediate the engine frees on the way, not a held cotangent.
+    """
     if rows.representation is None:
         return torch.autograd.grad(rows.values[index], list(rows.shared), retain_graph=True, allow_unused=True)
     own = _write_own_head(rows, index)
-    rep_grads, head_grads = head_gradients([rows.values[index]], rows.representation, [own])
-    write_gradients(own, head_grads[0])
-    cotangent = rep_grads.view_as(rows.representation).to(rows.representation.dtype)
-    del rep_grads
-    return torch.autograd.grad(rows.representation, list(rows.shared), grad_outputs=cotangent, retain_graph=True,
-                               allow_unused=True)
+    grads = torch.autograd.grad(rows.values[index], [*rows.shared, *own], retain_graph=True, allow_unused=True)
+    write_gradients(own, grads[len(rows.shared):])
+    return grads[:len(rows.shared)]
 
 
 def streamed_products(rows: TaskRows, held: Tensor, start: int, stop: int) -> Tensor:
@@ -123,24 +149,30 @@ def streamed_products(rows: TaskRows, held: Tensor, start: int, stop: int) -> Te
                         for index in range(start, stop)], dim=1)
 
 
+def flat_pieces(pieces: Sequence[Tensor | None], shared: Sequence[Tensor], dtype: torch.dtype,
+                factor: Tensor | None):
+    """(offset, flattened piece) for each parameter's piece of one task's row, unscaled; None pieces skipped."""
+    offset = 0
+    for piece, parameter in zip(pieces, shared):
+        if piece is not None:
+            flat = piece.reshape(-1).to(dtype)
+            yield offset, flat if factor is None else flat / factor.to(dtype)
+        offset += parameter.numel()
+
+
 def _dot_pieces(held: Tensor, pieces: Sequence[Tensor | None], shared: Sequence[Tensor],
                 factor: Tensor | None) -> Tensor:
     """``held @ row`` for the row whose per-parameter pieces are ``pieces`` (divided by ``factor``)."""
     column = held.new_zeros(held.shape[0])
-    offset = 0
-    for piece, parameter in zip(pieces, shared):
-        size = parameter.numel()
-        if piece is not None:
-            flat = piece.reshape(-1).to(held.dtype)
-            if factor is not None:
-                flat = flat / factor.to(held.dtype)
-            column += held[:, offset:offset + size] @ flat
-        offset += size
+    for offset, flat in flat_pieces(pieces, shared, held.dtype, factor):
+        column += held[:, offset:offset + flat.numel()] @ flat
     return column
 
 
 def chunk_rows(rows: TaskRows, start: int, stop: int) -> Tensor:
     """The (stop - start) x P rows of tasks ``start:stop`` (see :class:`TaskRows`)."""
+    if rows.streams(stop - start):
+        return _filled_rows(rows, start, stop)
     values = list(rows.values[start:stop])
     if rows.representation is not None:
         own = [_write_own_head(rows, index) for index in range(start, stop)]
@@ -161,6 +193,16 @@ def chunk_rows(rows: TaskRows, start: int, stop: int) -> Tensor:
         block = rows.communicator.all_reduce_sum(block.contiguous())
     if rows.factor is not None:
         block = block / rows.factor.to(block.dtype)
+    return block
+
+
+def _filled_rows(rows: TaskRows, start: int, stop: int) -> Tensor:
+    """Rows filled one task at a time from its per-parameter pieces, unscaled (no cotangent, no flat copy)."""
+    size = sum(p.numel() for p in rows.shared)
+    block = torch.zeros((stop - start, size), dtype=rows.dtype, device=rows.shared[0].device)
+    for row, index in enumerate(range(start, stop)):
+        for offset, flat in flat_pieces(_pieces(rows, index), rows.shared, rows.dtype, rows.factor):
+            block[row, offset:offset + flat.numel()] = flat
     return block
 
 
@@ -225,13 +267,17 @@ def weighted_backward(values: Sequence[Tensor], weights: Tensor, representation:
 
 
 def task_rows(balancer: Any, values: Sequence[Tensor], names: Sequence[str], model: MultiTaskModule,
-              representation: Tensor | None, factor: Tensor | None) -> TaskRows:
-    """The row source of one step of ``balancer`` (a GradientBalancer); without a representation, heads first."""
-    parameter_mode = balancer.mode == "parameters"
-    if representation is None:
+              representation: Tensor | None, factor: Tensor | None) -> TaskRows | None:
+    """The row source of one step of ``balancer`` (a GradientBalancer); without a representation, heads first.
+
+    None when there is nothing shared to update (parameter mode, no shared parameters): the heads are done.
+    """
+    shared = list(model.shared_parameters()) if balancer.mode == "parameters" else []
+    if representation is None or (balancer.mode == "parameters" and not shared):
         write_plain_heads(values, model, names)
-    return TaskRows(values, model, names, representation,
-                    list(model.shared_parameters()) if parameter_mode else [], factor=factor,
+        if not shared:
+            return None
+    return TaskRows(values, model, names, representation, shared, factor=factor,
                     communicator=balancer.communicator, batched=balancer.batched, fallback=balancer.vmap_fallback)
 
 
@@ -246,8 +292,8 @@ def gramian_backward(balancer: Any, values: Sequence[Tensor], names: Sequence[st
     under data parallelism the trainer sums the trunk's gradients like any other parameter's.
     """
     rows = task_rows(balancer, values, names, model, representation, factor)
-    if not rows.shared and representation is None:
-        return  # parameter mode on a model without shared parameters: the heads are done
+    if rows is None:
+        return
     gramian = chunked_gramian(rows, len(values), balancer.task_chunk, rows.products)
     if balancer.communicator is not None and not rows.shared:
         balancer.check_data_parallel()
