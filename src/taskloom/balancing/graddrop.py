@@ -14,10 +14,15 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from taskloom.balancing import gramian_engine
 from taskloom.balancing.base import SeededGenerator
 from taskloom.balancing.gradient import GradientBalancer
-from taskloom.balancing import gramian_engine
-from taskloom.balancing.gramian_engine import TaskRows, chunk_bounds, flat_pieces, task_rows
+from taskloom.balancing.gramian_engine import (
+    TaskRows,
+    chunk_bounds,
+    flat_pieces,
+    task_rows,
+)
 from taskloom.balancing.jacobian import write_gradient
 from taskloom.sharing.base import MultiTaskModule
 

@@ -1,15 +1,17 @@
-"""The task-chunked Gramian engine: gradient methods with many tasks in O(2B x P) memory, exactly.
+"""The task-chunked Gramian engine: gradient methods with many tasks in O(B x P) memory, exactly.
 
 The full engine holds the K x P matrix of per-task gradients (K x |z| in representation
 mode). Most methods need only its K x K Gramian G = J J^T: their update is ``w @ J`` with w a
 function of G (and of the method's state), which is the gradient of ``sum_k w_k L_k``. So this
 engine computes G holding at most two chunks of ``task_chunk`` = B rows: chunk I is held while
-each chunk J >= I is recomputed, its block G[I, J] = J_I J_J^T kept and the rows dropped. Then
-the method gets the weights from a K x K factor R of G (R R^T = G: same Gramian, same weights),
-and one weighted backward pass of ``sum_k w_k L_k`` writes the shared update. Each head gets its
-own task's gradient the first time its chunk is computed. Nothing is approximated; the price is
-recomputation: with C = ceil(K / B) chunks the Gramian takes C (C + 1) / 2 chunk passes, about
-K (C + 1) / 2 per-task backward passes (K at C = 1), plus the weighted one.
+each later chunk J is recomputed, its block G[I, J] = J_I J_J^T kept and the rows dropped. Where
+it can (one process on the sequential path, and always in representation mode) chunk J comes
+one task at a time, so B + 1 rows at most are alive. Then the method gets the weights from a
+K x K factor R of G (R R^T = G: same Gramian, same weights), and one weighted backward pass of
+``sum_k w_k L_k`` writes the shared update. Each head gets its own task's gradient the first time
+the task's row is computed. Nothing is approximated; the price is recomputation: with
+C = ceil(K / B) chunks the Gramian takes C (C + 1) / 2 chunk passes, about K (C + 1) / 2
+per-task backward passes (K at C = 1), plus the weighted one.
 
 Data parallelism (see :mod:`taskloom.train.distributed`): in representation mode the rows are
 per sample, so the global Gramian is the sum of the ranks' ones (one K x K all-reduce); in
