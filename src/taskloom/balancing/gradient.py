@@ -76,7 +76,10 @@ class GradientBalancer(Balancer):
         return self.mode == "representation"
 
     def reduced_parameters(self, model: MultiTaskModule) -> list[Tensor]:
-        """In parameter mode under data parallelism the shared parameters get the combined global update."""
+        """In parameter mode under data parallelism the shared parameters get the combined global update.
+
+        Not with ``task_chunk`` for a Gramian method: its weighted backward writes local gradients (summed by the trainer).
+        """
         if self.communicator is None or self.mode != "parameters":
             return []
         if self.task_chunk is not None and self.weights_from_gram:  # its weighted backward is local
