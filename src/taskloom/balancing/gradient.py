@@ -78,7 +78,7 @@ class GradientBalancer(Balancer):
     def reduced_parameters(self, model: MultiTaskModule) -> list[Tensor]:
         """In parameter mode under data parallelism the shared parameters get the combined global update.
 
-        Not with ``task_chunk`` for a Gramian method: its weighted backward writes local gradients (summed by the trainer).
+        Not with ``task_chunk`` for a Gramian method: its weighted backward is local (the trainer sums it).
         """
         if self.communicator is None or self.mode != "parameters":
             return []
