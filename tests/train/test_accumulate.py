@@ -1,0 +1,133 @@
+"""Gradient accumulation: N micro-batches per step give the step on their concatenation, for every method."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from taskloom import MultiTaskDataset, Task
+from taskloom.balancing import build_balancer
+from taskloom.sharing.hard import MultiTaskModel
+from taskloom.train.trainer import Trainer
+from taskloom.trunks import MLP
+from train._ddp_equivalence import OPTIONS, cases
+
+ROWS, MICRO = 24, 8
+TOLERANCE = 1e-5
+#: refused with train.accumulate > 1, with the reason the error must give
+REFUSED = {
+    "gradnorm": "per-task gradient norms of the whole step",
+    "graddrop/representation": "not a function of the step's Gramian",
+}
+
+
+def make_data() -> tuple[MultiTaskDataset, list[Task]]:
+    """24 rows, three tasks; the micro-batches of 8 rows hold different labelled counts (one none)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(ROWS, 6, generator=generator)
+    targets = {"sign": (x[:, 0] > 0).float(), "quadrant": (x[:, 0] > 0).long() * 2 + (x[:, 1] > 0).long(),
+               "level": 2 * x[:, 0] - x[:, 1]}
+    masks = {"sign": torch.arange(ROWS) % 3 != 0,  # 5, 5, 6 labelled rows in the micro-batches
+             "quadrant": torch.arange(ROWS) < 19,  # 8, 8, 3
+             "level": torch.arange(ROWS) >= 10}  # 0, 6, 8
+    tasks = [Task("sign", "binary"), Task("quadrant", "multiclass", 4), Task("level", "regression")]
+    return MultiTaskDataset(x, targets, masks), tasks
+
+
+def make_trainer(name: str, mode: str | None, tasks: list[Task], accumulate: int = 1, **options) -> Trainer:
+    torch.manual_seed(0)
+    heads = {"sign": nn.Linear(16, 1), "quadrant": nn.Linear(16, 4), "level": nn.Linear(16, 1)}
+    model = MultiTaskModel(MLP(6, hidden=(16, 16)), heads=heads)
+    method_options = dict(OPTIONS.get(name, {}))
+    if mode is not None:
+        method_options["mode"] = mode
+    balancer = build_balancer(name, [t.name for t in tasks], **method_options)
+    return Trainer(model, tasks, balancer, optimizer="sgd", lr=0.05, momentum=0.0, batch_size=MICRO,
+                   accumulate=accumulate, **options)
+
+
+def flat_parameters(trainer: Trainer) -> torch.Tensor:
+    tensors = list(trainer.model.parameters()) + list(trainer.balancer.parameters())
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def key_of(name: str, mode: str | None) -> str:
+    return name if mode is None else f"{name}/{mode}"
+
+
+@pytest.mark.parametrize("name,mode", cases(), ids=[key_of(*case) for case in cases()])
+def test_micro_batches_step_like_their_concatenation(name, mode):
+    data, tasks = make_data()
+    key = key_of(name, mode)
+    if key in REFUSED:
+        with pytest.raises(ValueError, match=REFUSED[key]):
+            make_trainer(name, mode, tasks, accumulate=3)
+        return
+    whole = make_trainer(name, mode, tasks)
+    accumulating = make_trainer(name, mode, tasks, accumulate=3)
+    everything = data.batch(torch.arange(ROWS))
+    micro = [data.batch(torch.arange(start, start + MICRO)) for start in range(0, ROWS, MICRO)]
+    for _ in range(2):  # the second step sees the state the first one left (histories, FAMO's logits)
+        whole_losses = whole.train_step(everything)
+        micro_losses = accumulating.train_step(micro)
+        assert sorted(micro_losses) == sorted(whole_losses)
+        for task, loss in whole_losses.items():
+            assert float(micro_losses[task]) == pytest.approx(float(loss.detach()), rel=TOLERANCE)
+    expected, got = flat_parameters(whole), flat_parameters(accumulating)
+    assert not torch.equal(expected, flat_parameters(make_trainer(name, mode, tasks)))  # the steps moved them
+    assert ((got - expected).abs().max() / expected.abs().max()).item() <= TOLERANCE, key
+
+
+def test_one_micro_batch_per_step_is_todays_step_bit_for_bit():
+    data, tasks = make_data()
+    for name, mode in (("equal", None), ("pcgrad", "parameters"), ("mgda", "representation")):
+        default = make_trainer(name, mode, tasks)
+        explicit = make_trainer(name, mode, tasks, accumulate=1, epochs=2)
+        default.epochs = 2
+        default.fit(data)
+        explicit.fit(data)
+        assert torch.equal(flat_parameters(default), flat_parameters(explicit))
+        assert default.history.records[-1]["train_loss"] == explicit.history.records[-1]["train_loss"]
+
+
+def test_an_epoch_counts_optimizer_steps():
+    """3 batches of 8 rows with accumulate 2: two steps (2 micro-batches, then 1), the schedule and the
+    per-epoch loss follow the steps."""
+    data, tasks = make_data()
+    trainer = make_trainer("equal", None, tasks, accumulate=2, epochs=1)
+    seen = []
+    trainer.on_step = lambda step, steps: seen.append((step, steps))
+    trainer.fit(data)
+    assert seen == [(1, 2), (2, 2)]
+
+
+def test_bad_values_are_refused_naming_the_field():
+    _, tasks = make_data()
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="train.accumulate must be a whole number >= 1"):
+            make_trainer("equal", None, tasks, accumulate=bad)
+
+
+def test_accumulation_under_data_parallelism_is_refused():
+    from taskloom.train.accumulate import check_accumulation
+
+    _, tasks = make_data()
+    balancer = build_balancer("equal", [t.name for t in tasks])
+    with pytest.raises(ValueError, match="not supported with data-parallel training"):
+        check_accumulation(2, balancer, communicator=object())
+
+
+def test_a_resumed_accumulating_run_continues_bit_exact(tmp_path):
+    data, tasks = make_data()
+    for run in ("straight", "resumed"):
+        (tmp_path / run / "checkpoints").mkdir(parents=True)
+    straight = make_trainer("famo", None, tasks, accumulate=2, epochs=4, run_dir=tmp_path / "straight")
+    straight.fit(data)
+    first = make_trainer("famo", None, tasks, accumulate=2, epochs=2, run_dir=tmp_path / "resumed")
+    first.fit(data)
+    second = make_trainer("famo", None, tasks, accumulate=2, epochs=4, run_dir=tmp_path / "resumed")
+    assert second.resume()
+    second.fit(data)
+    assert torch.equal(flat_parameters(straight), flat_parameters(second))
+    assert torch.equal(straight.balancer.logits, second.balancer.logits)
+    assert [r["train_loss"] for r in straight.history.records] == [r["train_loss"] for r in second.history.records]
