@@ -131,3 +131,77 @@ def test_a_resumed_accumulating_run_continues_bit_exact(tmp_path):
     assert torch.equal(flat_parameters(straight), flat_parameters(second))
     assert torch.equal(straight.balancer.logits, second.balancer.logits)
     assert [r["train_loss"] for r in straight.history.records] == [r["train_loss"] for r in second.history.records]
+
+
+CONFIG = """\
+name: tiny
+data:
+  dataset: synthetic
+  options: {{n: 400}}
+model:
+  trunk: {{name: mlp, options: {{hidden: [16, 16]}}}}
+balancing: {{method: {method}}}
+optimizer: {{name: sgd, lr: 0.05}}
+train: {{epochs: 2, batch_size: {batch_size}, accumulate: {accumulate}, seed: 0}}
+output_dir: {output}
+"""
+
+
+def train_from_config(folder, method: str, batch_size: int, accumulate: int) -> tuple[dict, list[dict]]:
+    import json
+
+    from taskloom.cli import main
+
+    folder.mkdir()
+    config = folder / "tiny.yaml"
+    config.write_text(CONFIG.format(method=method, batch_size=batch_size, accumulate=accumulate,
+                                    output=folder / "runs"))
+    assert main(["train", str(config)]) == 0
+    (run,) = list((folder / "runs").iterdir())
+    (model,) = [p for p in run.iterdir() if p.is_dir() and (p / "seed0" / "results.json").is_file()]
+    results = json.loads((model / "seed0" / "results.json").read_text())
+    metrics = (run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else (model / "seed0" / "metrics.jsonl")
+    return results, [json.loads(line) for line in metrics.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", ["uncertainty", "pcgrad"])
+def test_taskloom_train_with_accumulate_2_equals_twice_the_batch(tmp_path, method):
+    """The loader's order does not depend on the batch size, so 2 x 16 rows per step are the rows of a 32-row
+    batch: the runs end with the same test metrics."""
+    accumulated, records = train_from_config(tmp_path / "accumulated", method, batch_size=16, accumulate=2)
+    doubled, _ = train_from_config(tmp_path / "doubled", method, batch_size=32, accumulate=1)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert accumulated["best_epoch"] == doubled["best_epoch"]
+    for task, metrics in doubled["test"].items():
+        for name, value in metrics.items():
+            if isinstance(value, float):
+                assert accumulated["test"][task][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (task, name)
+
+
+def test_a_config_refuses_accumulate_below_one():
+    from taskloom.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="train.accumulate"):
+        parse_config({"train": {"accumulate": 0}})
+    assert parse_config({"train": {"accumulate": 4}}).train.accumulate == 4
+
+
+@pytest.mark.parametrize("name,mode", [("uncertainty", None), ("pcgrad", "parameters"), ("mgda", "representation")])
+def test_fp16_steps_the_scaler_once_per_step(name, mode):
+    """Under fp16 the scaler steps (and counts towards its growth) once per N micro-batches, as on the whole batch;
+    the parameters agree up to half-precision rounding."""
+    data, tasks = make_data()
+    whole = make_trainer(name, mode, tasks, amp="fp16")
+    accumulating = make_trainer(name, mode, tasks, accumulate=3, amp="fp16")
+    start = flat_parameters(whole)
+    everything = data.batch(torch.arange(ROWS))
+    micro = [data.batch(torch.arange(first, first + MICRO)) for first in range(0, ROWS, MICRO)]
+    for _ in range(3):
+        whole.train_step(everything)
+        accumulating.train_step(micro)
+        assert accumulating.scaler.get_scale() == whole.scaler.get_scale()
+        assert int(accumulating.scaler._growth_tracker) == int(whole.scaler._growth_tracker)
+    expected, got = flat_parameters(whole), flat_parameters(accumulating)
+    moved = (expected - start).abs().max()
+    assert moved > 0.01
+    assert (got - expected).abs().max() <= 0.01 * moved
