@@ -210,3 +210,22 @@ def test_taskloom_train_with_checkpointing_gives_the_same_test_metrics(tmp_path)
     for task, metrics in plain.items():
         for name, value in metrics.items():
             assert checkpointed[task][name] == pytest.approx(value, rel=1e-6, abs=1e-9), (task, name)
+
+
+@pytest.mark.parametrize("name,options", [("bilstm", {"hidden_size": 4}),
+                                          ("transformer", {"num_heads": 2, "feedforward": 8})])
+def test_sequence_trunks_tapped_layer_by_layer_give_the_same_gradients(name, options):
+    """Low-level supervision and the cascade read every layer of a sequence trunk: one checkpointed segment."""
+    from taskloom.sharing.checkpointing import run_layer_outputs
+    from taskloom.trunks import TRUNKS
+
+    def gradients(enabled: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        trunk = TRUNKS.get(name)(vocab_size=20, embedding_dim=8, **options)
+        tokens = torch.tensor([[3, 4, 5, 0], [6, 7, 0, 0]])
+        torch.manual_seed(1)  # dropout
+        outputs = run_layer_outputs(trunk, tokens, enabled)
+        sum(output.pow(2).sum() for output in outputs).backward()
+        return torch.cat([p.grad.reshape(-1) for p in trunk.parameters() if p.grad is not None])
+
+    torch.testing.assert_close(gradients(True), gradients(False), rtol=1e-6, atol=1e-7)

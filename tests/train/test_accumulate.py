@@ -3,56 +3,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from taskloom import MultiTaskDataset, Task
 from taskloom.balancing import build_balancer
-from taskloom.sharing.hard import MultiTaskModel
-from taskloom.train.trainer import Trainer
-from taskloom.trunks import MLP
-from train._ddp_equivalence import OPTIONS, cases
+from train._accumulation import (
+    DATA_PARALLEL_CASES, MICRO, ROWS, TOLERANCE, flat_parameters, key_of, make_data, make_trainer, spawned_rank,
+)
+from train._ddp_equivalence import cases
 
-ROWS, MICRO = 24, 8
-TOLERANCE = 1e-5
 #: refused with train.accumulate > 1, with the reason the error must give
 REFUSED = {
     "gradnorm": "per-task gradient norms of the whole step",
     "graddrop/representation": "not a function of the step's Gramian",
 }
-
-
-def make_data() -> tuple[MultiTaskDataset, list[Task]]:
-    """24 rows, three tasks; the micro-batches of 8 rows hold different labelled counts (one none)."""
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(ROWS, 6, generator=generator)
-    targets = {"sign": (x[:, 0] > 0).float(), "quadrant": (x[:, 0] > 0).long() * 2 + (x[:, 1] > 0).long(),
-               "level": 2 * x[:, 0] - x[:, 1]}
-    masks = {"sign": torch.arange(ROWS) % 3 != 0,  # 5, 5, 6 labelled rows in the micro-batches
-             "quadrant": torch.arange(ROWS) < 19,  # 8, 8, 3
-             "level": torch.arange(ROWS) >= 10}  # 0, 6, 8
-    tasks = [Task("sign", "binary"), Task("quadrant", "multiclass", 4), Task("level", "regression")]
-    return MultiTaskDataset(x, targets, masks), tasks
-
-
-def make_trainer(name: str, mode: str | None, tasks: list[Task], accumulate: int = 1, **options) -> Trainer:
-    torch.manual_seed(0)
-    heads = {"sign": nn.Linear(16, 1), "quadrant": nn.Linear(16, 4), "level": nn.Linear(16, 1)}
-    model = MultiTaskModel(MLP(6, hidden=(16, 16)), heads=heads)
-    method_options = dict(OPTIONS.get(name, {}))
-    if mode is not None:
-        method_options["mode"] = mode
-    balancer = build_balancer(name, [t.name for t in tasks], **method_options)
-    return Trainer(model, tasks, balancer, optimizer="sgd", lr=0.05, momentum=0.0, batch_size=MICRO,
-                   accumulate=accumulate, **options)
-
-
-def flat_parameters(trainer: Trainer) -> torch.Tensor:
-    tensors = list(trainer.model.parameters()) + list(trainer.balancer.parameters())
-    return torch.cat([t.detach().reshape(-1) for t in tensors])
-
-
-def key_of(name: str, mode: str | None) -> str:
-    return name if mode is None else f"{name}/{mode}"
 
 
 @pytest.mark.parametrize("name,mode", cases(), ids=[key_of(*case) for case in cases()])
@@ -108,13 +70,19 @@ def test_bad_values_are_refused_naming_the_field():
             make_trainer("equal", None, tasks, accumulate=bad)
 
 
-def test_accumulation_under_data_parallelism_is_refused():
-    from taskloom.train.accumulate import check_accumulation
+def test_accumulation_composes_with_data_parallelism(tmp_path):
+    import json
 
-    _, tasks = make_data()
-    balancer = build_balancer("equal", [t.name for t in tasks])
-    with pytest.raises(ValueError, match="not supported with data-parallel training"):
-        check_accumulation(2, balancer, communicator=object())
+    import torch.multiprocessing as mp
+
+    from train._ddp_equivalence import free_tcp_address
+
+    out = tmp_path / "table.json"
+    mp.spawn(spawned_rank, args=(2, free_tcp_address(), str(out)), nprocs=2, join=True)
+    table = json.loads(out.read_text())
+    assert sorted(table) == sorted(key_of(*case) for case in DATA_PARALLEL_CASES)
+    for key, difference in table.items():
+        assert difference <= TOLERANCE, f"{key}: {difference:.2e}"
 
 
 def test_a_resumed_accumulating_run_continues_bit_exact(tmp_path):

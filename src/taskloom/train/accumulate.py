@@ -14,6 +14,9 @@ It is data parallelism across time instead of across ranks (see :mod:`taskloom.t
   norms of per-task gradients over the whole step inside its own backward and is refused.
 * Gradient methods, parameter mode: the K x P per-task gradients of the shared parameters (and the
   heads' own gradients) are summed over the micro-batches; the method combines once per step.
+* Data parallelism composes: each rank accumulates its slice of every micro-batch, and the reductions
+  happen once per step (the K sums and counts, then the K x P matrix or the K x K Gramian; the trainer
+  then sums the other gradients as without accumulation).
 * Representation mode: the rows of the per-task gradients of the representation are per sample,
   so the step's Gramian is the sum of the micro-batches' K x K Gramians; the method's weights come
   from it once (methods whose weights are a function of the Gramian, ``weights_from_gram``; others
@@ -51,16 +54,13 @@ from taskloom.train.distributed import _GlobalValue
 LossScale = Callable[[Tensor], Tensor]
 
 
-def check_accumulation(accumulate: int, balancer: Balancer, communicator: Any) -> None:
+def check_accumulation(accumulate: int, balancer: Balancer) -> None:
     """Refuse, with the reason, a value of ``train.accumulate`` or a combination this module cannot make exact."""
     if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
         raise ValueError(f"train.accumulate must be a whole number >= 1 (micro-batches per optimizer step), "
                          f"got {accumulate!r}")
     if accumulate == 1:
         return
-    if communicator is not None:
-        raise ValueError("train.accumulate > 1 is not supported with data-parallel training yet; raise "
-                         "train.batch_size (each rank gets its slice) or train on one process")
     if isinstance(balancer, GradNorm):
         raise ValueError("train.accumulate > 1 is not supported with balancing method gradnorm: its weight update "
                          "needs the per-task gradient norms of the whole step inside one backward pass; set "
@@ -127,8 +127,9 @@ def _random_state(device: torch.device) -> tuple[Tensor, list[Tensor]]:
 
 
 def step_losses(batches: Sequence[Batch], forward: Callable[[Any], Mapping[str, Tensor]], tasks: Mapping[str, Task],
-                device: torch.device, autocast: Callable[[], Any]) -> MicroBatches:
-    """The first (no-grad) forward of every micro-batch: the step's labelled counts and losses per task."""
+                device: torch.device, autocast: Callable[[], Any], communicator: Any = None) -> MicroBatches:
+    """The first (no-grad) forward of every micro-batch: the step's labelled counts and losses per task
+    (under data parallelism over every rank's micro-batches: one all-reduce of K sums and K counts per step)."""
     names = list(tasks)
     states, sums, counts = [], [], []
     with torch.no_grad():
@@ -139,6 +140,10 @@ def step_losses(batches: Sequence[Batch], forward: Callable[[Any], Mapping[str, 
             sums.append(torch.stack([s.float() for s in local_sums]))
             counts.append(torch.stack([c.float() for c in local_counts]))
     total_sums, total_counts = torch.stack(sums).sum(0), torch.stack(counts).sum(0)
+    if communicator is not None:
+        local = torch.stack([total_sums, total_counts])
+        reduced = communicator.all_reduce_sum(local.double() if local.device.type == "cpu" else local)
+        total_sums, total_counts = reduced[0].to(total_sums.dtype), reduced[1].to(total_counts.dtype)
     present = (total_counts > 0).tolist()
     kept = [k for k, here in enumerate(present) if here]
     return MicroBatches(list(batches), states, [names[k] for k in kept], [total_counts[k] for k in kept],
@@ -209,7 +214,8 @@ def _parameter_backward(step: MicroBatches, model: MultiTaskModule, balancer: Gr
                 continue
             grads = task_gradients(objectives, shared, batched=balancer.batched, fallback=balancer.vmap_fallback)
         summed = grads if summed is None else summed + grads
-    if summed is not None:
+    if summed is not None:  # under data parallelism the ranks' sums are added once per step
+        summed = balancer._global_task_gradients(summed)
         write_gradient(shared, balancer._scaled_combine(summed, step.names, _factor(summed, scale)))
 
 
@@ -238,6 +244,9 @@ def _representation_backward(step: MicroBatches, model: MultiTaskModule, balance
             rows = rows / factor.double()
         local = rows @ rows.T
         gramian = local if gramian is None else gramian + local
+    if balancer.communicator is not None:  # the ranks' rows are the step's other samples: one K x K all-reduce
+        balancer.check_data_parallel()
+        gramian = balancer.communicator.all_reduce_sum(gramian)
     if factor is not None and not bool(torch.isfinite(gramian).all()):
         weights = torch.ones(len(step.names), dtype=torch.float64, device=gramian.device)  # overflow: skipped
     else:

@@ -182,7 +182,7 @@ class Trainer:
                 check()
             if not communicator.is_main:  # only rank 0 writes the run directory
                 run_dir = None
-        check_accumulation(accumulate, self.balancer, communicator)
+        check_accumulation(accumulate, self.balancer)
         self.accumulate = accumulate
         if checkpointing:
             enable_checkpointing(self.model)
@@ -296,8 +296,8 @@ class Trainer:
             else:
                 self.balancer.backward(losses, self.model)
         else:
-            check_accumulation(max(2, len(batch)), self.balancer, self.communicator)  # a list accumulates
-            micro = step_losses(batch, self.forward, self.tasks, self.device, self._autocast)
+            check_accumulation(max(2, len(batch)), self.balancer)  # a list of micro-batches accumulates
+            micro = step_losses(batch, self.forward, self.tasks, self.device, self._autocast, self.communicator)
             accumulated_backward(micro, self.model, self.balancer, self.tasks, self.forward, self._autocast, scale)
             losses = step_values(micro)
         if self.communicator is not None:  # before the penalties, which every rank adds whole
@@ -328,7 +328,7 @@ class Trainer:
                     self.balancer.post_step(self._losses(self.forward(batch.inputs), batch))
             else:  # the whole step's losses after the update
                 self.balancer.post_step(step_values(step_losses(micro.batches, self.forward, self.tasks,
-                                                                self.device, self._autocast)))
+                                                                self.device, self._autocast, self.communicator)))
         return losses
 
     def _losses(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
