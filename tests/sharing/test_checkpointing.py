@@ -96,33 +96,40 @@ def test_vmapped_backward_falls_back_and_still_agrees():
     assert ((parameters - plain).abs().max() / plain.abs().max()).item() <= TOLERANCE
 
 
-def test_sequential_trunks_are_checkpointed_block_by_block():
-    assert [len(segment) for segment in trunk_segments(normalized_trunk())] == [4, 4]
-    mlp = MLP(6, hidden=(8, 8, 8))
+def test_sequential_trunks_are_checkpointed_in_about_sqrt_blocks_segments():
+    """B blocks (a parametrized layer with what follows it) in ceil(sqrt(B)) runs of consecutive blocks."""
+    assert [len(segment) for segment in trunk_segments(normalized_trunk())] == [4, 4]  # 2 blocks, 2 segments
+    mlp = MLP(6, hidden=(8, 8, 8))  # 3 blocks, 2 segments
     assert [[type(m).__name__ for m in s] for s in trunk_segments(mlp)] == [
-        ["Flatten", "Linear", "ReLU"], ["Linear", "ReLU"], ["Linear", "ReLU"]]
+        ["Flatten", "Linear", "ReLU"], ["Linear", "ReLU", "Linear", "ReLU"]]
+    assert [len(segment) for segment in trunk_segments(MLP(6, hidden=(8,) * 9))] == [7, 6, 6]  # 9 blocks, 3
     custom = nn.LSTM(4, 4)
     assert trunk_segments(custom) == [[custom]]
 
 
-def test_checkpointing_keeps_fewer_tensors_for_backward():
-    """The forward keeps each block's input instead of every activation."""
-    trunk = MLP(6, hidden=(32,) * 6)
-    x = torch.randn(5, 6)
+def test_checkpointing_keeps_fewer_activations_for_backward():
+    """9 blocks: the forward keeps the 9 ReLU outputs without checkpointing, the 3 segments' inputs with it
+    (the input batch and 2 block outputs), everything 32 x 64 float32."""
+    trunk = MLP(64, hidden=(64,) * 9)
+    x = torch.randn(32, 64)
+    parameters = {p.untyped_storage().data_ptr() for p in trunk.parameters()}
 
     def kept(enabled: bool) -> int:
-        count = 0
+        storages = {}
 
         def pack(tensor):
-            nonlocal count
-            count += 1
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in parameters:
+                storages[storage.data_ptr()] = storage.nbytes()
             return tensor
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             run_trunk(trunk, x, enabled)
-        return count
+        return sum(storages.values())
 
-    assert kept(True) < kept(False) / 2
+    one = 32 * 64 * 4
+    assert kept(False) == 10 * one  # the input and 9 ReLU outputs
+    assert kept(True) <= 3 * one
 
 
 def test_no_checkpointing_in_evaluation_or_without_gradients():

@@ -2,9 +2,10 @@
 sublinear memory cost"): keep only each segment's input during the forward pass, recompute the segment's
 activations during backward.
 
-A Sequential trunk (or one carrying ``.layers``, such as ``mlp`` and ``lenet``) is checkpointed block by
-block (a layer with parameters and the normalization, activation and dropout after it), so the recomputation of one backward holds one block's
-activations; any other trunk is one segment. ``torch.utils.checkpoint`` runs non-reentrant
+A Sequential trunk (``mlp``, ``lenet`` or an ``nn.Sequential``) of B blocks (a layer with parameters and the
+normalization, activation and dropout after it) is checkpointed in about sqrt(B) segments of consecutive
+blocks: the forward keeps only the segments' inputs, and a backward recomputes one segment at a time
+(Chen et al.'s sqrt(n) schedule); any other trunk is one segment. ``torch.utils.checkpoint`` runs non-reentrant
 (``use_reentrant=False``: it works with ``torch.autograd.grad`` and with the repeated backward passes of
 the gradient engine) and restores the random state, so dropout draws the same masks when recomputed.
 A recomputation runs the segment's forward again in training mode; :func:`buffers_kept` restores the
@@ -14,6 +15,7 @@ however many backward passes recompute it. Only training forwards with gradients
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -82,19 +84,28 @@ NORMALIZATIONS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, 
                   nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
+def trunk_blocks(layers: nn.Sequential) -> list[list[nn.Module]]:
+    """The layers grouped in blocks: a block starts at each layer with parameters other than a normalization."""
+    blocks: list[list[nn.Module]] = []
+    for layer in layers:
+        starts_block = any(True for _ in layer.parameters()) and not isinstance(layer, NORMALIZATIONS)
+        if not blocks or (starts_block and any(any(True for _ in m.parameters()) for m in blocks[-1])):
+            blocks.append([])
+        blocks[-1].append(layer)
+    return blocks
+
+
 def trunk_segments(trunk: nn.Module) -> list[list[nn.Module]]:
-    """The segments a trunk is checkpointed in: its blocks when a Sequential computes it (a block starts at each
-    layer with parameters other than a normalization), else the whole trunk."""
+    """The segments a trunk is checkpointed in: ceil(sqrt(B)) runs of consecutive blocks when a Sequential of
+    B blocks computes it (the forward keeps about sqrt(B) segment inputs, a backward recomputes about sqrt(B)
+    blocks at a time), else the whole trunk as one segment."""
     layers = _sequence_of(trunk)
     if layers is None:
         return [[trunk]]
-    segments: list[list[nn.Module]] = []
-    for layer in layers:
-        starts_block = any(True for _ in layer.parameters()) and not isinstance(layer, NORMALIZATIONS)
-        if not segments or (starts_block and any(any(True for _ in m.parameters()) for m in segments[-1])):
-            segments.append([])
-        segments[-1].append(layer)
-    return segments
+    blocks = trunk_blocks(layers)
+    count = math.ceil(math.sqrt(len(blocks)))
+    bounds = [len(blocks) * i // count for i in range(count + 1)]
+    return [[layer for block in blocks[start:stop] for layer in block] for start, stop in zip(bounds, bounds[1:])]
 
 
 def checkpointing_active(module: nn.Module, enabled: bool) -> bool:
