@@ -15,7 +15,6 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
 from taskloom import MultiTaskDataset, Task
 from taskloom.balancing import build_balancer
@@ -41,7 +40,7 @@ def saved_activation_bytes(trainer: Trainer, batches) -> int:
     for batch in batches if isinstance(batches, list) else [batches]:
         storages: dict[int, int] = {}
 
-        def pack(tensor: torch.Tensor) -> torch.Tensor:
+        def pack(tensor: torch.Tensor, storages: dict[int, int] = storages) -> torch.Tensor:
             storage = tensor.untyped_storage()
             if storage.data_ptr() not in parameters:
                 storages[storage.data_ptr()] = storage.nbytes()

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from taskloom.balancing import build_balancer
 from train._accumulation import (
     DATA_PARALLEL_CASES, MICRO, ROWS, TOLERANCE, flat_parameters, key_of, make_data, make_trainer, spawned_rank,
 )

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from taskloom.balancing import Balancer, GradientBalancer, LossWeighting
+from taskloom.balancing.base import LossScale
 from taskloom.balancing.gradnorm import GradNorm
 from taskloom.balancing.jacobian import (
     chain_gradients, head_gradients, task_gradients, write_gradient, write_gradients,
@@ -50,8 +51,6 @@ from taskloom.sharing.base import MultiTaskModule, unique
 from taskloom.sharing.checkpointing import buffers_kept
 from taskloom.task import Task
 from taskloom.train.distributed import _GlobalValue
-
-LossScale = Callable[[Tensor], Tensor]
 
 
 def check_accumulation(accumulate: int, balancer: Balancer) -> None:
@@ -163,7 +162,10 @@ def accumulated_backward(step: MicroBatches, model: MultiTaskModule, balancer: B
             _parameter_backward(step, model, balancer, tasks, autocast, scale)
         return
     leaves = {name: value.detach().clone().requires_grad_(True) for name, value in zip(step.names, step.values)}
-    balancer.backward(leaves, model, scale=scale) if scale is not None else balancer.backward(leaves, model)
+    if scale is None:  # one call per step: the method's state moves once
+        balancer.backward(leaves, model)
+    else:
+        balancer.backward(leaves, model, scale=scale)
     coefficients = [leaf.grad.detach() if leaf.grad is not None else None for leaf in leaves.values()]
     for index in range(len(step.batches)):
         with step.replay(index, model), autocast():

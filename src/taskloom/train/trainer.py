@@ -127,6 +127,10 @@ class Trainer:
     monitor's (the trainer and the record) and the ``on_epoch_end`` callback given here (the record).
     With a ``communicator`` (:mod:`taskloom.train.distributed`) it trains data-parallel: each rank takes its
     slice of every batch, the update is the one-process update on the whole batch, and only rank 0 writes.
+    ``checkpointing`` recomputes the shared trunk's activations during backward
+    (:mod:`taskloom.sharing.checkpointing`); ``accumulate`` N makes each optimizer step from N consecutive
+    batches, equal to one step on their concatenation (:mod:`taskloom.train.accumulate`): epochs, the
+    schedule, ``on_step`` and the logged losses count optimizer steps, and monitors see a step's first batch.
     """
 
     def __init__(
@@ -296,6 +300,8 @@ class Trainer:
             else:
                 self.balancer.backward(losses, self.model)
         else:
+            if not batch:
+                raise ValueError("train_step got an empty list of micro-batches; pass a Batch or a non-empty list")
             check_accumulation(max(2, len(batch)), self.balancer)  # a list of micro-batches accumulates
             micro = step_losses(batch, self.forward, self.tasks, self.device, self._autocast, self.communicator)
             accumulated_backward(micro, self.model, self.balancer, self.tasks, self.forward, self._autocast, scale)
