@@ -29,9 +29,9 @@ from taskloom.data.dataset import BatchLoader, MultiTaskDataset
 from taskloom.evaluate.evaluator import evaluate_model
 from taskloom.losses import task_losses
 from taskloom.sharing.base import MultiTaskModule
+from taskloom.sharing.checkpointing import enable_checkpointing
 from taskloom.sharing.hard import predict
 from taskloom.task import Task
-from taskloom.sharing.checkpointing import enable_checkpointing
 from taskloom.train.accumulate import accumulated_backward, check_accumulation, step_losses, step_values
 from taskloom.train.distributed import Communicator, ShardedLoader, global_task_losses, local_device
 from taskloom.train.checkpoint import (
