@@ -250,12 +250,22 @@ class ModelConfig(Strict):
     architecture: str = "hard"
     trunk: TrunkConfig = Field(default_factory=TrunkConfig)
     options: dict[str, Any] = {}
+    checkpointing: bool = Field(False, description="recompute the shared trunk's activations during backward "
+                                                   "(less memory, one more trunk forward per backward pass)")
 
     @model_validator(mode="after")
     def _options(self) -> "ModelConfig":
         builder = _known("architecture", self.architecture, "architecture")
         check_options(builder, self.options, "options", f"architecture {self.architecture}",
                       {"trunk_factory": "model.trunk", "tasks": "tasks"})
+        if self.checkpointing:
+            from taskloom.sharing.checkpointing import UNCHECKPOINTED
+
+            name = self.options.get("base", "hard") if self.architecture == "adversarial" else self.architecture
+            if name in UNCHECKPOINTED:
+                raise FieldError("checkpointing", f"architecture {name} cannot checkpoint activations: "
+                                                  f"{UNCHECKPOINTED[name]}; set checkpointing: false or use hard, "
+                                                  "hybrid, low_level, cascade or mmoe")
         return self
 
 
@@ -331,6 +341,8 @@ class TrainConfig(Strict):
     compile: bool = False
     num_threads: PositiveInt | None = None
     baselines: bool = False
+    accumulate: PositiveInt = Field(1, description="micro-batches of batch_size rows per optimizer step; the "
+                                                   "step equals one step on their concatenation")
 
 
 class TrackingConfig(Strict):
