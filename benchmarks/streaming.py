@@ -61,7 +61,8 @@ def config(path: Path, output: Path, streaming: bool, batch_size: int, val: floa
     """A one-epoch run on the table at ``path``; ``key``: split by that column (else by row position)."""
     return {
         "name": "streamed" if streaming else "in-memory", "output_dir": str(output),
-        "data": {"dataset": "table", "options": {"path": str(path), "exclude": ["id"]}, "val_fraction": val, "test_fraction": test,
+        "data": {"dataset": "table", "options": {"path": str(path), "exclude": ["id"]},
+                 "val_fraction": val, "test_fraction": test,
                  "streaming": streaming, "split": {"key": key},
                  "streaming_options": {"shuffle_buffer": 100_000, "read_rows": 65_536, "reference_rows": 20_000}},
         "tasks": [{"name": name, "kind": kind, "target": name} for name, kind in TASKS],

@@ -198,10 +198,27 @@ def test_rank_loaders_read_disjoint_pieces_with_their_share_of_each_batch(tmp_pa
     assert not seen[0] & seen[1]
 
 
+def test_the_trainers_sharded_loader_reads_a_streamed_table_by_rank(tmp_path):
+    from taskloom.train.distributed import Communicator, ShardedLoader
+
+    path = write_parts(make_frame(1200), tmp_path / "table", 4, "parquet", row_group=300)
+    table = load_streaming_table(tasks(), path, seed=2, key="id", read_rows=64).info["streaming"]
+    whole = table.loader(batch_size=32, seed=0, shuffle_buffer=10**6)
+    for rank in (0, 1):
+        sharded = ShardedLoader(whole, Communicator(rank, 2))
+        sharded.set_epoch(3)
+        own = whole.shard(rank, 2)
+        own.set_epoch(3)
+        ours, theirs = list(sharded), list(own)
+        assert len(sharded) == len(own) and len(ours) == len(theirs)
+        assert all(torch.equal(a.inputs, b.inputs) for a, b in zip(ours, theirs))
+
+
 # (c) a run streamed equals the run in memory -----------------------------------------------------
 def _config(tmp_path: Path, path: Path, streaming: bool) -> dict:
     return {
-        "name": "stream" if streaming else "memory", "output_dir": str(tmp_path / ("stream" if streaming else "memory")),
+        "name": "stream" if streaming else "memory",
+        "output_dir": str(tmp_path / ("stream" if streaming else "memory")),
         "data": {"dataset": "table", "options": {"path": str(path)}, "split": {"key": "id"},
                  "streaming": streaming, "streaming_options": {"shuffle_buffer": 100_000, "read_rows": 256}},
         "tasks": [{"name": "price", "kind": "regression", "target": "price"},
@@ -237,6 +254,12 @@ def test_streamed_and_in_memory_runs_give_the_same_metrics(tmp_path):
                 assert ours[task][metric] == pytest.approx(value, abs=1e-6), (task, metric)
     saved = json.loads(next((tmp_path / "stream").rglob("model.json")).read_text())
     assert saved["preprocessing"]["numeric"] == ["x", "z"]
+    from taskloom import load
+
+    rows = frame.drop(columns=["price", "buy"]).head(20)
+    streamed = load(next((tmp_path / "stream").iterdir())).predict(rows)
+    in_memory = load(next((tmp_path / "memory").iterdir())).predict(rows)
+    pd.testing.assert_frame_equal(streamed, in_memory, atol=1e-5, rtol=0)
 
 
 # (d) errors ---------------------------------------------------------------------------------------

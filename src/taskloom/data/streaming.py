@@ -385,6 +385,9 @@ class StreamingTable:
                 keep = (codes == code) & (sampled if code == TRAIN else True)
                 if keep.any():
                     parts[name].append(self.encoded_rows(frame, positions, keep, index))
+        if not parts["train"]:
+            raise ValueError(f"data.streaming_options.reference_rows {reference_rows}: the sample of training rows "
+                             "it asks for came out empty; raise it (e.g. to 10000)")
         return {name: (concat_datasets([d for d, _ in got]), np.concatenate([p for _, p in got]))
                 for name, got in parts.items()}
 
