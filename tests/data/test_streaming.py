@@ -12,11 +12,9 @@ import torch
 from taskloom.config import ConfigError, parse_config
 from taskloom.data.dataset import BatchLoader
 from taskloom.data.datasets.table import load_table
-from taskloom.data.hash_split import assign_splits, hash_split_rows, position_hashes
-from taskloom.data.moments import RunningMoments
-from taskloom.data.streaming import (
-    StreamingLoader, StreamingTable, load_streaming_table, rank_pieces, shard_size,
-)
+from taskloom.data.hash_split import hash_split_rows, position_hashes
+from taskloom.data.streaming import StreamingTable, load_streaming_table
+from taskloom.data.streaming_loader import StreamingLoader, rank_pieces, shard_size
 from taskloom.task import Task
 
 ROWS = 3000
@@ -51,16 +49,6 @@ def write_parts(frame: pd.DataFrame, directory: Path, parts: int, form: str, row
 
 
 # (a) statistics ----------------------------------------------------------------------------------
-def test_running_moments_merge_equals_numpy_on_the_whole_column():
-    values = np.random.default_rng(1).normal(1e8, 0.25, 10_001)
-    moments = RunningMoments()
-    for piece in np.array_split(values, 37):
-        moments.add(piece)
-    assert moments.count == len(values)
-    assert moments.mean == pytest.approx(values.mean(), rel=1e-15)
-    assert moments.std == pytest.approx(values.std(), rel=1e-9)
-
-
 @pytest.mark.parametrize("form", ["csv", "parquet"])
 def test_one_pass_statistics_equal_numpy_on_the_training_rows(tmp_path, form):
     frame = make_frame()
@@ -93,28 +81,6 @@ def test_streamed_encoding_equals_the_in_memory_encoding(tmp_path):
 
 
 # (b) the hash split ------------------------------------------------------------------------------
-def test_hash_split_fractions_are_within_binomial_noise_and_parts_are_disjoint_and_complete():
-    n = 20_000
-    parts = hash_split_rows(None, n, 0.1, 0.2, seed=7)
-    rows = np.concatenate(list(parts.values()))
-    assert len(rows) == n and len(np.unique(rows)) == n
-    for name, fraction in (("val", 0.1), ("test", 0.2)):
-        assert abs(len(parts[name]) - n * fraction) < 4 * np.sqrt(n * fraction * (1 - fraction))
-
-
-def test_hash_split_depends_on_key_and_seed_only():
-    keys = pd.Series(np.arange(1000) * 13)
-    whole = hash_split_rows(keys, 1000, 0.1, 0.2, seed=1)
-    shuffled = np.random.default_rng(0).permutation(1000)
-    moved = hash_split_rows(keys.iloc[shuffled].reset_index(drop=True), 1000, 0.1, 0.2, seed=1)
-    for name in whole:  # the same keys land in the same split wherever they sit
-        assert set(keys.iloc[shuffled].to_numpy()[moved[name]]) == set(keys.to_numpy()[whole[name]])
-    other = hash_split_rows(keys, 1000, 0.1, 0.2, seed=2)
-    assert not np.array_equal(other["test"], whole["test"])
-    codes = assign_splits(np.array([0.0, 0.19, 0.2, 0.29, 0.31, 0.99]), 0.1, 0.2)
-    assert codes.tolist() == [2, 2, 1, 1, 0, 0]  # test below 0.2, validation below 0.3
-
-
 @pytest.mark.parametrize("form", ["csv", "parquet"])
 def test_streamed_split_is_stable_across_read_sizes_and_file_cuts(tmp_path, form):
     frame = make_frame(1200).drop(columns="id")
