@@ -584,7 +584,8 @@ def _run_grid(config: Config, spec: GridSpec, data: Sequence[DataSplits], run_di
         "groupings": groupings,
         "grouping_affinity": grouping_affinity,
         "curve_signals": _curve_signals(run_dir, names, spec.seeds[0]) if spec.baselines and spec.splits == 1 else {},
-        "split_sizes": {"train": len(splits0.train), "val": len(splits0.val), "test": len(splits0.test)},
+        "split_sizes": {"train": splits0.info.get("sizes", {}).get("train", len(splits0.train)),
+                        "val": len(splits0.val), "test": len(splits0.test)},
         "evaluation": _merge_evaluation(evaluation),
         "references": _mean_references([reference_scores(s, s.tasks, config.train.seed) for s in data]),
         "cells": {key: {k: v for k, v in result.items() if k not in ("values", "cell")}
