@@ -83,3 +83,19 @@ def test_an_auroc_replicate_without_a_class_is_undefined():
     data = TaskOutputs(np.array([[0.1], [0.9]]), np.array([0.0, 1.0]), np.arange(2))
     values = replicate_metric(task, "auroc", data, np.array([[2.0, 0.0], [1.0, 1.0]]))
     assert np.isnan(values[0]) and values[1] == 1.0
+
+
+def test_a_large_split_redraws_the_same_counts_block_by_block(monkeypatch):
+    """Above HELD_COUNTS the counts are not held but drawn again at each use: the same replicates either way."""
+    from taskloom.evaluate import resampling
+
+    held = resampling.BootstrapCounts(40, replicates=600, split=2)
+    monkeypatch.setattr(resampling, "HELD_COUNTS", 100)
+    redrawn = resampling.BootstrapCounts(40, replicates=600, split=2)
+    assert held._held is not None and redrawn._held is None
+    assert np.array_equal(held.matrix(), redrawn.matrix())
+    assert np.array_equal(redrawn.block(250), redrawn.block(250))
+    task, data = Task("r", "regression"), TaskOutputs(np.linspace(0, 1, 40)[:, None], np.zeros(40), np.arange(40))
+    assert np.array_equal(replicate_metric(task, "mse", data, held), replicate_metric(task, "mse", data, redrawn))
+    with pytest.raises(ValueError, match="multiples of 250"):
+        redrawn.block(10)

@@ -20,10 +20,49 @@ BOOTSTRAP_SEED = 20260912
 BLOCK = 250  # replicates per block: bounds the memory of one (block x units) weight matrix
 
 
+#: a split's counts are held (as uint16) up to this many (replicate, row) entries, 64 MB; above, each block is
+#: drawn again where it is used, so a test split of millions of rows never holds replicates x rows counts
+HELD_COUNTS = 1 << 25
+
+
+class BootstrapCounts:
+    """The fixed ``replicates x rows`` bootstrap counts of a split's test rows, in blocks of ``BLOCK`` replicates.
+
+    Block b is drawn from a generator seeded by (split, rows, b), so every model of a split
+    sees the same replicates (the paired bootstrap) whether the counts are held or drawn again.
+    Small splits hold them; larger ones (over ``HELD_COUNTS`` entries) redraw a block at each
+    use, trading time for memory: one block x rows at a time.
+    """
+
+    def __init__(self, rows: int, replicates: int = REPLICATES, split: int = 0) -> None:
+        self.rows, self.replicates, self.split = rows, replicates, split
+        self._held = None
+        if rows * replicates <= HELD_COUNTS:
+            self._held = [self._draw(start).astype(np.uint16) for start in range(0, replicates, BLOCK)]
+
+    def __len__(self) -> int:
+        return self.replicates
+
+    def _draw(self, start: int) -> np.ndarray:
+        rng = np.random.default_rng([BOOTSTRAP_SEED, self.split, self.rows, start // BLOCK])
+        size = min(BLOCK, self.replicates - start)
+        return rng.multinomial(self.rows, np.full(self.rows, 1.0 / self.rows), size=size)
+
+    def block(self, start: int) -> np.ndarray:
+        """The counts of replicates ``start`` to ``start + BLOCK`` (``start`` a multiple of ``BLOCK``), float64."""
+        if start % BLOCK:
+            raise ValueError(f"bootstrap blocks start at multiples of {BLOCK}, got {start}")
+        counts = self._held[start // BLOCK] if self._held is not None else self._draw(start)
+        return counts.astype(np.float64)
+
+    def matrix(self) -> np.ndarray:
+        """All ``replicates x rows`` counts at once (float64)."""
+        return np.concatenate([self.block(start) for start in range(0, self.replicates, BLOCK)])
+
+
 def row_counts(rows: int, replicates: int = REPLICATES, split: int = 0) -> np.ndarray:
     """``replicates x rows`` counts of a bootstrap of ``rows`` test rows, fixed by the split index."""
-    rng = np.random.default_rng([BOOTSTRAP_SEED, split, rows])
-    return rng.multinomial(rows, np.full(rows, 1.0 / rows), size=replicates).astype(np.float64)
+    return BootstrapCounts(rows, replicates, split).matrix()
 
 
 @dataclass
@@ -126,13 +165,13 @@ def weighted_metric(task: Task, metric: str, data: TaskOutputs) -> Callable[[np.
                      "choose another main_metric")
 
 
-def replicate_metric(task: Task, metric: str, data: TaskOutputs, counts: np.ndarray) -> np.ndarray:
+def replicate_metric(task: Task, metric: str, data: TaskOutputs, counts: np.ndarray | BootstrapCounts) -> np.ndarray:
     """``metric`` on each bootstrap replicate (row ``counts``: replicates x test rows); NaN where undefined."""
     compute = weighted_metric(task, metric, data)
     out = np.empty(len(counts))
     for start in range(0, len(counts), BLOCK):
-        block = counts[start:start + BLOCK][:, data.row]
-        out[start:start + BLOCK] = compute(block)
+        block = counts.block(start) if isinstance(counts, BootstrapCounts) else counts[start:start + BLOCK]
+        out[start:start + BLOCK] = compute(block[:, data.row])
     return out
 
 
