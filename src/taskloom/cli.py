@@ -14,7 +14,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -126,15 +126,12 @@ def command_run(args: argparse.Namespace) -> int:
 
     if args.resume:
         check_resume(Path(args.resume))
-        config, run_dir = default_run_config(), Path(args.resume)
+        config, run_dir = _stored_config(Path(args.resume)), Path(args.resume)
     else:
         config = load_config(args.config) if args.config else default_run_config()
         config, run_dir = _apply_overrides(config, args), None
-    with _progress() as progress:
-        compare = run_comparison(config, run_dir, resume=bool(args.resume),
-                                 callbacks=ProgressCallbacks(progress, args.verbose))
-    print_compare(compare)
-    return 0
+    return _execute(args, config, lambda callbacks, _: run_comparison(config, run_dir, resume=bool(args.resume),
+                                                                       callbacks=callbacks))
 
 
 def _launch_processes(args: argparse.Namespace) -> int:
@@ -156,50 +153,63 @@ def _launch_processes(args: argparse.Namespace) -> int:
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from taskloom.train import distributed
     from taskloom.train.grid import run_training
 
-    if args.nproc is not None and args.nproc < 1:
-        raise ConfigError(f"--nproc: need at least 1 process, got {args.nproc}")
-    if args.nproc is not None and args.nproc > 1 and not distributed.launched_by_torchrun():
-        return _launch_processes(args)
-    if distributed.launched_by_torchrun():
-        distributed.leave_process(_train_in_group(args))
     if args.resume:
         check_resume(Path(args.resume))
-        config, run_dir = None, Path(args.resume)
+        config, run_dir = _stored_config(Path(args.resume)), Path(args.resume)
     else:
         if not args.config:
             raise ConfigError("taskloom train needs a CONFIG.yaml (or --resume RUN_DIR)")
         config, run_dir = _apply_overrides(load_config(args.config), args), None
+    return _execute(args, config, lambda callbacks, _: run_training(config, run_dir, resume=bool(args.resume),
+                                                                     callbacks=callbacks))
+
+
+def _stored_config(run_dir: Path) -> Config:
+    """The config a run directory was started with (the built-in job's when it has none)."""
+    stored = run_dir / "config.yaml"
+    return load_config(stored) if stored.is_file() else default_run_config()
+
+
+#: the work of ``run``, ``train`` and ``compare``: (callbacks or None, rich progress or None) -> compare.json's content
+Work = Callable[[Any, Any], dict[str, Any]]
+
+
+def _execute(args: argparse.Namespace, config: Config, work: Work) -> int:
+    """Run ``work`` in this process, or data-parallel in N processes (``--nproc N``, or when started by torchrun).
+
+    ``--nproc N`` relaunches this same command through torch's elastic launcher; each process
+    it starts joins the group (gloo on CPU, NCCL on CUDA, from ``train.device``) and runs the
+    whole job in step with the others. Only the first process shows progress and the table.
+    """
+    from taskloom.train import distributed
+
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None and nproc < 1:
+        raise ConfigError(f"--nproc: need at least 1 process, got {nproc}")
+    if nproc is not None and nproc > 1 and not distributed.launched_by_torchrun():
+        return _launch_processes(args)
+    if distributed.launched_by_torchrun():
+        distributed.leave_process(_execute_in_group(args, config, work))
     with _progress() as progress:
-        compare = run_training(config or default_run_config(), run_dir, resume=bool(args.resume),
-                               callbacks=ProgressCallbacks(progress, args.verbose))
+        compare = work(ProgressCallbacks(progress, args.verbose), progress)
     print_compare(compare)
     return 0
 
 
-def _train_in_group(args: argparse.Namespace) -> int:
-    """One process of a data-parallel ``train`` (started by torchrun): rank 0 shows progress and the table."""
+def _execute_in_group(args: argparse.Namespace, config: Config, work: Work) -> int:
+    """One process of a data-parallel job (started by torchrun): rank 0 shows progress and the table."""
     from taskloom.train import distributed
-    from taskloom.train.grid import run_training
 
-    if args.resume:
-        check_resume(Path(args.resume))
-        config, run_dir = load_config(Path(args.resume) / "config.yaml"), Path(args.resume)
-    else:
-        if not args.config:
-            raise ConfigError("taskloom train needs a CONFIG.yaml (or --resume RUN_DIR)")
-        config, run_dir = _apply_overrides(load_config(args.config), args), None
     communicator = distributed.start(config.train.device)
     try:
         if not communicator.is_main:
-            run_training(config, run_dir, resume=bool(args.resume))
+            work(None, None)
             communicator.barrier()  # leave the group only once rank 0 has written everything
             return 0
         with _progress() as progress:
-            compare = run_training(config, run_dir, resume=bool(args.resume),
-                                   callbacks=ProgressCallbacks(progress, args.verbose))
+            compare = work(ProgressCallbacks(progress, args.verbose), progress)
         communicator.barrier()
         print_compare(compare)
         return 0
@@ -239,20 +249,23 @@ def command_compare(args: argparse.Namespace) -> int:
                             groups=_integers(args.groups, "--groups") if args.groups is not None else None,
                             splits=args.splits,
                             stored=json.loads(stored.read_text()) if stored and stored.is_file() else None)
-    with _progress() as progress:
-        grid_task = progress.add_task("grid", total=None)
 
-        def on_cell(cell: Any, index: int, total: int, finished: bool) -> None:
-            state = "finished before, kept" if finished else "training"
-            progress.update(grid_task, completed=index, total=total,
-                            description=f"grid cell {index + 1}/{total}: {cell.key} ({state})")
+    def work(callbacks: Any, progress: Any) -> dict[str, Any]:
+        on_cell = None
+        if progress is not None:
+            grid_task = progress.add_task("grid", total=None)
 
-        compare = run_grid(config, spec, run_dir, resume=bool(args.resume),
-                           callbacks=ProgressCallbacks(progress, args.verbose),
-                           on_cell=on_cell)
-        progress.update(grid_task, completed=progress.tasks[0].total, description="grid done")
-    print_compare(compare)
-    return 0
+            def on_cell(cell: Any, index: int, total: int, finished: bool) -> None:
+                state = "finished before, kept" if finished else "training"
+                progress.update(grid_task, completed=index, total=total,
+                                description=f"grid cell {index + 1}/{total}: {cell.key} ({state})")
+
+        compare = run_grid(config, spec, run_dir, resume=bool(args.resume), callbacks=callbacks, on_cell=on_cell)
+        if progress is not None:
+            progress.update(grid_task, completed=progress.tasks[0].total, description="grid done")
+        return compare
+
+    return _execute(args, _stored_config(run_dir) if args.resume else config, work)
 
 
 def _interval(low: Any, high: Any) -> str:
@@ -589,6 +602,11 @@ def command_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_nproc(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nproc", type=int, metavar="N",
+                        help="data-parallel training on N processes (torchrun; gloo on CPU, NCCL on CUDA)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskloom", description="Multi-task learning for PyTorch.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each epoch's details")
@@ -600,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, help="override output_dir")
     run.add_argument("--device", help="override train.device (cpu, cuda)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run; finished models are kept")
+    _add_nproc(run)
     _add_verbose(run)
     run.set_defaults(func=command_run)
 
@@ -610,8 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="override train.epochs")
     train.add_argument("--output", type=Path, help="override output_dir")
     train.add_argument("--device", help="override train.device (cpu, cuda)")
-    train.add_argument("--nproc", type=int, metavar="N",
-                       help="data-parallel training on N processes (torchrun; gloo on CPU, NCCL on CUDA)")
+    _add_nproc(train)
     _add_verbose(train)
     train.set_defaults(func=command_train)
 
@@ -630,6 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--epochs", type=int, help="override train.epochs")
     compare.add_argument("--output", type=Path, help="override output_dir")
     compare.add_argument("--device", help="override train.device (cpu, cuda)")
+    _add_nproc(compare)
     _add_verbose(compare)
     compare.set_defaults(func=command_compare)
 

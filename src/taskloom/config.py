@@ -77,7 +77,8 @@ def check_options(target: Callable[..., Any], options: Mapping[str, Any], path: 
 
 
 DATA_FILLED = {"tasks": "tasks", "val_fraction": "data.val_fraction", "test_fraction": "data.test_fraction",
-               "seed": "data.split_seed", "stratify": "data.split.stratify"}
+               "seed": "data.split_seed", "stratify": "data.split.stratify",
+               "split_key": "data.split.key"}
 
 
 def _check_dataset(dataset: str, options: Mapping[str, Any]) -> None:
@@ -198,9 +199,29 @@ class MixingConfig(Strict):
 
 
 class SplitConfig(Strict):
-    """How rows are split: ``stratify`` (default) keeps each task's label shares in every split."""
+    """How rows are split: ``stratify`` (default) keeps each task's label shares in every split.
+
+    ``key``: a table column whose hash (with ``data.split_seed``) decides each row's split
+    (:mod:`taskloom.data.hash_split`): stable without loading the table. A hash split (a key, or
+    ``data.streaming``, which splits by row position without a key) is never stratified, whatever
+    ``stratify`` says.
+    """
 
     stratify: bool = True
+    key: str | None = None
+
+
+class StreamingConfig(Strict):
+    """How a streamed table is read (``data.streaming: true``; see :mod:`taskloom.data.streaming`).
+
+    ``shuffle_buffer``: training rows mixed at a time (at least the training split's size gives the
+    in-memory order); ``read_rows``: rows per record batch read; ``reference_rows``: training rows
+    held in memory for the reference scores and data checks.
+    """
+
+    shuffle_buffer: PositiveInt = 100_000
+    read_rows: PositiveInt = 65_536
+    reference_rows: PositiveInt = 50_000
 
 
 class DataConfig(Strict):
@@ -212,9 +233,12 @@ class DataConfig(Strict):
     test_fraction: float = Field(0.2, ge=0, lt=1)
     split_seed: int = 0
     split: SplitConfig = SplitConfig()
+    streaming: bool = False
+    streaming_options: StreamingConfig = StreamingConfig()
 
     @model_validator(mode="after")
     def _sources(self) -> "DataConfig":
+        self._check_hash_split()
         if self.sources is None:
             _check_dataset(self.dataset, self.options)
             return self
@@ -233,6 +257,16 @@ class DataConfig(Strict):
                                  f"must give one probability per source {names}; got {sorted(given)}")
         return self
 
+    def _check_hash_split(self) -> None:
+        """Streaming and ``split.key`` need one table; they split by hash, never stratified (``stratify`` is unused)."""
+        if self.streaming and (self.sources is not None or self.dataset != "table"):
+            raise FieldError("streaming", "streams only the table data set (one CSV or Parquet file or directory, "
+                                          "no sources); set streaming: false or use dataset: table")
+        if self.split.key is not None and (self.sources is not None or self.dataset != "table"):
+            raise FieldError("split.key", "names a column of the table data set; remove it for other data sets")
+        if self.streaming and "path" not in self.options:
+            raise FieldError("options.path", "streaming needs the path of a CSV or Parquet file or directory")
+
 
 class TrunkConfig(Strict):
     """The trunk; its options are checked once the data has given its shape arguments (see the runner)."""
@@ -250,12 +284,22 @@ class ModelConfig(Strict):
     architecture: str = "hard"
     trunk: TrunkConfig = Field(default_factory=TrunkConfig)
     options: dict[str, Any] = {}
+    checkpointing: bool = Field(False, description="recompute the shared trunk's activations during backward "
+                                                   "(less memory, one more trunk forward per backward pass)")
 
     @model_validator(mode="after")
     def _options(self) -> "ModelConfig":
         builder = _known("architecture", self.architecture, "architecture")
         check_options(builder, self.options, "options", f"architecture {self.architecture}",
                       {"trunk_factory": "model.trunk", "tasks": "tasks"})
+        if self.checkpointing:
+            from taskloom.sharing.checkpointing import UNCHECKPOINTED
+
+            name = self.options.get("base", "hard") if self.architecture == "adversarial" else self.architecture
+            if name in UNCHECKPOINTED:
+                raise FieldError("checkpointing", f"architecture {name} cannot checkpoint activations: "
+                                                  f"{UNCHECKPOINTED[name]}; set checkpointing: false or use hard, "
+                                                  "hybrid, low_level, cascade or mmoe")
         return self
 
 
@@ -331,6 +375,8 @@ class TrainConfig(Strict):
     compile: bool = False
     num_threads: PositiveInt | None = None
     baselines: bool = False
+    accumulate: PositiveInt = Field(1, description="micro-batches of batch_size rows per optimizer step; the "
+                                                   "step equals one step on their concatenation")
 
 
 class TrackingConfig(Strict):

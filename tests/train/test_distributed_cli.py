@@ -86,3 +86,41 @@ def test_a_resume_under_torchrun_continues_bit_exact(tmp_path):
     result = json.loads((cell / "results.json").read_text())
     assert result["test"] == whole["test"]
     assert result["best_epoch"] == whole["best_epoch"]
+
+
+def _compare(folder: Path, *extra: str) -> dict:
+    folder.mkdir()
+    config = folder / "tiny.yaml"
+    config.write_text(CONFIG.format(output=folder / "runs"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "taskloom", "compare", str(config), "--methods", "equal,mgda",
+                           "--seeds", "1", *extra], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run,) = list((folder / "runs").iterdir())
+    return json.loads((run / "compare.json").read_text())
+
+
+def test_compare_on_two_processes_gives_every_cell_the_metrics_of_one(tmp_path):
+    """The whole grid (single-task baselines and two multi-task variants) runs data-parallel, cell by cell."""
+    two = _compare(tmp_path / "two", "--nproc", "2")
+    one = _compare(tmp_path / "one")
+    assert sorted(two["cells"]) == sorted(one["cells"]) and len(one["cells"]) >= 3
+    for key, cell in one["cells"].items():
+        for task, metrics in cell["test"].items():
+            for name, value in metrics.items():
+                if isinstance(value, float):
+                    got = two["cells"][key]["test"][task][name]
+                    assert abs(got - value) <= TOLERANCE * max(1.0, abs(value)), (key, task, name, got, value)
+
+
+def test_tracking_on_several_processes_is_refused_with_the_reason(tmp_path):
+    folder = tmp_path / "track"
+    folder.mkdir()
+    config = folder / "tiny.yaml"
+    config.write_text(CONFIG.format(output=folder / "runs"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "taskloom", "compare", str(config), "--seeds", "1", "--track",
+                           "conflict", "--nproc", "2"], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert "not supported on several processes" in done.stdout + done.stderr

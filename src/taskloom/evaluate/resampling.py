@@ -20,10 +20,47 @@ BOOTSTRAP_SEED = 20260912
 BLOCK = 250  # replicates per block: bounds the memory of one (block x units) weight matrix
 
 
+#: a split's counts are held (as uint16) up to this many (replicate, row) entries, 64 MB; above, replicates are
+#: drawn again where they are used, so a test split of millions of rows never holds replicates x rows counts
+HELD_COUNTS = 1 << 25
+#: the most (replicate, unit) weights one block of :func:`replicate_metric` holds (64 MB of float64)
+BLOCK_WEIGHTS = 1 << 23
+
+
+class BootstrapCounts:
+    """The fixed ``replicates x rows`` bootstrap counts of a split's test rows.
+
+    Replicate r is drawn from a generator seeded by (split, rows, r), so every model of a split
+    sees the same replicates (the paired bootstrap) whether the counts are held or drawn again.
+    Small splits hold them; larger ones (over ``HELD_COUNTS`` entries) redraw the replicates a
+    block needs at each use, trading time for memory.
+    """
+
+    def __init__(self, rows: int, replicates: int = REPLICATES, split: int = 0) -> None:
+        self.rows, self.replicates, self.split = rows, replicates, split
+        self._held = self._draw(0, replicates).astype(np.uint16) if rows * replicates <= HELD_COUNTS else None
+
+    def __len__(self) -> int:
+        return self.replicates
+
+    def _draw(self, start: int, stop: int) -> np.ndarray:
+        uniform = np.full(self.rows, 1.0 / self.rows)
+        return np.stack([np.random.default_rng([BOOTSTRAP_SEED, self.split, self.rows, r]).multinomial(
+            self.rows, uniform) for r in range(start, stop)])
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """The counts of replicates ``start`` to ``stop`` (float64, one row per replicate)."""
+        counts = self._held[start:stop] if self._held is not None else self._draw(start, min(stop, self.replicates))
+        return counts.astype(np.float64)
+
+    def matrix(self) -> np.ndarray:
+        """All ``replicates x rows`` counts at once (float64)."""
+        return self.block(0, self.replicates)
+
+
 def row_counts(rows: int, replicates: int = REPLICATES, split: int = 0) -> np.ndarray:
     """``replicates x rows`` counts of a bootstrap of ``rows`` test rows, fixed by the split index."""
-    rng = np.random.default_rng([BOOTSTRAP_SEED, split, rows])
-    return rng.multinomial(rows, np.full(rows, 1.0 / rows), size=replicates).astype(np.float64)
+    return BootstrapCounts(rows, replicates, split).matrix()
 
 
 @dataclass
@@ -126,13 +163,15 @@ def weighted_metric(task: Task, metric: str, data: TaskOutputs) -> Callable[[np.
                      "choose another main_metric")
 
 
-def replicate_metric(task: Task, metric: str, data: TaskOutputs, counts: np.ndarray) -> np.ndarray:
+def replicate_metric(task: Task, metric: str, data: TaskOutputs, counts: np.ndarray | BootstrapCounts) -> np.ndarray:
     """``metric`` on each bootstrap replicate (row ``counts``: replicates x test rows); NaN where undefined."""
     compute = weighted_metric(task, metric, data)
     out = np.empty(len(counts))
-    for start in range(0, len(counts), BLOCK):
-        block = counts[start:start + BLOCK][:, data.row]
-        out[start:start + BLOCK] = compute(block)
+    step = max(1, min(BLOCK, BLOCK_WEIGHTS // max(1, len(data.row))))
+    for start in range(0, len(counts), step):
+        stop = start + step
+        block = counts.block(start, stop) if isinstance(counts, BootstrapCounts) else counts[start:stop]
+        out[start:stop] = compute(block[:, data.row])
     return out
 
 

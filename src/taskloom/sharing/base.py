@@ -21,6 +21,10 @@ class MultiTaskModule(nn.Module):
     """
 
     task_names: list[str]
+    #: True when the architecture calls its shared trunk through :func:`taskloom.sharing.checkpointing.run_trunk`
+    checkpointable: bool = False
+    #: set by :func:`taskloom.sharing.checkpointing.enable_checkpointing`: recompute the trunk's activations in backward
+    checkpointing: bool = False
 
     def shared_parameters(self) -> list[Parameter]:
         raise NotImplementedError

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn import Parameter
 
 from taskloom.sharing.base import MultiTaskModule, unique
+from taskloom.sharing.checkpointing import run_trunk
 from taskloom.task import Task
 
 
@@ -40,14 +41,16 @@ class MultiTaskModel(MultiTaskModule):
         self.heads = nn.ModuleDict(dict(heads))
         self.task_names = list(self.heads)
 
+    checkpointable = True
+
     def representation(self, inputs: Any) -> Tensor:
-        return self.trunk(inputs)
+        return run_trunk(self.trunk, inputs, self.checkpointing)
 
     def heads_forward(self, representation: Tensor) -> dict[str, Tensor]:
         return {name: head(representation) for name, head in self.heads.items()}
 
     def forward(self, inputs: Any) -> dict[str, Tensor]:
-        return self.heads_forward(self.trunk(inputs))
+        return self.heads_forward(self.representation(inputs))
 
     def shared_parameters(self) -> list[Parameter]:
         return unique(self.trunk.parameters())

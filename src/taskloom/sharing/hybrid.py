@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from torch import Tensor, nn
 
+from taskloom.sharing.checkpointing import run_trunk
 from taskloom.sharing.layers import as_sequential, block_ends, check_depth, head_width, output_width
 from taskloom.sharing.parameters import Reach, params
 from taskloom.sharing.soft import TIES, TiedTowers, check_towers
@@ -35,14 +36,16 @@ class HybridSharing(TiedTowers):
 
     adversarial_input = "towers"
 
+    checkpointable = True
+
     def representation(self, inputs: Any) -> Tensor:
-        return self.bottom(inputs)
+        return run_trunk(self.bottom, inputs, self.checkpointing)
 
     def heads_forward(self, representation: Tensor) -> dict[str, Tensor]:
         return {n: self.heads[n](self.towers[n](representation)) for n in self.task_names}
 
     def forward(self, inputs: Any) -> dict[str, Tensor]:
-        return self.heads_forward(self.bottom(inputs))
+        return self.heads_forward(self.representation(inputs))
 
     def parameter_reach(self) -> Reach:
         groups: Reach = [(params(self.bottom), frozenset(self.task_names))]

@@ -6,6 +6,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from torch import Tensor, nn
 
+from taskloom.sharing.checkpointing import run_layer_outputs, run_trunk
 from taskloom.sharing.layers import as_sequential, check_depth, check_task_keys, cut, width_at
 from taskloom.sharing.parameters import Reach, ReachSplit, params
 from taskloom.task import Task
@@ -36,6 +37,8 @@ class DepthTapped(ReachSplit):
     is kept whole as ``trunk`` and depth ``d`` is the output of its ``d``-th layer.
     """
 
+    checkpointable = True
+
     def _init_trunk(self, trunk: nn.Module, depths: Mapping[str, int]) -> None:
         top = max(depths.values())
         self.depths = dict(depths)
@@ -56,12 +59,12 @@ class DepthTapped(ReachSplit):
     def features(self, inputs: Any) -> dict[int, Tensor]:
         """The trunk's output at every depth a task reads."""
         if self.layered:
-            outputs = self.trunk.layer_outputs(inputs)
+            outputs = run_layer_outputs(self.trunk, inputs, self.checkpointing)
             return {end: outputs[end - 1] for end in self.stage_ends}
         out: dict[int, Tensor] = {}
         x = inputs
         for end, stage in zip(self.stage_ends, self.stages):
-            x = stage(x)
+            x = run_trunk(stage, x, self.checkpointing)
             out[end] = x
         return out
 

@@ -7,6 +7,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from taskloom.sharing.checkpointing import run_trunk
 from taskloom.sharing.layers import input_width, output_width
 from taskloom.sharing.parameters import Reach, ReachSplit, params
 from taskloom.task import Task
@@ -33,6 +34,7 @@ class MMoE(ReachSplit):
     """Experts shared by all tasks; task k's head reads sum_i g_k(x)_i f_i(x)."""
 
     adversarial_input = "heads"
+    checkpointable = True
 
     def __init__(self, experts: Sequence[nn.Module], gates: dict[str, nn.Module], heads: dict[str, nn.Module]) -> None:
         super().__init__()
@@ -42,7 +44,7 @@ class MMoE(ReachSplit):
         self.task_names = list(self.gates)
 
     def forward(self, inputs: Any) -> dict[str, Tensor]:
-        outputs = [expert(inputs) for expert in self.experts]
+        outputs = [run_trunk(expert, inputs, self.checkpointing) for expert in self.experts]
         return {n: self.heads[n](mix(self.gates[n](inputs), outputs)) for n in self.task_names}
 
     def parameter_reach(self) -> Reach:

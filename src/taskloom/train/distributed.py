@@ -205,7 +205,9 @@ class ShardedLoader:
     """
 
     def __init__(self, loader: Any, communicator: Communicator) -> None:
-        self.loader = loader
+        shard = getattr(loader, "shard", None)  # a loader that reads only this rank's rows (a streamed table)
+        self.sliced = not callable(shard)
+        self.loader = loader if self.sliced else shard(communicator.rank, communicator.world_size)
         self.communicator = communicator
 
     def set_epoch(self, epoch: int) -> None:
@@ -216,7 +218,7 @@ class ShardedLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         for batch in self.loader:
-            yield shard_batch(batch, self.communicator.rank, self.communicator.world_size)
+            yield shard_batch(batch, self.communicator.rank, self.communicator.world_size) if self.sliced else batch
 
 
 # -- losses -------------------------------------------------------------------------------

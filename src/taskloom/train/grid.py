@@ -42,7 +42,7 @@ from taskloom.evaluate.grouping import missing_pairs, select_groups
 from taskloom.evaluate.logged import mean_logged_matrix, read_records
 from taskloom.evaluate.logged import variant_records as logged_variant_records
 from taskloom.evaluate.references import reference_scores
-from taskloom.evaluate.resampling import REPLICATES, TaskOutputs, replicate_metric, row_counts
+from taskloom.evaluate.resampling import REPLICATES, BootstrapCounts, TaskOutputs, replicate_metric
 from taskloom.evaluate.table import write_compare_tables
 from taskloom.evaluate.verdict import analyze
 from taskloom.train.artifact import choose_decision_thresholds, write_model_artifact
@@ -257,7 +257,7 @@ def _best_validation(trainer: Any, tasks: Sequence[Any]) -> dict[str, float]:
 
 
 def save_replicates(path: Path, tasks: Sequence[Any], collected: Mapping[str, Mapping[str, Any]],
-                    counts: np.ndarray) -> None:
+                    counts: BootstrapCounts) -> None:
     """Each task's main test metric on every bootstrap replicate of the split's rows, saved atomically."""
     rows = []
     for task in tasks:
@@ -274,7 +274,7 @@ def save_replicates(path: Path, tasks: Sequence[Any], collected: Mapping[str, Ma
 
 
 def train_cell(config: Config, spec: GridSpec, splits: DataSplits, cell: Cell, run_dir: Path,
-               callbacks: Callbacks | None = None, counts: np.ndarray | None = None,
+               callbacks: Callbacks | None = None, counts: BootstrapCounts | None = None,
                baselines: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Train one cell (resuming its last checkpoint) and write its results; a finished cell is only read.
 
@@ -536,7 +536,7 @@ def _run_grid(config: Config, spec: GridSpec, data: Sequence[DataSplits], run_di
         write_json_atomically(run_dir / "features.json", {"columns": report, "notes": splits0.info.get("notes", [])})
     evaluation = [check_splits(s, s.tasks) for s in data]
     undefined = {j: {t for t, e in ev["test"].items() if not e["defined"]} for j, ev in enumerate(evaluation)}
-    counts = [row_counts(len(s.test), REPLICATES, j) if len(s.test) else None for j, s in enumerate(data)]
+    counts = [BootstrapCounts(len(s.test), REPLICATES, j) if len(s.test) else None for j, s in enumerate(data)]
     cells = plan_cells(spec, names)
     total = len(cells) + (len(spec.groups) * len(spec.seeds) if spec.groups else 0)
     results: dict[str, dict[str, Any]] = {}
@@ -584,7 +584,8 @@ def _run_grid(config: Config, spec: GridSpec, data: Sequence[DataSplits], run_di
         "groupings": groupings,
         "grouping_affinity": grouping_affinity,
         "curve_signals": _curve_signals(run_dir, names, spec.seeds[0]) if spec.baselines and spec.splits == 1 else {},
-        "split_sizes": {"train": len(splits0.train), "val": len(splits0.val), "test": len(splits0.test)},
+        "split_sizes": {"train": splits0.info.get("sizes", {}).get("train", len(splits0.train)),
+                        "val": len(splits0.val), "test": len(splits0.test)},
         "evaluation": _merge_evaluation(evaluation),
         "references": _mean_references([reference_scores(s, s.tasks, config.train.seed) for s in data]),
         "cells": {key: {k: v for k, v in result.items() if k not in ("values", "cell")}

@@ -89,7 +89,10 @@ def load_data(config: Config) -> DataSplits:
         return load_sources(config)
     if config.data.dataset not in DATASETS:
         raise ConfigError(f"data.dataset: unknown data set {config.data.dataset!r}; known: {', '.join(DATASETS)}")
+    if config.data.streaming:
+        return load_streamed(config)
     check_table_targets(config)
+    keyed = {"split_key": config.data.split.key} if config.data.split.key is not None else {}
     splits = load_dataset(
         config.data.dataset,
         tasks=tasks_from_config(config),
@@ -97,9 +100,28 @@ def load_data(config: Config) -> DataSplits:
         test_fraction=config.data.test_fraction,
         seed=config.data.split_seed,
         stratify=config.data.split.stratify,
+        **keyed,
         **config.data.options,
     )
     return splits
+
+
+def load_streamed(config: Config) -> DataSplits:
+    """The table of ``data.options.path`` read in record batches (``data.streaming``; see taskloom.data.streaming)."""
+    from taskloom.data.streaming import load_streaming_table
+
+    options = dict(config.data.options)
+    if "frame" in options:
+        raise ConfigError("data.options.frame: streaming reads a file or directory; give data.options.path")
+    stream = config.data.streaming_options
+    try:
+        return load_streaming_table(
+            tasks_from_config(config) or [], options.pop("path"), val_fraction=config.data.val_fraction,
+            test_fraction=config.data.test_fraction, seed=config.data.split_seed, key=config.data.split.key,
+            reference_rows=stream.reference_rows, read_rows=stream.read_rows, **options,
+        )
+    except TypeError as error:
+        raise ConfigError(f"data.options: {error}") from None
 
 
 def load_sources(config: Config) -> DataSplits:
@@ -223,7 +245,10 @@ def new_run_dir(config: Config) -> Path:
 
 
 def training_data(config: Config, splits: DataSplits, task_names: list[str]) -> Any:
-    """The training split, or with several sources a loader mixing them as ``data.mixing`` says."""
+    """The training split, a streamed table's loader, or with several sources a loader mixing them (``data.mixing``)."""
+    if "streaming" in splits.info:
+        return splits.info["streaming"].loader(config.train.batch_size, config.train.seed,
+                                               config.data.streaming_options.shuffle_buffer)
     if "train_sources" not in splits.info:
         return splits.train
     from taskloom.data.sources import mixed_loader

@@ -29,8 +29,10 @@ from taskloom.data.dataset import BatchLoader, MultiTaskDataset
 from taskloom.evaluate.evaluator import evaluate_model
 from taskloom.losses import task_losses
 from taskloom.sharing.base import MultiTaskModule
+from taskloom.sharing.checkpointing import enable_checkpointing
 from taskloom.sharing.hard import predict
 from taskloom.task import Task
+from taskloom.train.accumulate import accumulated_backward, check_accumulation, step_losses, step_values
 from taskloom.train.distributed import Communicator, ShardedLoader, global_task_losses, local_device
 from taskloom.train.checkpoint import (
     load_checkpoint, remove_orphan_temporaries, rng_state, save_checkpoint, seed_everything, set_rng_state,
@@ -125,6 +127,10 @@ class Trainer:
     monitor's (the trainer and the record) and the ``on_epoch_end`` callback given here (the record).
     With a ``communicator`` (:mod:`taskloom.train.distributed`) it trains data-parallel: each rank takes its
     slice of every batch, the update is the one-process update on the whole batch, and only rank 0 writes.
+    ``checkpointing`` recomputes the shared trunk's activations during backward
+    (:mod:`taskloom.sharing.checkpointing`); ``accumulate`` N makes each optimizer step from N consecutive
+    batches, equal to one step on their concatenation (:mod:`taskloom.train.accumulate`): epochs, the
+    schedule, ``on_step`` and the logged losses count optimizer steps, and monitors see a step's first batch.
     """
 
     def __init__(
@@ -156,6 +162,8 @@ class Trainer:
         save_task_best: bool = True,
         monitors: Sequence[Any] = (),
         communicator: Communicator | None = None,
+        checkpointing: bool = False,
+        accumulate: int = 1,
     ) -> None:
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):
@@ -178,6 +186,10 @@ class Trainer:
                 check()
             if not communicator.is_main:  # only rank 0 writes the run directory
                 run_dir = None
+        check_accumulation(accumulate, self.balancer)
+        self.accumulate = accumulate
+        if checkpointing:
+            enable_checkpointing(self.model)
         self.optimizer_spec = dict(name=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
         self.schedule_spec = dict(name=schedule, step_size=step_size, gamma=gamma, warmup_epochs=warmup_epochs)
         self.epochs = epochs
@@ -215,7 +227,8 @@ class Trainer:
 
         ``runtime`` holds what no config section says: ``selection``, ``regularizers``, ``run_dir``,
         ``model_name``, ``monitors``, the ``on_step`` / ``on_epoch_end`` callbacks and the ``communicator``
-        (data parallelism; see :mod:`taskloom.train.distributed`).
+        (data parallelism; see :mod:`taskloom.train.distributed`). ``model.checkpointing`` and
+        ``train.accumulate`` come from the model and train sections.
         """
         optimizer, schedule, train = config.optimizer, config.schedule, config.train
         return cls(model, tasks, balancer,
@@ -223,7 +236,8 @@ class Trainer:
                    momentum=optimizer.momentum, schedule=schedule.name, step_size=schedule.step_size,
                    gamma=schedule.gamma, warmup_epochs=schedule.warmup_epochs, epochs=train.epochs,
                    batch_size=train.batch_size, seed=train.seed, device=train.device, patience=train.patience,
-                   amp=train.amp, compile=train.compile, **runtime)
+                   amp=train.amp, compile=train.compile, checkpointing=config.model.checkpointing,
+                   accumulate=train.accumulate, **runtime)
 
     # -- one step -------------------------------------------------------------------------
     def _step_forward(self, compile: bool) -> Callable[[Any], dict[str, Tensor]]:
@@ -245,23 +259,53 @@ class Trainer:
             return self.forward
         return lambda inputs: self.balancer.outputs(self.model, inputs)
 
+    def _steps(self, loader: Iterable[Batch]) -> Iterable[Batch | list[Batch]]:
+        """The epoch's steps on the device: each batch, or lists of ``accumulate`` consecutive micro-batches
+        (the last list holds what is left)."""
+        group: list[Batch] = []
+        for batch in loader:
+            batch = batch.to(self.device, non_blocking=True)
+            if self.accumulate == 1:
+                yield batch
+                continue
+            group.append(batch)
+            if len(group) == self.accumulate:
+                yield group
+                group = []
+        if group:
+            yield group
+
     def _autocast(self):
         if self.amp == "none":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def train_step(self, batch: Batch) -> dict[str, Tensor]:
-        """Forward, masked losses, balancing, penalties, optimizer and proximal steps; returns the losses."""
+    def train_step(self, batch: Batch | Sequence[Batch]) -> dict[str, Tensor]:
+        """Forward, masked losses, balancing, penalties, optimizer and proximal steps; returns the losses.
+
+        Given a list of micro-batches, one step equal to the step on their concatenation (gradient
+        accumulation, see :mod:`taskloom.train.accumulate`); the losses returned are the whole step's.
+        """
         if not self.model.training:  # train() walks every submodule: only when evaluation switched it off
             self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            losses = self._losses(self.step_forward(batch.inputs), batch)
-        if self.scaler.is_enabled():
-            self.balancer.backward(losses, self.model, scale=self.scaler.scale)  # weights from the true losses
+        micro = None
+        scale = self.scaler.scale if self.scaler.is_enabled() else None
+        if isinstance(batch, Batch):
+            with self._autocast():
+                losses = self._losses(self.step_forward(batch.inputs), batch)
+            if scale is not None:
+                self.balancer.backward(losses, self.model, scale=scale)  # weights from the true losses
+            else:
+                self.balancer.backward(losses, self.model)
         else:
-            self.balancer.backward(losses, self.model)
+            if not batch:
+                raise ValueError("train_step got an empty list of micro-batches; pass a Batch or a non-empty list")
+            check_accumulation(max(2, len(batch)), self.balancer)  # a list of micro-batches accumulates
+            micro = step_losses(batch, self.forward, self.tasks, self.device, self._autocast, self.communicator)
+            accumulated_backward(micro, self.model, self.balancer, self.tasks, self.forward, self._autocast, scale)
+            losses = step_values(micro)
         if self.communicator is not None:  # before the penalties, which every rank adds whole
             done = {id(p) for p in self.balancer.reduced_parameters(self.model)}
             self.communicator.reduce_gradients([p for p in self.model.parameters()
@@ -285,8 +329,12 @@ class Trainer:
             for regularizer in self.regularizers:
                 regularizer.proximal_step(lr)
         if self.balancer.needs_post_step_losses:
-            with torch.no_grad(), self._autocast():
-                self.balancer.post_step(self._losses(self.forward(batch.inputs), batch))
+            if micro is None:
+                with torch.no_grad(), self._autocast():
+                    self.balancer.post_step(self._losses(self.forward(batch.inputs), batch))
+            else:  # the whole step's losses after the update
+                self.balancer.post_step(step_values(step_losses(micro.batches, self.forward, self.tasks,
+                                                                self.device, self._autocast, self.communicator)))
         return losses
 
     def _losses(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
@@ -319,9 +367,10 @@ class Trainer:
             if not self._synchronized:
                 self.synchronize()
             loader = ShardedLoader(loader, self.communicator)
+        steps = math.ceil(len(loader) / self.accumulate)  # optimizer steps per epoch
         if not self._schedule_built:
             self._schedule_built = True
-            self.scheduler = build_schedule(self.optimizer, epochs=self.epochs, steps_per_epoch=len(loader),
+            self.scheduler = build_schedule(self.optimizer, epochs=self.epochs, steps_per_epoch=steps,
                                             **self.schedule_spec)
             if self.scheduler is not None and self._pending_scheduler_state is not None:
                 self.scheduler.load_state_dict(self._pending_scheduler_state)
@@ -334,20 +383,20 @@ class Trainer:
             sums = {name: torch.zeros((), device=self.device) for name in self.tasks}
             counts = {name: 0 for name in self.tasks}
             previous = None  # the last step's losses, checked after the next step is queued: no sync of its own
-            for step, batch in enumerate(loader):
-                batch = batch.to(self.device, non_blocking=True)
+            for step, batch in enumerate(self._steps(loader)):
+                first = batch if isinstance(batch, Batch) else batch[0]  # what monitors and diagnostics see
                 if self.monitors:
                     monitor_started = self._monitor_clock()
                     for monitor in self.monitors:
-                        monitor.before_step(self, batch, step)
+                        monitor.before_step(self, first, step)
                     self.analysis_seconds += self._monitor_clock() - monitor_started
                 try:
                     losses = self.train_step(batch)
                 except Exception as error:  # e.g. a solver fed non-finite gradients
-                    self._check_finite(previous, epoch, len(loader))
-                    self._check_gradients(batch, error, epoch, step + 1, len(loader))
+                    self._check_finite(previous, epoch, steps)
+                    self._check_gradients(first, error, epoch, step + 1, steps)
                     raise
-                self._check_finite(previous, epoch, len(loader))
+                self._check_finite(previous, epoch, steps)
                 previous = (step + 1, list(losses), torch.stack([loss.detach().float() for loss in losses.values()])
                             if losses else None)
                 if step == 0:
@@ -356,8 +405,8 @@ class Trainer:
                     sums[name] += loss.detach().float()
                     counts[name] += 1
                 if self.on_step is not None:
-                    self.on_step(step + 1, len(loader))
-            self._check_finite(previous, epoch, len(loader))
+                    self.on_step(step + 1, steps)
+            self._check_finite(previous, epoch, steps)
             train_loss = {n: (sums[n] / counts[n]).item() for n in self.tasks if counts[n]}
             self.balancer.on_epoch_end(train_loss)
             model_hook = getattr(self.model, "on_epoch_end", None)  # e.g. the cascade's successive snapshot

@@ -17,7 +17,8 @@ def load_dataset(name: str, **options: Any) -> DataSplits:
 
 
 SET_BY_CONFIG = {"tasks": "tasks", "val_fraction": "data.val_fraction", "test_fraction": "data.test_fraction",
-                 "seed": "data.split_seed", "stratify": "data.split.stratify"}
+                 "seed": "data.split_seed", "stratify": "data.split.stratify",
+                 "split_key": "data.split.key"}
 
 
 def _documented(doc: str) -> dict[str, str]:

@@ -13,6 +13,7 @@ import pandas as pd
 from taskloom.data.dataset import DataSplits
 from taskloom.data.datasets import DATASETS
 from taskloom.data.features import infer_features
+from taskloom.data.hash_split import hash_split_rows
 from taskloom.data.stratify import split_for_tasks, split_sizes
 from taskloom.data.table import (
     check_columns,
@@ -98,6 +99,7 @@ def load_table(
     exclude: Sequence[str] = (),
     coerce_numeric: Sequence[str] = (),
     stratify: bool = True,
+    split_key: str | None = None,
 ) -> DataSplits:
     """Load a table from ``path`` (CSV/Parquet) or an in-memory ``frame`` into seeded train/val/test splits.
 
@@ -115,6 +117,8 @@ def load_table(
         exclude: columns never used as features (identifiers, dates, sensitive columns)
         coerce_numeric: numeric columns whose few non-number cells count as missing instead of an error
         stratify: keep each task's label shares in every split (iterative stratification); False: random rows
+        split_key: a column whose hash decides each row's split (:mod:`taskloom.data.hash_split`, not
+            stratified; the column is no feature unless listed in features)
     """
     if (path is None) == (frame is None):
         raise ValueError("the table data set needs exactly one of the options path=... or frame=...")
@@ -125,15 +129,25 @@ def load_table(
     check_row_count(len(frame), val_fraction, test_fraction, source)
     name_row = row_namer(frame, str(path) if path is not None else None)
     check_columns(frame, chosen)
+    if split_key is not None and split_key not in frame.columns:
+        raise ValueError(f"data.split.key: column {split_key!r} is not in {source}; its columns are "
+                         f"{list(frame.columns)}")
+    if split_key is not None and features is None:
+        exclude = [*exclude, split_key]
     choice = infer_features(frame, chosen, features, categorical, exclude, coerce_numeric, name_row, source)
     info: dict[str, Any] = {"source": str(path) if path is not None else "DataFrame"}
     targets, masks = {}, {}
     for task in chosen:
         targets[task.name], masks[task.name] = encode_target(task, frame[task.target], name_row, info)
     weights = encode_weights(frame, chosen, name_row)
-    train, val, test = split_for_tasks(chosen, targets, masks, val_fraction, test_fraction, seed, stratify)
-    parts = {"train": train.numpy(), "val": val.numpy(), "test": test.numpy()}
-    info["stratified"] = stratify
+    if split_key is None:
+        train, val, test = split_for_tasks(chosen, targets, masks, val_fraction, test_fraction, seed, stratify)
+        parts = {"train": train.numpy(), "val": val.numpy(), "test": test.numpy()}
+    else:
+        parts = hash_split_rows(frame[split_key], len(frame), val_fraction, test_fraction, seed,
+                                f"data.split.key column {split_key!r} of {source}")
+        info["split"] = {"kind": "hash", "key": split_key, "seed": seed}
+    info["stratified"] = stratify and split_key is None
     return frame_splits(frame, chosen, parts, targets, masks, choice.numeric, choice.categorical, name_row,
                         weights=weights, impute=impute, info=info, feature_report=choice.report,
                         coerced=choice.coerced)
