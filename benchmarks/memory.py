@@ -13,8 +13,8 @@ same run. ``ratio`` and ``ms_ratio`` are to equal weighting's. Prints JSON.
     OMP_NUM_THREADS=1 python benchmarks/memory.py                  # CPU, K = 40 and 4, chunks 1 and 4
     python benchmarks/memory.py --device cuda --tasks 40 --chunks 1 4 8
 
-There is no ``--checkpointing`` flag yet: taskloom's sharing models have no activation
-checkpointing option to turn on (``model.checkpointing`` is not implemented).
+``--checkpointing`` turns on activation checkpointing of the trunk (``model.checkpointing``) for
+every case, equal weighting included.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from balancing_speed import make_problem, taskloom_step  # noqa: E402
 
 from taskloom.balancing import BALANCERS, build_balancer  # noqa: E402
 from taskloom.balancing.gradient import GradientBalancer  # noqa: E402
+from taskloom.sharing.checkpointing import enable_checkpointing  # noqa: E402
 
 MB = 1024 * 1024
 
@@ -98,13 +99,13 @@ def gradient_cases(methods: list[str] | None = None) -> list[tuple[str, str]]:
 
 
 def run_setting(k: int, chunks: list[int], device: str, batch: int, steps: int,
-                methods: list[str] | None = None) -> dict[str, Any]:
+                methods: list[str] | None = None, checkpointing: bool = False) -> dict[str, Any]:
     """Every engine of every gradient method x mode at K = ``k``, with equal weighting's figures and the ratios."""
     names, build, loss_fn, batches = make_problem("mlp", k, batch, device)
 
     def factory(name: str, **options: Any) -> Callable[[], Callable[[Any], None]]:
         def make_step() -> Callable[[Any], None]:
-            model = build()
+            model = enable_checkpointing(build()) if checkpointing else build()
             balancer = build_balancer(name, names, **options).to(device)
             optimizer = torch.optim.AdamW(list(model.parameters()) + list(balancer.parameters()), lr=1e-3)
             return taskloom_step(model, balancer, optimizer, names, loss_fn)
@@ -124,7 +125,7 @@ def run_setting(k: int, chunks: list[int], device: str, batch: int, steps: int,
             engines[key] = {"mb": round(figures["mb"], 3), "ratio": round(figures["mb"] / equal["mb"], 2),
                             "ms": round(figures["ms"], 2), "ms_ratio": round(figures["ms"] / equal["ms"], 2)}
         rows.setdefault(name, {})[mode] = engines
-    return {"tasks": k, "batch": batch, "methods": rows}
+    return {"tasks": k, "batch": batch, "checkpointing": checkpointing, "methods": rows}
 
 
 def main() -> None:
@@ -136,13 +137,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per case (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--checkpointing", action="store_true", help="model.checkpointing: recompute the trunk")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     unknown = [m for m in args.methods or [] if m not in dict(gradient_cases())]
     if unknown:
         parser.error(f"--methods: {unknown} are not gradient methods; known: {sorted(dict(gradient_cases()))}")
-    settings = [run_setting(k, args.chunks, args.device, args.batch, args.steps, args.methods) for k in args.tasks]
+    settings = [run_setting(k, args.chunks, args.device, args.batch, args.steps, args.methods, args.checkpointing)
+                for k in args.tasks]
     print(json.dumps({"device": args.device, "torch": torch.__version__, "machine": platform.machine(),
                       "threads": torch.get_num_threads(), "settings": settings}, indent=1))
 

@@ -227,3 +227,28 @@ def test_graddrop_with_leak_gives_the_full_engines_parameters(mode):
             step(balancer, model, optimizer, x, targets, "outputs")
         runs[task_chunk] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     torch.testing.assert_close(runs[2], runs[None], rtol=1e-5, atol=1e-5)
+
+
+def test_accumulation_refuses_task_chunk_naming_both_options():
+    from taskloom.train.accumulate import check_accumulation
+
+    with pytest.raises(ValueError, match=r"train.accumulate > 1 is not supported with balancing.options.task_chunk"):
+        check_accumulation(2, build_balancer("upgrad", NAMES, task_chunk=2))
+    check_accumulation(1, build_balancer("upgrad", NAMES, task_chunk=2))  # one micro-batch: nothing to refuse
+
+
+@pytest.mark.parametrize("name,mode", [("upgrad", "parameters"), ("pcgrad", "representation"),
+                                       ("graddrop", "parameters")])
+def test_chunked_engine_under_activation_checkpointing_gives_the_full_engines_parameters(name, mode):
+    """Every recomputing backward pass goes through the checkpointed trunk, which recomputes it again."""
+    from taskloom.sharing.checkpointing import enable_checkpointing
+
+    runs = {}
+    for task_chunk, checkpointing in ((None, False), (2, True)):
+        model = enable_checkpointing(make_model(), checkpointing)
+        balancer = build_balancer(name, NAMES, mode=mode, task_chunk=task_chunk)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for x, targets in make_batches():
+            step(balancer, model, optimizer, x, targets, "outputs")
+        runs[task_chunk] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(runs[2], runs[None], rtol=1e-5, atol=1e-5)

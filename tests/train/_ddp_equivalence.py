@@ -24,20 +24,22 @@ ROWS = 24
 TASK_CHUNK = 2
 
 
-def cases() -> list[tuple[str, str | None, int | None]]:
-    """Every registered method: loss-level ones once, gradient ones in each mode they are defined for,
-    and again with the task-chunked engine (every gradient method that accepts ``task_chunk``)."""
-    found: list[tuple[str, str | None, int | None]] = []
-    chunked = []
+def cases() -> list[tuple[str, str | None]]:
+    """Every registered method: loss-level ones once, gradient ones in each mode they are defined for."""
+    found = []
     for name in BALANCERS:
         kind = BALANCERS.get(name)
         if issubclass(kind, GradientBalancer):
-            found += [(name, mode, None) for mode in MODES if mode in kind.modes]
-            if name != "dbmtl":  # refuses task_chunk by definition (tested with the method)
-                chunked += [(name, mode, TASK_CHUNK) for mode in MODES if mode in kind.modes]
+            found += [(name, mode) for mode in MODES if mode in kind.modes]
         else:
-            found.append((name, None, None))
-    return found + chunked
+            found.append((name, None))
+    return found
+
+
+def chunked_cases() -> list[tuple[str, str, int]]:
+    """Every gradient method that accepts ``task_chunk``, in each mode, with the task-chunked engine."""
+    return [(name, mode, TASK_CHUNK) for name, mode in cases()
+            if mode is not None and name != "dbmtl"]  # DB-MTL refuses task_chunk by definition
 
 
 def case_key(name: str, mode: str | None, task_chunk: int | None) -> str:
@@ -90,7 +92,7 @@ def equivalence_table(communicator: Communicator, steps: int) -> dict[str, Any]:
     """Per case: the max relative parameter difference (2 ranks vs 1), or the error a refused case raises."""
     data, tasks = make_data()
     table: dict[str, Any] = {}
-    for name, mode, task_chunk in cases():
+    for name, mode, task_chunk in [(n, m, None) for n, m in cases()] + chunked_cases():
         key = case_key(name, mode, task_chunk)
         try:
             trainer = make_trainer(name, mode, tasks, communicator, task_chunk)

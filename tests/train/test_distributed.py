@@ -30,9 +30,9 @@ def table(tmp_path_factory):
 
 
 def test_every_method_and_mode_matches_one_process(table):
-    from train._ddp_equivalence import cases
+    from train._ddp_equivalence import cases, chunked_cases
 
-    assert len(table) == len(cases())
+    assert len(table) == len(cases()) + len(chunked_cases())
     for key, row in table.items():
         if key in REFUSED:
             assert REFUSED[key] in row.get("refused", ""), f"{key} must be refused clearly, got {row}"

@@ -65,6 +65,11 @@ def check_accumulation(accumulate: int, balancer: Balancer) -> None:
                          "needs the per-task gradient norms of the whole step inside one backward pass; set "
                          "train.accumulate: 1 or use another method")
     if isinstance(balancer, GradientBalancer):
+        if getattr(balancer, "task_chunk", None) is not None:
+            raise ValueError(
+                f"train.accumulate > 1 is not supported with balancing.options.task_chunk yet "
+                f"({type(balancer).__name__}): accumulation sums every task's gradient over the micro-batches, "
+                "which the chunked engine avoids holding; set train.accumulate: 1 or remove task_chunk")
         if balancer.mode == "representation" and not balancer.weights_from_gram:
             raise ValueError(
                 f"train.accumulate > 1 is not supported with {type(balancer).__name__} in representation mode: its "
