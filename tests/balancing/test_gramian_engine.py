@@ -101,6 +101,23 @@ class RowSpy:
 GRAMIAN_ROWS = {1: 5 + 4 + 3 + 2 + 1, 2: 9, 5: 5}
 
 
+@pytest.mark.parametrize("task_chunk", [1, 2, 5])
+@pytest.mark.parametrize("name,mode", CASES)
+def test_chunked_engine_gives_the_full_engines_parameters(name, mode, task_chunk):
+    full = trajectory(name, mode, None)
+    chunked = trajectory(name, mode, task_chunk)
+    for number, (expected, got) in enumerate(zip(full, chunked), start=1):
+        if number > 1:  # each step moves the parameters, so every step is compared
+            assert not torch.equal(expected, full[number - 2])
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=f"{name}/{mode} after step {number}")
+
+
+@pytest.mark.parametrize("name", [n for n, mode in CASES if mode == "parameters"])
+def test_chunked_engine_without_a_representation_gives_the_full_engines_parameters(name):
+    torch.testing.assert_close(trajectory(name, "parameters", 2, path="plain")[-1],
+                               trajectory(name, "parameters", None, path="plain")[-1], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("path", ["outputs", "plain"])
 @pytest.mark.parametrize("name", ["upgrad", "graddrop"])
 def test_chunked_engine_on_the_vmapped_path_gives_the_full_engines_parameters(name, path):
