@@ -34,11 +34,15 @@ def _trainer(tasks, balancer=None, **options) -> Trainer:
     return Trainer(model, tasks, balancer, **{**settings, **options})
 
 
-def _balancer(name: str, mode: str, tasks):
+def _options(name: str, mode: str) -> dict:
     options = {"mode": mode} if name != "mgda_ub" else {}
     if name in ("rlw", "pcgrad", "graddrop"):
         options["seed"] = 0
-    return build_balancer(name, [t.name for t in tasks], **options)
+    return options
+
+
+def _balancer(name: str, mode: str, tasks):
+    return build_balancer(name, [t.name for t in tasks], **_options(name, mode))
 
 
 @pytest.mark.parametrize("name,mode", CASES, ids=[f"{n}-{m}" for n, m in CASES])
@@ -112,3 +116,52 @@ def test_one_nccl_process_trains_exactly_like_no_process_group(tmp_path):
         distributed.stop()
     for a, b in zip(plain.model.parameters(), grouped.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _parameters(trainer: Trainer) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+
+@pytest.mark.parametrize("name,mode", [("mgda", "parameters"), ("pcgrad", "representation"),
+                                       ("nashmtl", "parameters"), ("graddrop", "parameters")])
+def test_task_chunked_engine_equals_the_full_one_on_cuda(name, mode):
+    """On CUDA the engine takes the vmapped path; the chunked Gramian must still give the full engine's steps."""
+    data, tasks = make_three_task_data(n=256)
+    states = []
+    for task_chunk in (None, 1):
+        balancer = build_balancer(name, [t.name for t in tasks], **_options(name, mode), task_chunk=task_chunk)
+        trainer = _trainer(tasks, balancer, epochs=1)
+        trainer.fit(data)
+        states.append(_parameters(trainer))
+    torch.testing.assert_close(states[1], states[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,mode", [("equal", None), ("pcgrad", "parameters"), ("mgda", "representation")])
+def test_checkpointed_trunk_with_dropout_steps_like_a_plain_one_on_cuda(name, mode):
+    """CUDA's dropout masks come from the device generator: the recomputation must replay them."""
+    data, tasks = make_three_task_data(n=256)
+    states = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = MultiTaskModel(MLP(8, (32, 32, 32, 32), dropout=0.3), tasks=tasks)
+        balancer = build_balancer(name, [t.name for t in tasks], **({} if mode is None else {"mode": mode}))
+        trainer = Trainer(model, tasks, balancer, epochs=1, batch_size=64, seed=0, lr=3e-3, device="cuda",
+                          schedule="none", checkpointing=checkpointing)
+        trainer.fit(data)
+        states.append(_parameters(trainer))
+    torch.testing.assert_close(states[1], states[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,mode", [("uncertainty", None), ("cagrad", "parameters"), ("upgrad", "representation")])
+def test_accumulated_micro_batches_step_like_their_concatenation_on_cuda(name, mode):
+    data, tasks = make_three_task_data(n=256)
+    batches = list(BatchLoader(data, 64, seed=0))
+    states = []
+    for accumulate in (False, True):
+        balancer = build_balancer(name, [t.name for t in tasks], **({} if mode is None else {"mode": mode}))
+        trainer = _trainer(tasks, balancer, epochs=1)
+        whole = BatchLoader(data, 256, seed=0)
+        step = [b.to("cuda") for b in batches] if accumulate else next(iter(whole)).to("cuda")
+        trainer.train_step(step)
+        states.append(_parameters(trainer))
+    torch.testing.assert_close(states[1], states[0], rtol=1e-4, atol=1e-6)
