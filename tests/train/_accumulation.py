@@ -50,8 +50,8 @@ def key_of(name: str, mode: str | None) -> str:
 
 
 #: one method of each kind: loss level with state and own parameters, parameter and representation mode
-DATA_PARALLEL_CASES = [("uncertainty", None), ("famo", None), ("pcgrad", "parameters"), ("dbmtl", "parameters"),
-                       ("mgda", "representation"), ("upgrad", "representation")]
+DATA_PARALLEL_CASES = [("uncertainty", None), ("famo", None), ("gradnorm", None), ("pcgrad", "parameters"),
+                       ("dbmtl", "parameters"), ("mgda", "representation"), ("upgrad", "representation")]
 
 
 def data_parallel_table(communicator) -> dict:

@@ -11,7 +11,6 @@ from train._ddp_equivalence import cases
 
 #: refused with train.accumulate > 1, with the reason the error must give
 REFUSED = {
-    "gradnorm": "per-task gradient norms of the whole step",
     "graddrop/representation": "not a function of the step's Gramian",
 }
 

@@ -132,19 +132,24 @@ class GradNorm(Balancer):
             rows.append(torch.stack(squares).sum() if squares else losses.new_zeros(()))
         return torch.stack(rows).sqrt()
 
+    def step_weights(self, names: Sequence[str]) -> tuple[list[int] | slice, Tensor]:
+        """The entries of the tasks ``names`` (labelled in this step) and their weights, held fixed for the step."""
+        unknown = [name for name in names if name not in self._index]
+        if unknown:
+            raise KeyError(f"GradNorm got losses for unknown tasks {unknown}; it was built for {self.task_names}")
+        every = len(names) == len(self.task_names)
+        index: list[int] | slice = slice(None) if every else [self._index[n] for n in names]
+        weights = self.task_weights[index].clone()
+        self._last_weights = dict(zip(names, weights.unbind()))
+        return index, weights
+
     def backward(self, losses: Mapping[str, Tensor], model: MultiTaskModule, scale: LossScale | None = None) -> None:
         if not losses:
             return
-        unknown = [name for name in losses if name not in self._index]
-        if unknown:
-            raise KeyError(f"GradNorm got losses for unknown tasks {unknown}; it was built for {self.task_names}")
         names = [name for name in self.task_names if name in losses]
-        every = len(names) == len(self.task_names)
-        index: list[int] | slice = slice(None) if every else [self._index[n] for n in names]
+        unknown = [name for name in losses if name not in self._index]
+        index, weights = self.step_weights(names + unknown)
         stacked = torch.stack([losses[name] for name in names])
-        weights = self.task_weights[index].clone()
-        self._last_weights = dict(zip(names, weights.unbind()))
-
         layer = self._layer_parameters(model)
         total = (weights.to(stacked.dtype) * stacked).sum()
         if scale is None:
@@ -156,8 +161,11 @@ class GradNorm(Balancer):
             scale(total).backward()
             if not bool(torch.isfinite(norms).all()):
                 return
+        self.update_weights(index, weights, stacked.detach(), norms)
 
-        current = stacked.detach().to(weights.dtype)
+    def update_weights(self, index: list[int] | slice, weights: Tensor, current: Tensor, norms: Tensor) -> None:
+        """One Adam step of the weights ``index`` on GradNorm's loss, from the step's losses and gradient norms."""
+        current = current.to(weights.dtype)
         initial = self.initial_losses[index]
         initial = torch.where(torch.isnan(initial), current, initial)
         self.initial_losses[index] = initial

@@ -10,8 +10,9 @@ It is data parallelism across time instead of across ranks (see :mod:`taskloom.t
 * Loss-level methods are called once per step, on leaf tensors holding the step's K losses: their
   state (RLW's draw, DWA/FAMO histories, uncertainty's parameters) moves once, and the leaves'
   gradients are the coefficients ``c_k = d objective / d L_k``; then each micro-batch back-propagates
-  ``sum_k c_k share_k``. FAMO's post-step losses are those of the whole step. GradNorm needs the
-  norms of per-task gradients over the whole step inside its own backward and is refused.
+  ``sum_k c_k share_k``. FAMO's post-step losses are those of the whole step. GradNorm holds its
+  weights fixed for the step, sums each micro-batch's K per-task gradients of its layer (K x |W|,
+  one layer only) and updates the weights once from the norms of the sums and the step's losses.
 * Gradient methods, parameter mode: the K x P per-task gradients of the shared parameters (and the
   heads' own gradients) are summed over the micro-batches; the method combines once per step.
 * Data parallelism composes: each rank accumulates its slice of every micro-batch, and the reductions
@@ -61,9 +62,7 @@ def check_accumulation(accumulate: int, balancer: Balancer) -> None:
     if accumulate == 1:
         return
     if isinstance(balancer, GradNorm):
-        raise ValueError("train.accumulate > 1 is not supported with balancing method gradnorm: its weight update "
-                         "needs the per-task gradient norms of the whole step inside one backward pass; set "
-                         "train.accumulate: 1 or use another method")
+        return
     if isinstance(balancer, GradientBalancer):
         if getattr(balancer, "task_chunk", None) is not None:
             raise ValueError(
@@ -166,6 +165,9 @@ def accumulated_backward(step: MicroBatches, model: MultiTaskModule, balancer: B
         else:
             _parameter_backward(step, model, balancer, tasks, autocast, scale)
         return
+    if isinstance(balancer, GradNorm):
+        _gradnorm_backward(step, model, balancer, tasks, forward, autocast, scale)
+        return
     leaves = {name: value.detach().clone().requires_grad_(True) for name, value in zip(step.names, step.values)}
     if scale is None:  # one call per step: the method's state moves once
         balancer.backward(leaves, model)
@@ -178,6 +180,34 @@ def accumulated_backward(step: MicroBatches, model: MultiTaskModule, balancer: B
             terms = [c.to(s.dtype) * s for c, s in zip(coefficients, shares.values()) if c is not None]
         if terms:
             torch.stack([t.reshape(()) for t in terms]).sum().backward()
+
+
+def _gradnorm_backward(step: MicroBatches, model: MultiTaskModule, balancer: GradNorm, tasks: Mapping[str, Task],
+                       forward: Callable[[Any], Mapping[str, Tensor]], autocast: Callable[[], Any],
+                       scale: LossScale | None) -> None:
+    """GradNorm on the whole step: its weights fixed, the per-task gradients of its layer summed, one update."""
+    names = [name for name in balancer.task_names if name in step.names]
+    index, weights = balancer.step_weights(names)
+    layer = balancer._layer_parameters(model)
+    summed: Tensor | None = None
+    for micro in range(len(step.batches)):
+        with step.replay(micro, model), autocast():
+            shares = step.shares(forward(step.batches[micro].inputs), micro, tasks)
+            stacked = torch.stack([shares[name].reshape(()) for name in names])
+            total = (weights.to(stacked.dtype) * stacked).sum()
+        scaled = stacked if scale is None else scale(stacked)
+        rows = task_gradients(list(scaled.unbind()), layer, batched=False, retain_graph=True)
+        summed = rows if summed is None else summed + rows
+        (total if scale is None else scale(total)).backward()
+    if balancer.communicator is not None:  # the ranks' layer gradients are the step's other rows
+        summed = balancer.communicator.all_reduce_sum(summed)
+    norms = summed.norm(dim=1).to(weights.dtype)
+    if scale is not None:
+        norms = norms / scale(torch.ones((), device=norms.device)).to(weights.dtype)
+        if not bool(torch.isfinite(norms).all()):  # overflow: the scaler skips the step, the weights stay
+            return
+    values = torch.stack([step.values[step.names.index(name)] for name in names])
+    balancer.update_weights(index, weights, values.detach(), norms)
 
 
 def _objectives(step: MicroBatches, balancer: GradientBalancer, shares: Mapping[str, Tensor],
