@@ -3,7 +3,8 @@
 * ``equivalence``: every method x mode, max relative parameter difference after 3 steps (2 ranks vs 1).
 * ``bytes``: bytes all-reduced per step (counted by ``Communicator.bytes_reduced``) for EW and each
   gradient method in both modes, K = 4 and 40, on the MLP 64-256-256 of ``balancing_speed.py`` at a
-  global batch of 256, with the ratio to EW's bytes.
+  global batch of 256, with the ratio to EW's bytes; also with ``task_chunk: 4`` (the chunked engine
+  all-reduces each recomputed chunk's rows in parameter mode, the K x K Gramian in representation mode).
 * ``seconds_per_step``: wall time of one EW step, 2 processes (128 rows each) vs 1 (256 rows), on
   this machine (2 CPU cores shared with other work: not a scaling measurement).
 
@@ -35,13 +36,16 @@ from taskloom.train.trainer import Trainer  # noqa: E402
 from taskloom.trunks import MLP  # noqa: E402
 
 BATCH = 256
+CHUNK = 4  # the task-chunked engine's variant in the bytes table
 
 
-def _trainer(method: str, mode: str | None, k: int, communicator) -> Trainer:
+def _trainer(method: str, mode: str | None, k: int, communicator, task_chunk: int | None = None) -> Trainer:
     torch.manual_seed(0)
     names = [f"t{i}" for i in range(k)]
     model = MultiTaskModel(MLP(64, (256, 256)), heads={n: nn.Linear(256, 1) for n in names})
     options = {} if mode is None else {"mode": mode}
+    if task_chunk is not None:
+        options["task_chunk"] = task_chunk
     balancer = build_balancer(method, names, **options)
     return Trainer(model, [Task(n, "regression") for n in names], balancer, optimizer="sgd", lr=0.01,
                    batch_size=BATCH, communicator=communicator)
@@ -59,11 +63,13 @@ def _bytes(communicator) -> dict:
     gradient = [n for n in BALANCERS if issubclass(BALANCERS.get(n), GradientBalancer)]
     for k in (4, 40):
         rows = {}
-        methods = [("equal", None)] + [(n, m) for n in gradient for m in MODES if m in BALANCERS.get(n).modes]
-        for method, mode in methods:
+        methods = [("equal", None, None)] + [(n, m, chunk) for chunk in (None, CHUNK) for n in gradient
+                                              for m in MODES if m in BALANCERS.get(n).modes]
+        for method, mode, chunk in methods:
             key = method if mode is None else f"{method}/{mode}"
+            key += "" if chunk is None else f"/task_chunk={chunk}"
             try:
-                trainer = _trainer(method, mode, k, communicator)
+                trainer = _trainer(method, mode, k, communicator, task_chunk=chunk)
             except ValueError as error:
                 rows[key] = {"refused": str(error)}
                 continue
