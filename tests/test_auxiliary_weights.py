@@ -1,0 +1,32 @@
+import math
+
+import pytest
+import torch
+
+from taskloom.balancing.auxiliary import scheduled_weight, similarity_gates
+
+
+@pytest.mark.parametrize("progress", [0.0, 0.25, 0.5, 1.0])
+def test_schedules_follow_their_closed_forms(progress):
+    assert scheduled_weight("constant", 0.5, progress) == 0.5
+    assert scheduled_weight("linear", 0.5, progress) == pytest.approx(0.5 * (1 - progress))
+    assert scheduled_weight("cosine", 0.5, progress) == pytest.approx(0.25 * (1 + math.cos(math.pi * progress)))
+
+
+def test_decaying_schedules_reach_zero_and_cosine_is_half_at_midpoint():
+    assert scheduled_weight("linear", 2.0, 1.0) == 0.0
+    assert scheduled_weight("cosine", 2.0, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert scheduled_weight("cosine", 2.0, 0.5) == pytest.approx(1.0)
+
+
+def test_unknown_schedule_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="linear"):
+        scheduled_weight("step", 1.0, 0.1)
+
+
+def test_opposing_auxiliary_gets_zero_and_aligned_keeps_its_weight():
+    main = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # sum (1, 1)
+    aux = torch.tensor([[-1.0, -1.0], [2.0, 2.0], [1.0, 0.0]])
+    assert similarity_gates(main, aux, weighted=False).tolist() == [0.0, 1.0, 1.0]
+    weighted = similarity_gates(main, aux, weighted=True)
+    assert weighted.tolist() == pytest.approx([0.0, 1.0, 1 / math.sqrt(2)])
