@@ -30,3 +30,35 @@ def test_opposing_auxiliary_gets_zero_and_aligned_keeps_its_weight():
     assert similarity_gates(main, aux, weighted=False).tolist() == [0.0, 1.0, 1.0]
     weighted = similarity_gates(main, aux, weighted=True)
     assert weighted.tolist() == pytest.approx([0.0, 1.0, 1 / math.sqrt(2)])
+
+
+def test_delta_m_leaves_auxiliary_tasks_out():
+    from taskloom.evaluate.delta import delta_m
+
+    values = {"a": 0.9, "aux": 0.1}
+    baselines = {"a": 0.8, "aux": 0.5}
+    better = {"a": True, "aux": True}
+    assert delta_m(values, baselines, better, auxiliary={"aux"}) == pytest.approx(12.5)
+    with pytest.raises(ValueError, match="main task"):
+        delta_m(values, baselines, better, auxiliary={"a", "aux"})
+
+
+def test_task_role_defaults_to_main_and_unknown_role_is_refused():
+    from taskloom.task import Task
+
+    assert Task("a", "binary").role == "main"
+    assert Task("a", "binary", role="auxiliary").role == "auxiliary"
+    with pytest.raises(ValueError, match="'a'.*main or auxiliary"):
+        Task("a", "binary", role="helper")
+
+
+def test_config_role_reaches_the_task():
+    from taskloom.config import TaskConfig
+    from taskloom.task import Task
+
+    spec = TaskConfig(name="aux", kind="regression", target="age", role="auxiliary")
+    assert spec.role == "auxiliary"
+    assert TaskConfig(name="y", kind="binary", target="y").role == "main"
+    with pytest.raises(ValueError, match="role"):
+        TaskConfig(name="y", kind="binary", target="y", role="helper")
+    assert Task(spec.name, spec.kind, role=spec.role).role == "auxiliary"

@@ -113,6 +113,8 @@ class TransformConfig(Strict):
 class TaskConfig(Strict):
     name: str = Field(min_length=1)
     kind: str
+    role: Literal["main", "auxiliary"] = Field(
+        "main", description="auxiliary: trained to help the main tasks, left out of delta-m")
     target: str = Field(min_length=1, description="column or data-set target holding this task's labels")
     num_outputs: PositiveInt = 1
     class_weights: list[float] | None = None

@@ -18,6 +18,7 @@ from taskloom.evaluate import metrics as M
 from taskloom.registry import Registry
 
 TASK_KINDS: Registry["TaskKind"] = Registry("task kind")
+TASK_ROLES = ("main", "auxiliary")
 
 
 def register_kind(name: str, summary: str):
@@ -86,8 +87,11 @@ class Task:
     sample_weight: str | None = None
     label_names: Sequence[str] | None = field(default=None, repr=False)
     transform: TargetTransform | None = None
+    role: str = "main"
 
     def __post_init__(self) -> None:
+        if self.role not in TASK_ROLES:
+            raise ValueError(f"task {self.name!r}: role {self.role!r} is unknown; use main or auxiliary")
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError("task name must be a non-empty string")
         if self.kind not in TASK_KINDS:

@@ -43,7 +43,7 @@ def tasks_from_config(config: Config) -> list[Task] | None:
             out.append(Task(
                 name=spec.name, kind=spec.kind, num_outputs=spec.num_outputs, target=spec.target,
                 class_weights=spec.class_weights, main_metric=spec.main_metric, head_hidden=tuple(spec.head_hidden),
-                sample_weight=spec.sample_weight, transform=spec.target_transform(),
+                sample_weight=spec.sample_weight, transform=spec.target_transform(), role=spec.role,
                 only_where=None if spec.only_where is None else Condition(spec.only_where.task, spec.only_where.equals),
             ))
         except ValueError as error:
