@@ -152,3 +152,12 @@ def test_unpaired_seeds_use_welch_variances():
     half = stats.t.ppf(0.975, df) * math.sqrt(a + b) * 100 / 0.81
     change = 100 * (0.86 - 0.81) / 0.81
     assert (row["low"], row["high"]) == pytest.approx((change - half, change + half))
+
+
+def test_an_auxiliary_task_is_marked_and_left_out_of_delta_m():
+    grid = _grid()
+    grid["tasks"]["err"]["role"] = "auxiliary"
+    variant = compare_variants(grid)["variants"]["hard+ew"]
+    assert variant["tasks"]["err"]["role"] == "auxiliary"
+    assert variant["delta_m"]["tasks"] == ["acc"] and variant["delta_m"]["left_out"]["err"] == "auxiliary task"
+    assert variant["delta_m"]["mean"] == pytest.approx(7.5)  # acc alone: mean 0.86 vs 0.80

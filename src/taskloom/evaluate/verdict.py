@@ -286,7 +286,9 @@ def compare_variants(
                                            replicates, split_of, overlap, confidence, alpha,
                                            tasks[task].get("metric"))
             _compare_with_trivial(rows[task], references.get(task), hib[task])
-            if change is not None:
+            if tasks[task].get("role") == "auxiliary":
+                rows[task]["role"] = "auxiliary"
+            elif change is not None:
                 changes[task] = change
         entry = {"kind": variant.get("kind"), "tasks": rows,
                  "delta_m": None if name == baseline_name or baseline_name is None else
@@ -375,7 +377,8 @@ def _compare_with_trivial(row: dict[str, Any], trivial: float | None, higher: bo
 def _delta_m(changes: Mapping[str, Mapping[str, Any]], tasks: Mapping[str, Any], undefined: Mapping[str, Any],
              split_of: Mapping[str, int], overlap: float, confidence: float) -> dict[str, Any]:
     """Delta-m % over the tasks with a relative change, its interval by the same rule as a task's."""
-    left_out = {t: (f"undefined on the test split: {undefined[t]}" if t in undefined else "no relative change")
+    left_out = {t: ("auxiliary task" if tasks[t].get("role") == "auxiliary" else
+                    f"undefined on the test split: {undefined[t]}" if t in undefined else "no relative change")
                 for t in tasks if t not in changes}
     if not changes:
         return {"mean": None, "low": None, "high": None, "tasks": [], "left_out": left_out}
