@@ -119,3 +119,16 @@ def test_a_run_that_fails_later_is_marked_failed_and_resumable(tmp_path, table, 
     monkeypatch.setattr(Trainer, "fit", original)
     code, _ = _main(["run", "--resume", str(run_dir)])
     assert code == 0 and not (run_dir / "failed.json").exists() and (run_dir / "compare.json").is_file()
+
+
+def test_an_auxiliary_task_is_recorded_and_left_out_of_delta_m(tmp_path, table):
+    config = _config(tmp_path, table, tasks=[{"name": "click", "kind": "binary", "target": "click"},
+                                             {"name": "f2hat", "kind": "regression", "target": "f2",
+                                              "role": "auxiliary"}])
+    code, out = _main(["compare", str(config), "--seeds", "2"])
+    assert code == 0
+    compare = json.loads((Path(out.split("run directory:")[1].split()[0]) / "compare.json").read_text())
+    assert compare["tasks"]["f2hat"]["role"] == "auxiliary" and compare["tasks"]["click"]["role"] == "main"
+    variant = compare["analysis"]["variants"]["hard+equal"]
+    assert variant["tasks"]["f2hat"]["role"] == "auxiliary"
+    assert variant["delta_m"]["tasks"] == ["click"] and variant["delta_m"]["left_out"]["f2hat"] == "auxiliary task"

@@ -573,7 +573,8 @@ def _run_grid(config: Config, spec: GridSpec, data: Sequence[DataSplits], run_di
     compare = {
         "dataset": config.data.dataset,
         "run_dir": str(run_dir),
-        "tasks": {t.name: {"metric": t.main_metric, "higher_is_better": t.higher_is_better} for t in splits0.tasks},
+        "tasks": {t.name: {"metric": t.main_metric, "higher_is_better": t.higher_is_better,
+                          "role": t.role} for t in splits0.tasks},
         "baseline": "single" if spec.baselines else None,
         "seeds": spec.seeds,
         "splits": spec.splits,
