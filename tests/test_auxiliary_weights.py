@@ -62,3 +62,15 @@ def test_config_role_reaches_the_task():
     with pytest.raises(ValueError, match="role"):
         TaskConfig(name="y", kind="binary", target="y", role="helper")
     assert Task(spec.name, spec.kind, role=spec.role).role == "auxiliary"
+
+
+def test_selection_score_ignores_auxiliary_tasks():
+    from taskloom.task import Task
+    from taskloom.train.score import SelectionScore
+
+    tasks = [Task("a", "binary", main_metric="accuracy"), Task("aux", "regression", role="auxiliary")]
+    score = SelectionScore(tasks, baselines={"a": 0.8})
+    assert list(score.tasks) == ["a"]
+    assert score({"a": {"accuracy": 0.88}, "aux": {"mse": 100.0}}) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="auxiliary"):
+        SelectionScore(tasks, score="task", task="aux")

@@ -19,7 +19,7 @@ class SelectionScore:
 
     ``mean_relative`` (default): mean over tasks of the signed relative change (%) of each
     task's main metric against its single-task baseline when given, else against the
-    first evaluation; ``weighted``: the same with per-task weights; ``task``: one task's
+    first evaluation (auxiliary tasks are left out); ``weighted``: the same with per-task weights; ``task``: one task's
     main metric (negated when lower is better). Tasks whose metric is undefined (None) in an
     evaluation are left out of that evaluation's score. A NaN or infinite metric means the
     model diverged: the score is then -inf, so that evaluation is never selected, and a
@@ -36,7 +36,12 @@ class SelectionScore:
     ) -> None:
         if score not in ("mean_relative", "weighted", "task"):
             raise ValueError(f"selection.score must be mean_relative, weighted or task, got {score!r}")
-        self.tasks = {t.name: t for t in tasks}
+        auxiliary = [t.name for t in tasks if t.role == "auxiliary"]
+        if task is not None and task in auxiliary:
+            raise ValueError(f"selection.task {task!r} is an auxiliary task; select on a main task")
+        self.tasks = {t.name: t for t in tasks if t.role != "auxiliary"}
+        if not self.tasks:
+            raise ValueError("every task is auxiliary; give at least one task role: main to select checkpoints on")
         if task is not None and task not in self.tasks:
             raise ValueError(f"selection.task {task!r} is not a task; tasks are {list(self.tasks)}")
         self.score = score
