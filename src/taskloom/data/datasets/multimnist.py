@@ -281,8 +281,8 @@ def load_multifashion(
     if root is None:
         raise FileNotFoundError(
             "multifashion needs Fashion-MNIST's IDX files (train-images-idx3-ubyte.gz, ...): "
-            "run `make data` in the repo (it fills ./.data; elsewhere set TASKLOOM_DATA=<repo>/.data), install the apt package "
-            "dataset-fashion-mnist, or pass root=DIR"
+            "run `make data` in the repo (it fills ./.data; elsewhere set TASKLOOM_DATA=<repo>/.data), "
+            "install the apt package dataset-fashion-mnist, or pass root=DIR"
         )
     return load_multimnist(tasks, val_fraction, test_fraction, seed, "idx", root, size, per_image, max_shift,
                            stratify)
