@@ -36,12 +36,11 @@ class SelectionScore:
     ) -> None:
         if score not in ("mean_relative", "weighted", "task"):
             raise ValueError(f"selection.score must be mean_relative, weighted or task, got {score!r}")
-        auxiliary = [t.name for t in tasks if t.role == "auxiliary"]
-        if task is not None and task in auxiliary:
+        main = {t.name: t for t in tasks if t.role != "auxiliary"}
+        if main and task is not None and task not in main and any(t.name == task for t in tasks):
             raise ValueError(f"selection.task {task!r} is an auxiliary task; select on a main task")
-        self.tasks = {t.name: t for t in tasks if t.role != "auxiliary"}
-        if not self.tasks:
-            raise ValueError("every task is auxiliary; give at least one task role: main to select checkpoints on")
+        # a model of auxiliary tasks only (e.g. an auxiliary task's single-task baseline) selects on them
+        self.tasks = main or {t.name: t for t in tasks}
         if task is not None and task not in self.tasks:
             raise ValueError(f"selection.task {task!r} is not a task; tasks are {list(self.tasks)}")
         self.score = score
