@@ -47,11 +47,10 @@ from taskloom.balancing.jacobian import (
     chain_gradients, head_gradients, task_gradients, write_gradient, write_gradients,
 )
 from taskloom.data.batch import Batch
-from taskloom.losses import masked_loss_parts
 from taskloom.sharing.base import MultiTaskModule, unique
 from taskloom.sharing.checkpointing import buffers_kept
 from taskloom.task import Task
-from taskloom.train.distributed import _GlobalValue
+from taskloom.train.distributed import _GlobalValue, loss_parts
 
 
 def check_accumulation(accumulate: int, balancer: Balancer) -> None:
@@ -109,19 +108,6 @@ class MicroBatches:
         sums, _ = loss_parts(outputs, self.batches[index], tasks, self.names)
         return {name: _GlobalValue.apply(total / count.to(total.dtype), value.to(total.dtype))
                 for name, total, count, value in zip(self.names, sums, self.counts, self.values)}
-
-
-def loss_parts(outputs: Mapping[str, Tensor], batch: Batch, tasks: Mapping[str, Task],
-               names: Sequence[str]) -> tuple[list[Tensor], list[Tensor]]:
-    """Each named task's weighted loss sum and labelled count (weight sum) in ``batch``."""
-    sums, counts = [], []
-    for name in names:
-        task, target = tasks[name], batch.targets[name]
-        mask = task.kind_spec.unit_mask(batch.masks.get(name), target, batch.inputs)
-        total, count = masked_loss_parts(task, outputs[name], target, mask, batch.weights.get(name))
-        sums.append(total)
-        counts.append(count)
-    return sums, counts
 
 
 def _random_state(device: torch.device) -> tuple[Tensor, list[Tensor]]:

@@ -234,6 +234,19 @@ class _GlobalValue(torch.autograd.Function):
         return grad, None
 
 
+def loss_parts(outputs: Mapping[str, Tensor], batch: Batch, tasks: Mapping[str, Task],
+               names: Sequence[str]) -> tuple[list[Tensor], list[Tensor]]:
+    """Each named task's weighted loss sum and labelled count (weight sum) in ``batch``."""
+    sums, counts = [], []
+    for name in names:
+        task, target = tasks[name], batch.targets[name]
+        mask = task.kind_spec.unit_mask(batch.masks.get(name), target, batch.inputs)
+        total, count = masked_loss_parts(task, outputs[name], target, mask, batch.weights.get(name))
+        sums.append(total)
+        counts.append(count)
+    return sums, counts
+
+
 def global_task_losses(outputs: Mapping[str, Tensor], batch: Batch, tasks: Mapping[str, Task] | Sequence[Task],
                        communicator: Communicator) -> dict[str, Tensor]:
     """Each task's loss over the global batch (value), differentiable as this rank's share of it.
@@ -243,13 +256,7 @@ def global_task_losses(outputs: Mapping[str, Tensor], batch: Batch, tasks: Mappi
     """
     by_name = tasks_by_name(tasks)
     names = list(by_name)
-    sums, counts = [], []
-    for name in names:
-        task, target = by_name[name], batch.targets[name]
-        mask = task.kind_spec.unit_mask(batch.masks.get(name), target, batch.inputs)
-        total, count = masked_loss_parts(task, outputs[name], target, mask, batch.weights.get(name))
-        sums.append(total)
-        counts.append(count)
+    sums, counts = loss_parts(outputs, batch, by_name, names)
     local = torch.stack([torch.stack([s.detach().float() for s in sums]), torch.stack([c.float() for c in counts])])
     reduced = communicator.all_reduce_sum(local.double() if local.device.type == "cpu" else local)
     global_sums, global_counts = reduced[0], reduced[1]
