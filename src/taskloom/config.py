@@ -110,6 +110,15 @@ class TransformConfig(Strict):
         return self
 
 
+class AuxiliaryConfig(Strict):
+    """An auxiliary task's loss weight: ``weight`` decayed by ``schedule`` over training, times a gradient-similarity
+    gate (Du et al. 2018; see :mod:`taskloom.balancing.auxiliary_weighting`)."""
+
+    weight: float = Field(1.0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    gating: Literal["none", "unweighted", "weighted"] = "none"
+
+
 class TaskConfig(Strict):
     name: str = Field(min_length=1)
     kind: str
@@ -126,6 +135,14 @@ class TaskConfig(Strict):
     transform: TransformConfig | None = Field(None, description="make the label from a numeric column")
     decision_threshold: float | Literal["f1"] = Field(
         0.5, description="binary tasks: probability above which a row is predicted 1, or f1 (chosen on validation)")
+    auxiliary: AuxiliaryConfig | None = Field(None, description="role auxiliary: its loss weight, schedule, gating")
+
+    @model_validator(mode="after")
+    def _auxiliary_options(self) -> "TaskConfig":
+        if self.auxiliary is not None and self.role != "auxiliary":
+            raise FieldError("auxiliary", f"task {self.name!r} is a main task; auxiliary options need "
+                                          "role: auxiliary (or remove the auxiliary block)")
+        return self
 
     @model_validator(mode="after")
     def _transform_fits(self) -> "TaskConfig":

@@ -209,7 +209,7 @@ def build_trainer(config: Config, tasks: list[Task], splits: DataSplits, run_dir
     model = build_model(config, tasks, splits, single_task=not balancing)
     names = [t.name for t in tasks]
     if balancing:
-        balancer = build_balancer(config.balancing.method, names, **config.balancing.options)
+        balancer = build_balancer_with_auxiliaries(config, tasks)
     else:
         balancer = build_balancer("equal", names)
     selection = SelectionScore(
@@ -228,6 +228,28 @@ def build_trainer(config: Config, tasks: list[Task], splits: DataSplits, run_dir
                                run_dir=run_dir, model_name=model_name, monitors=monitors,
                                on_step=callbacks.get("step"), on_epoch_end=callbacks.get("epoch"),
                                communicator=distributed.active())
+
+
+def auxiliary_specs(config: Config, tasks: list[Task]) -> dict[str, Any]:
+    """Per auxiliary task of ``tasks`` with an ``auxiliary`` block in the config, its weighting spec."""
+    from taskloom.balancing.auxiliary_weighting import AuxiliarySpec
+
+    present = {t.name for t in tasks if t.role == "auxiliary"}
+    return {spec.name: AuxiliarySpec(spec.auxiliary.weight, spec.auxiliary.schedule, spec.auxiliary.gating)
+            for spec in config.tasks or [] if spec.auxiliary is not None and spec.name in present}
+
+
+def build_balancer_with_auxiliaries(config: Config, tasks: list[Task]) -> Any:
+    """The configured balancing method; with weighted auxiliary tasks (and a main task), wrapped by
+    :class:`~taskloom.balancing.auxiliary_weighting.AuxiliaryWeighting` (the method then sees the main tasks)."""
+    names = [t.name for t in tasks]
+    specs = auxiliary_specs(config, tasks)
+    if not specs or len(specs) == len(names):
+        return build_balancer(config.balancing.method, names, **config.balancing.options)
+    from taskloom.balancing.auxiliary_weighting import AuxiliaryWeighting
+
+    inner = build_balancer(config.balancing.method, [n for n in names if n not in specs], **config.balancing.options)
+    return AuxiliaryWeighting(inner, specs)
 
 
 def count_parameters(model: nn.Module) -> int:

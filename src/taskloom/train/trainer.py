@@ -368,6 +368,9 @@ class Trainer:
                 self.synchronize()
             loader = ShardedLoader(loader, self.communicator)
         steps = math.ceil(len(loader) / self.accumulate)  # optimizer steps per epoch
+        plan = getattr(self.balancer, "plan", None)  # e.g. auxiliary weight schedules (balancing.auxiliary_weighting)
+        if callable(plan):
+            plan(self.epochs * steps)
         if not self._schedule_built:
             self._schedule_built = True
             self.scheduler = build_schedule(self.optimizer, epochs=self.epochs, steps_per_epoch=steps,
@@ -444,6 +447,9 @@ class Trainer:
                                   "lr": self.optimizer.param_groups[0]["lr"]}
         if self.regularizers:
             record["regularizers"] = [regularizer.report() for regularizer in self.regularizers]
+        auxiliary = getattr(self.balancer, "report", None)  # auxiliary tasks' scheduled weights and gates
+        if callable(auxiliary):
+            record["auxiliary"] = auxiliary()
         if val is not None:
             results = self.evaluate(val)
             record["val"] = {n: {k: v for k, v in r.items() if k not in ("loss", "labelled", "note")}
