@@ -538,7 +538,8 @@ def command_predict(args: argparse.Namespace) -> int:
         raise ConfigError("taskloom predict needs exactly one of INPUT (a CSV or Parquet file) or --split SPLIT")
     if args.input is not None and not Path(args.input).is_file():
         raise FileNotFoundError(f"input file {args.input!r} does not exist")
-    predictor = load(args.run_dir, checkpoint=args.checkpoint, unknown=args.unknown_categories)
+    predictor = load(args.run_dir, checkpoint=args.checkpoint, unknown=args.unknown_categories,
+                     include_auxiliary=args.include_auxiliary)
     out = args.out or _default_out(args)
     tasks = _names(args.tasks)
     if args.split is not None:
@@ -559,7 +560,7 @@ def command_export(args: argparse.Namespace) -> int:
     from taskloom.serve.export import example_inputs, export_onnx, max_abs_difference
     from taskloom.serve.predictor import load
 
-    predictor = load(args.run_dir, checkpoint=args.checkpoint)
+    predictor = load(args.run_dir, checkpoint=args.checkpoint, include_auxiliary=args.include_auxiliary)
     if args.format == "torch-export":
         from taskloom.serve.export import export_program
 
@@ -592,7 +593,8 @@ def command_serve(args: argparse.Namespace) -> int:
                           f"({error})") from None
     from taskloom.serve.predictor import load
 
-    predictor = load(args.run_dir, checkpoint=args.checkpoint, unknown=args.unknown_categories)
+    predictor = load(args.run_dir, checkpoint=args.checkpoint, unknown=args.unknown_categories,
+                     include_auxiliary=args.include_auxiliary)
     limits = ServeLimits(max_body_bytes=args.max_body_bytes, max_batch_rows=args.max_batch,
                          max_wait_ms=args.max_wait_ms, max_pending=args.max_queue)
     console.print(f"serving {predictor.model_dir} (checkpoint {predictor.checkpoint}) on "
@@ -663,13 +665,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=command_report)
 
     checkpoint_help = "best (default; last when the run had no validation split), last, or best-TASK"
+    auxiliary_help = "also predict the auxiliary tasks (role: auxiliary); by default only the main tasks"
     unknown_help = "a category never seen in training: zeros (all-zero one-hot, as in training; default) or error"
     predict = sub.add_parser("predict", help="predict new rows (CSV / Parquet) or a split with a trained run")
     predict.add_argument("run_dir", help="a run directory (its multitask model) or a model directory in it")
     predict.add_argument("input", nargs="?", help="a CSV or Parquet file of raw rows; other columns pass through")
     predict.add_argument("--split", choices=["train", "val", "test"], help="predict the run's own data set split")
     predict.add_argument("--out", type=Path, help="output CSV or Parquet (default INPUT-predictions.csv)")
-    predict.add_argument("--tasks", help="comma-separated tasks to write (default: all)")
+    predict.add_argument("--tasks", help="comma-separated tasks to write (default: all main tasks)")
+    predict.add_argument("--include-auxiliary", action="store_true", help=auxiliary_help)
     predict.add_argument("--checkpoint", help=checkpoint_help)
     predict.add_argument("--batch-size", type=int, default=8192, help="rows read and predicted at a time")
     predict.add_argument("--unknown-categories", choices=["zeros", "error"], default="zeros", help=unknown_help)
@@ -681,6 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="onnx (default) or torch-export (a torch.export program, .pt2)")
     export.add_argument("--out", type=Path, help="the graph's path (default MODEL_DIR/model.onnx or model.pt2)")
     export.add_argument("--checkpoint", help=checkpoint_help)
+    export.add_argument("--include-auxiliary", action="store_true", help=auxiliary_help)
     export.set_defaults(func=command_export)
 
     serve = sub.add_parser("serve", help="serve a trained table model over HTTP (FastAPI; needs taskloom[serve])")
@@ -688,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--checkpoint", help=checkpoint_help)
+    serve.add_argument("--include-auxiliary", action="store_true", help=auxiliary_help)
     serve.add_argument("--unknown-categories", choices=["zeros", "error"], default="zeros", help=unknown_help)
     serve.add_argument("--max-batch", type=int, default=256, help="rows per micro-batched forward pass")
     serve.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for a micro-batch to fill")

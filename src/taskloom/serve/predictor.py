@@ -79,7 +79,14 @@ def checkpoint_path(model_dir: Path, name: str | None = None) -> Path:
 def tasks_from_spec(spec: Mapping[str, Any]) -> list[Task]:
     return [Task(t["name"], t["kind"], num_outputs=t["num_outputs"], target=t.get("target"),
                  main_metric=t.get("main_metric"), head_hidden=tuple(t.get("head_hidden") or ()),
-                 label_names=t.get("label_names")) for t in spec["tasks"]]
+                 label_names=t.get("label_names"), role=t.get("role", "main")) for t in spec["tasks"]]
+
+
+def served_tasks(tasks: Sequence[Task], include_auxiliary: bool) -> list[Task]:
+    """The tasks a predictor answers for: the main ones, or all with ``include_auxiliary`` (or when all are
+    auxiliary, as in an auxiliary task's single-task model). Runs saved before roles existed are all main."""
+    main = [t for t in tasks if t.role != "auxiliary"]
+    return list(tasks) if include_auxiliary or not main else main
 
 
 def build_from_spec(spec: Mapping[str, Any]) -> tuple[torch.nn.Module, list[Task]]:
@@ -98,18 +105,26 @@ def build_from_spec(spec: Mapping[str, Any]) -> tuple[torch.nn.Module, list[Task
 
 class Predictor:
     """A trained model with its saved preprocessing: ``predict`` takes raw rows (DataFrame or records)
-    of a table run, or input tensors, and returns every task's prediction from one forward pass."""
+    of a table run, or input tensors, and returns every main task's prediction from one forward pass.
+
+    Auxiliary tasks (``role: auxiliary``) are trained to help and are not served unless ``include_auxiliary``;
+    ``all_tasks`` lists every head of the model, ``tasks`` those served.
+    """
 
     def __init__(self, model_dir: Path, spec: dict[str, Any], model: torch.nn.Module, tasks: list[Task],
-                 checkpoint: str, unknown: str = "zeros", thresholds: bool = True) -> None:
-        self.model_dir, self.spec, self.model, self.tasks, self.checkpoint = model_dir, spec, model, tasks, checkpoint
+                 checkpoint: str, unknown: str = "zeros", thresholds: bool = True,
+                 include_auxiliary: bool = False) -> None:
+        self.model_dir, self.spec, self.model, self.checkpoint = model_dir, spec, model, checkpoint
+        self.all_tasks = list(tasks)
+        self.include_auxiliary = include_auxiliary
+        self.tasks = served_tasks(tasks, include_auxiliary)
         self.model.eval()
         self.encoder = RowEncoder.from_dict(spec["preprocessing"], unknown) if spec.get("preprocessing") else None
         self.thresholds = self._thresholds() if thresholds else {}
         scaling = {t["name"]: (t["target_standardization"]["mean"], t["target_standardization"]["scale"])
                    for t in spec["tasks"] if t.get("target_standardization")}
-        self.module = InferenceModule(model, tasks, self.thresholds, scaling).eval()
-        self.output_names = output_names(tasks)
+        self.module = InferenceModule(model, self.tasks, self.thresholds, scaling).eval()
+        self.output_names = output_names(self.tasks)
         self._by_name = {t["name"]: t for t in spec["tasks"]}
 
     def _thresholds(self) -> dict[str, float]:
@@ -147,6 +162,10 @@ class Predictor:
         if not tasks:
             return self.task_names
         unknown = [t for t in tasks if t not in self.task_names]
+        hidden = [t.name for t in self.all_tasks if t.name in unknown]
+        if hidden:
+            raise InputError(f"tasks: {hidden} are auxiliary tasks, not served by default; load with "
+                             "include_auxiliary=True (CLI: --include-auxiliary) to get them", field="tasks")
         if unknown:
             raise InputError(f"tasks: unknown task(s) {unknown}; this model predicts {self.task_names}", field="tasks")
         return list(dict.fromkeys(tasks))
@@ -260,8 +279,12 @@ class Predictor:
     def metadata(self) -> dict[str, Any]:
         """Tasks, kinds, classes, thresholds, expected columns and types, and the run's recorded results."""
         tasks = []
+        served = set(self.task_names)
         for spec in self.spec["tasks"]:
+            if spec["name"] not in served:
+                continue
             entry = {k: spec.get(k) for k in ("name", "kind", "num_outputs", "target", "main_metric")}
+            entry["role"] = spec.get("role", "main")
             for key in ("class_names", "label_names", "positive_class"):
                 if spec.get(key) is not None:
                     entry[key] = spec[key]
@@ -314,11 +337,12 @@ def recorded_results(model_dir: Path) -> dict[str, Any]:
 
 
 def load(run_dir: str | Path, checkpoint: str | None = None, unknown: str = "zeros",
-         thresholds: bool = True) -> Predictor:
+         thresholds: bool = True, include_auxiliary: bool = False) -> Predictor:
     """Rebuild the model of a run (``RUN_DIR`` with one multi-task model, or any model directory) for inference.
 
     ``checkpoint``: ``best`` (default; ``last`` when no validation chose one), ``last`` or ``best-TASK``.
     ``unknown``: what a category never seen in training becomes, ``zeros`` (as in training) or ``error``.
+    ``include_auxiliary``: also serve the auxiliary tasks (by default only the main tasks are predicted).
     """
     model_dir = find_model_dir(run_dir)
     spec = json.loads((model_dir / MODEL_SPEC_FILE).read_text())
@@ -329,4 +353,4 @@ def load(run_dir: str | Path, checkpoint: str | None = None, unknown: str = "zer
         raise ValueError(f"checkpoint {path} is for tasks {state.get('task_names')}, but {model_dir / MODEL_SPEC_FILE} "
                          f"describes {[t.name for t in tasks]}")
     model.load_state_dict(state["model"])
-    return Predictor(model_dir, spec, model, tasks, path.stem, unknown, thresholds)
+    return Predictor(model_dir, spec, model, tasks, path.stem, unknown, thresholds, include_auxiliary)

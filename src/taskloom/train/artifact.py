@@ -51,7 +51,7 @@ def task_spec(task: Task, info: dict[str, Any], threshold: float | str) -> dict[
     """One task as JSON: what rebuilds its head and what turns its output into labels."""
     spec: dict[str, Any] = {
         "name": task.name, "kind": task.kind, "num_outputs": task.num_outputs, "target": task.target,
-        "main_metric": task.main_metric, "head_hidden": list(task.head_hidden),
+        "main_metric": task.main_metric, "head_hidden": list(task.head_hidden), "role": task.role,
         "label_names": None if task.label_names is None else [str(n) for n in task.label_names],
     }
     if task.kind == "binary":
@@ -135,7 +135,7 @@ def choose_decision_thresholds(model_dir: str | Path, val: MultiTaskDataset | No
         return {}
     chosen: dict[str, dict[str, float]] = {}
     for checkpoint in sorted((Path(model_dir) / "checkpoints").glob("*.pt")):
-        predictor = load(model_dir, checkpoint=checkpoint.stem, thresholds=False)
+        predictor = load(model_dir, checkpoint=checkpoint.stem, thresholds=False, include_auxiliary=True)
         logits = predictor.logits(val.inputs) if val is not None and len(val) else {}
         chosen[checkpoint.stem] = {}
         for name in wanted:
