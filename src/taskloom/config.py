@@ -119,6 +119,39 @@ class AuxiliaryConfig(Strict):
     gating: Literal["none", "unweighted", "weighted"] = "none"
 
 
+class BuiltinAuxiliaryConfig(AuxiliaryConfig):
+    """An auxiliary task made from the inputs, needing no labels (see :mod:`taskloom.data.auxiliaries`).
+
+    ``reconstruct`` (task ``aux_reconstruct``): predict the standardized inputs; ``mask`` zeroes that fraction
+    of each training row's inputs (seeded by ``seed``). ``feature`` (task ``aux_feature_<column>``, tables only):
+    ``column`` is withheld from the inputs and predicted as ``task_kind`` (``num_outputs`` classes for multiclass).
+    """
+
+    kind: Literal["reconstruct", "feature"]
+    mask: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+    column: str | None = None
+    task_kind: Literal["regression", "binary", "multiclass"] = "regression"
+    num_outputs: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> "BuiltinAuxiliaryConfig":
+        if self.kind == "feature" and not self.column:
+            raise FieldError("column", "a feature auxiliary needs column: the input column to withhold and predict")
+        if self.kind == "reconstruct" and self.column is not None:
+            raise FieldError("column", "reconstruct predicts every input; column belongs to kind: feature")
+        if self.kind == "feature" and self.mask:
+            raise FieldError("mask", "mask belongs to kind: reconstruct")
+        if self.task_kind == "multiclass" and self.num_outputs < 2:
+            raise FieldError("num_outputs", "a multiclass feature needs num_outputs >= 2 (its number of classes)")
+        return self
+
+    @property
+    def task_name(self) -> str:
+        """The name of the task this auxiliary adds."""
+        return "aux_reconstruct" if self.kind == "reconstruct" else f"aux_feature_{self.column}"
+
+
 class TaskConfig(Strict):
     name: str = Field(min_length=1)
     kind: str
@@ -426,6 +459,8 @@ class Config(Strict):
     selection: SelectionConfig = SelectionConfig()
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
+    auxiliaries: list[BuiltinAuxiliaryConfig] = Field(
+        [], description="auxiliary tasks made from the inputs: reconstruct, or a withheld feature column")
     output_dir: str = "runs"
 
     @model_validator(mode="after")
@@ -448,6 +483,7 @@ class Config(Strict):
                     raise FieldError(field, f"names unknown tasks {unknown}; tasks are {names}")
             if self.selection.task is not None and self.selection.task not in names:
                 raise FieldError("selection.task", f"{self.selection.task!r} is not a task name; tasks are {names}")
+        self._check_auxiliaries()
         sources = {s.name: s for s in self.data.sources or []}
         for i, task in enumerate(self.tasks or []):
             if task.source is not None and task.source not in sources:
@@ -465,6 +501,26 @@ class Config(Strict):
         if self.tasks is None and not sources and self.data.dataset == "table":
             raise FieldError("tasks", "a table needs tasks: list each task with its name, kind and target column")
         return self
+
+
+    def _check_auxiliaries(self) -> None:
+        """Built-in auxiliaries: one data set, unique task names, a feature column only of a table."""
+        taken = {t.name for t in self.tasks or []}
+        for i, auxiliary in enumerate(self.auxiliaries):
+            if self.data.sources is not None or self.data.streaming:
+                raise FieldError(f"auxiliaries[{i}]", "built-in auxiliaries need one in-memory data set (no "
+                                                      "data.sources, no data.streaming)")
+            if auxiliary.kind == "feature" and self.data.dataset != "table":
+                raise FieldError(f"auxiliaries[{i}].kind", f"a feature auxiliary withholds a table column; data set "
+                                                           f"{self.data.dataset!r} has none: use kind: reconstruct")
+            if auxiliary.task_name in taken:
+                raise FieldError(f"auxiliaries[{i}]", f"its task {auxiliary.task_name!r} is already a task; "
+                                                      "list each auxiliary once and rename clashing tasks")
+            taken.add(auxiliary.task_name)
+            used = {t.target: t.name for t in self.tasks or []}
+            if auxiliary.kind == "feature" and auxiliary.column in used:
+                raise FieldError(f"auxiliaries[{i}].column", f"{auxiliary.column!r} is already the target of task "
+                                                             f"{used[auxiliary.column]!r}")
 
 
 def _path(location: tuple[Any, ...], tail: str = "") -> str:

@@ -48,6 +48,10 @@ def tasks_from_config(config: Config) -> list[Task] | None:
             ))
         except ValueError as error:
             raise ConfigError(f"tasks[{i}]: {error}") from None
+    from taskloom.data.auxiliaries import feature_task
+
+    out += [feature_task(a.column, a.task_kind, a.num_outputs, a.task_name)
+            for a in config.auxiliaries if a.kind == "feature"]
     return out
 
 
@@ -71,15 +75,21 @@ def check_table_targets(config: Config) -> None:
         check_columns(path, list(enumerate(config.tasks or [])))
 
 
-def check_columns(path: Any, specs: list[tuple[int, Any]]) -> None:
-    """Each ``(index, task config)``'s target and sample-weight columns must be in the table at ``path``."""
+def check_columns(path: Any, specs: list[tuple[Any, Any]], field: str | None = None) -> None:
+    """Each ``(index, task config)``'s target and sample-weight columns must be in the table at ``path``.
+
+    With ``field`` (e.g. ``column``), each spec's ``field`` is checked instead and its index is its path.
+    """
     if not isinstance(path, (str, Path)):
         return
     columns = table_columns(path)
     for i, task in specs:
-        for field, column in (("target", task.target), ("sample_weight", task.sample_weight)):
+        pairs = (("target", task.target), ("sample_weight", task.sample_weight)) if field is None else \
+            ((field, getattr(task, field)),)
+        where = f"tasks[{i}]" if field is None else str(i)
+        for name, column in pairs:
             if column is not None and column not in columns:
-                raise ConfigError(f"tasks[{i}].{field}: column {column!r} is not in the table {path}; "
+                raise ConfigError(f"{where}.{name}: column {column!r} is not in the table {path}; "
                                   f"its columns are {columns}")
 
 
@@ -92,6 +102,15 @@ def load_data(config: Config) -> DataSplits:
     if config.data.streaming:
         return load_streamed(config)
     check_table_targets(config)
+    options = dict(config.data.options)
+    withheld = [a.column for a in config.auxiliaries if a.kind == "feature"]
+    if withheld:
+        from taskloom.data.auxiliaries import withheld_features
+
+        check_columns(options.get("path"), [(f"auxiliaries[{i}]", a) for i, a in enumerate(config.auxiliaries)
+                                            if a.kind == "feature"], "column")
+        if "features" in options:
+            options["features"] = withheld_features(options["features"], withheld)
     keyed = {"split_key": config.data.split.key} if config.data.split.key is not None else {}
     splits = load_dataset(
         config.data.dataset,
@@ -101,8 +120,22 @@ def load_data(config: Config) -> DataSplits:
         seed=config.data.split_seed,
         stratify=config.data.split.stratify,
         **keyed,
-        **config.data.options,
+        **options,
     )
+    return add_reconstruction(config, splits)
+
+
+def add_reconstruction(config: Config, splits: DataSplits) -> DataSplits:
+    """The ``auxiliaries`` of kind reconstruct added to the loaded splits (see taskloom.data.auxiliaries)."""
+    from taskloom.data.auxiliaries import add_reconstruction as add
+
+    for i, auxiliary in enumerate(config.auxiliaries):
+        if auxiliary.kind != "reconstruct":
+            continue
+        try:
+            add(splits, auxiliary.mask, auxiliary.seed, auxiliary.task_name)
+        except ValueError as error:
+            raise ConfigError(f"auxiliaries[{i}]: {error}") from None
     return splits
 
 
@@ -235,8 +268,10 @@ def auxiliary_specs(config: Config, tasks: list[Task]) -> dict[str, Any]:
     from taskloom.balancing.auxiliary_weighting import AuxiliarySpec
 
     present = {t.name for t in tasks if t.role == "auxiliary"}
-    return {spec.name: AuxiliarySpec(spec.auxiliary.weight, spec.auxiliary.schedule, spec.auxiliary.gating)
-            for spec in config.tasks or [] if spec.auxiliary is not None and spec.name in present}
+    blocks = {spec.name: spec.auxiliary for spec in config.tasks or [] if spec.auxiliary is not None}
+    blocks.update({auxiliary.task_name: auxiliary for auxiliary in config.auxiliaries})
+    return {name: AuxiliarySpec(block.weight, block.schedule, block.gating)
+            for name, block in blocks.items() if name in present}
 
 
 def build_balancer_with_auxiliaries(config: Config, tasks: list[Task]) -> Any:
