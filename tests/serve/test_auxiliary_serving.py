@@ -85,3 +85,29 @@ def test_metrics_log_the_auxiliary_weight_each_epoch(aux_run):
     weights = [r["auxiliary"]["spend"]["weight"] for r in records]
     assert weights[0] == pytest.approx(0.25, abs=1e-9)  # 0.5 * (1 + cos(pi/2)) / 2 after half the steps
     assert weights[1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_http_service_answers_for_main_tasks_only(aux_run):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from taskloom.serve.app import create_app
+
+    run_dir, frame = aux_run
+    rows = frame.head(2).drop(columns=["spend", "churn", "segment", "customer"])
+    records = json.loads(rows.to_json(orient="records"))
+    with TestClient(create_app(load(run_dir))) as client:
+        assert client.get("/health").json()["tasks"] == ["churn", "segment"]
+        answer = client.post("/predict", json={"rows": records}).json()
+        assert answer["tasks"] == ["churn", "segment"]
+        assert not any(key.startswith("spend") for key in answer["predictions"][0])
+    with TestClient(create_app(load(run_dir, include_auxiliary=True))) as client:
+        assert "spend" in client.post("/predict", json={"rows": records}).json()["predictions"][0]
+
+
+def test_onnx_graph_has_only_main_outputs_by_default(aux_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from taskloom.serve.export import export_onnx, onnx_session
+
+    path = export_onnx(load(aux_run[0]), tmp_path / "main.onnx")
+    assert [o.name for o in onnx_session(path).get_outputs()] == ["churn", "churn_prob", "segment", "segment_prob"]

@@ -134,7 +134,8 @@ def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastA
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": PredictRequest.model_json_schema()}}}})
     async def predict(request: Request, tasks: str | None = Query(
-            None, description="comma-separated tasks to return (default: all; the forward pass is shared)")) -> Any:
+            None, description="comma-separated tasks to return (default: all main tasks; the forward pass is "
+                               "shared)")) -> Any:
         """Predictions for rows given as JSON objects, every task from one (micro-batched) forward pass."""
         body = await _read_body(request, limits.max_body_bytes)
         if isinstance(body, JSONResponse):
