@@ -152,3 +152,20 @@ def test_a_decaying_schedule_without_a_plan_is_refused_with_what_to_do():
     losses = {n: ((outputs[n].squeeze(-1) - data.targets[n]) ** 2).mean() for n in ("y", "same")}
     with pytest.raises(ValueError, match="plan"):
         balancer.backward(losses, model)
+
+
+def test_accumulation_and_data_parallel_gating_are_refused_with_what_to_do():
+    with pytest.raises(ValueError, match="train.accumulate: 1"):
+        _trainer({"same": AuxiliarySpec(0.5)}, accumulate=2)
+    balancer = AuxiliaryWeighting(build_balancer("equal", ["y"]), {"same": AuxiliarySpec(0.5, gating="weighted")})
+    balancer.communicator = object()
+    with pytest.raises(ValueError, match="set gating: none"):
+        balancer.check_data_parallel()
+    ungated = AuxiliaryWeighting(build_balancer("pcgrad", ["y"]), {"same": AuxiliarySpec(0.5)})
+    ungated.communicator = object()
+    with pytest.raises(ValueError, match="loss-weighting method"):
+        ungated.check_data_parallel()
+    loss_level = AuxiliaryWeighting(build_balancer("dwa", ["y"]), {"same": AuxiliarySpec(0.5)})
+    loss_level.communicator = marker = object()
+    loss_level.check_data_parallel()
+    assert loss_level.inner.communicator is marker

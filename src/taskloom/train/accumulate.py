@@ -60,6 +60,10 @@ def check_accumulation(accumulate: int, balancer: Balancer) -> None:
                          f"got {accumulate!r}")
     if accumulate == 1:
         return
+    if getattr(balancer, "auxiliary_names", None):  # taskloom.balancing.auxiliary_weighting
+        raise ValueError("train.accumulate > 1 is not supported with weighted auxiliary tasks yet (an auxiliary "
+                         "block or auxiliaries): their schedules and gates follow whole optimizer steps; set "
+                         "train.accumulate: 1")
     if isinstance(balancer, GradNorm):
         return
     if isinstance(balancer, GradientBalancer):
