@@ -43,3 +43,20 @@ def test_without_auxiliary_blocks_the_method_is_unwrapped():
         {"name": "a", "kind": "regression", "target": "a", "role": "auxiliary"}]})
     tasks = [Task("y", "regression"), Task("a", "regression", role="auxiliary")]
     assert not isinstance(build_balancer_with_auxiliaries(config, tasks), AuxiliaryWeighting)
+
+
+def test_a_config_with_auxiliaries_survives_the_run_directory_round_trip():
+    import yaml
+
+    from taskloom.config import dump_config
+
+    config = parse_config({
+        "data": {"dataset": "table", "options": {"path": "t.csv"}},
+        "tasks": [{"name": "y", "kind": "binary", "target": "y"},
+                  {"name": "a", "kind": "regression", "target": "a", "role": "auxiliary",
+                   "auxiliary": {"weight": 0.5, "gating": "weighted"}}],
+        "auxiliaries": [{"kind": "reconstruct", "mask": 0.25}, {"kind": "feature", "column": "age"}],
+    })
+    again = parse_config(yaml.safe_load(dump_config(config)))
+    assert again == config
+    assert [a.task_name for a in again.auxiliaries] == ["aux_reconstruct", "aux_feature_age"]
