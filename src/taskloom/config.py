@@ -463,6 +463,10 @@ class CurriculumConfig(Strict):
         for path, name in self.named_tasks():
             if name not in names:
                 raise FieldError(path, f"{name!r} is not a task name; tasks are {names}")
+        if self.mode == "sequential" and isinstance(self.order, list) and sorted(self.order) != sorted(names):
+            raise FieldError("order", f"mode sequential trains the tasks one after another: list every task once "
+                                      f"({names}), or write order: auto; missing: "
+                                      f"{[n for n in names if n not in self.order]}")
         if self.mode == "order" and (len(self.order) - 1) * self.every >= epochs:
             raise FieldError("every", f"the last of {len(self.order)} tasks would join at epoch "
                                       f"{(len(self.order) - 1) * self.every + 1}, after the last epoch ({epochs}); "
