@@ -182,3 +182,12 @@ def test_sampling_in_the_trainer_trains_only_drawn_tasks():
     assert last["included"]["b"] == 16 and last["probabilities"]["b"] == 1.0
     assert 0 < first["included"]["a"] < 16
     assert "b" not in history.records[0]["train_loss"] and history.best_epoch >= 2
+
+
+def test_a_model_of_a_group_of_the_tasks_keeps_its_own_tasks_of_the_curriculum():
+    config = _config({"mode": "order", "order": ["b", "c", "a"], "every": 1},
+                     tasks=TASKS + [{"name": "c", "kind": "regression", "target": "y1"}])
+    curriculum = build_curriculum(config, ["a", "c"], epochs=4, all_tasks=["a", "b", "c"])
+    assert curriculum.join_epoch == {"c": 1, "a": 2}  # the order of the group's tasks, without b
+    sampling = _config({"mode": "sampling", "probabilities": {"a": 0.5, "b": 0.25}})
+    assert build_curriculum(sampling, ["b"], epochs=4, all_tasks=["a", "b"]).probabilities(1) == {"b": 0.25}

@@ -177,22 +177,44 @@ class SamplingCurriculum(Curriculum):
                 "steps": self._steps, "skipped": self._skipped}
 
 
-def build_curriculum(config: Any, task_names: Sequence[str], epochs: int, seed: int = 0,
-                     model: Any = None) -> Curriculum | None:
-    """The curriculum a config's ``curriculum`` section describes (None without one).
-
-    Task names are checked here too, for configs whose tasks come from the data set: a bad
-    name raises :class:`~taskloom.config.ConfigError` with its field path.
-    """
+def check_curriculum(config: Any, task_names: Sequence[str], epochs: int) -> None:
+    """Refuse a ``curriculum`` naming a task not in ``task_names`` (the data set's own tasks when the config
+    lists none) with :class:`~taskloom.config.ConfigError` naming the field, before any training."""
     from taskloom.config import ConfigError, FieldError
 
     section = getattr(config, "curriculum", None)
     if section is None:
-        return None
+        return
     try:
         section.check_tasks(list(task_names), epochs)
     except FieldError as error:
         raise ConfigError(f"curriculum.{error.path}: {error}") from None
+
+
+def _restricted(section: Any, names: Sequence[str]) -> Any:
+    """The section with only the tasks in ``names`` (a grid cell training a group of the tasks)."""
+    update: dict[str, Any] = {}
+    if isinstance(section.order, list):
+        update["order"] = [name for name in section.order if name in names]
+    for key in ("probabilities", "schedule"):
+        given = getattr(section, key)
+        if given is not None:
+            update[key] = {name: value for name, value in given.items() if name in names}
+    return section.model_copy(update=update)
+
+
+def build_curriculum(config: Any, task_names: Sequence[str], epochs: int, seed: int = 0,
+                     model: Any = None, all_tasks: Sequence[str] | None = None) -> Curriculum | None:
+    """The curriculum a config's ``curriculum`` section describes for a model of ``task_names`` (None without one).
+
+    Names are checked against ``all_tasks`` (default ``task_names``; see :func:`check_curriculum`); the
+    tasks of ``all_tasks`` this model lacks (a group of a grid) are left out of the curriculum.
+    """
+    section = getattr(config, "curriculum", None)
+    if section is None:
+        return None
+    check_curriculum(config, list(all_tasks or task_names), epochs)
+    section = _restricted(section, task_names)
     if section.mode == "order":
         return OrderCurriculum(task_names, section.order, section.every)
     if section.mode == "sampling":

@@ -225,7 +225,10 @@ def build_trainer(config: Config, tasks: list[Task], splits: DataSplits, run_dir
         regularizers = [REGULARIZERS.get(r.name)(model, **r.options) for r in config.regularizers]
     callbacks = callbacks or {}
     monitors = build_monitors(config, tasks, run_dir, model_name, multitask=balancing)
-    curriculum = build_curriculum(config, names, config.train.epochs, config.train.seed, model) if balancing else None
+    curriculum = None
+    if balancing:
+        curriculum = build_curriculum(config, names, config.train.epochs, config.train.seed, model,
+                                      all_tasks=[t.name for t in splits.tasks])
     return Trainer.from_config(config, model, tasks, balancer, selection=selection, regularizers=regularizers,
                                run_dir=run_dir, model_name=model_name, monitors=monitors,
                                on_step=callbacks.get("step"), on_epoch_end=callbacks.get("epoch"),
