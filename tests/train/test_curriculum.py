@@ -191,3 +191,43 @@ def test_a_model_of_a_group_of_the_tasks_keeps_its_own_tasks_of_the_curriculum()
     assert curriculum.join_epoch == {"c": 1, "a": 2}  # the order of the group's tasks, without b
     sampling = _config({"mode": "sampling", "probabilities": {"a": 0.5, "b": 0.25}})
     assert build_curriculum(sampling, ["b"], epochs=4, all_tasks=["a", "b"]).probabilities(1) == {"b": 0.25}
+
+
+def _balancer_names():
+    from taskloom.balancing import BALANCERS
+
+    return list(BALANCERS)
+
+
+@pytest.mark.parametrize("method", _balancer_names())
+def test_every_balancing_method_trains_under_a_curriculum(method):
+    """Before b joins only a's head and the trunk change; after, b's head changes too; losses stay finite."""
+    from taskloom import build_balancer
+
+    data, tasks = _data(n=64)
+    tasks = tasks[:2]
+    model = _model(tasks)
+    names = [t.name for t in tasks]
+    initial_b = [p.detach().clone() for p in model.heads["b"].parameters()]
+    initial_a = [p.detach().clone() for p in model.heads["a"].parameters()]
+    seen = {}
+    options = {"weights": {"a": 1.0, "b": 2.0}} if method == "static" else {}
+    trainer = Trainer(model, tasks, build_balancer(method, names, **options), epochs=2, batch_size=16, lr=0.01,
+                      curriculum=OrderCurriculum(names, order=["a", "b"], every=1),
+                      on_epoch_end=lambda r: seen.setdefault(r["epoch"], [p.detach().clone() for p in
+                                                                          model.heads["b"].parameters()]))
+    history = trainer.fit(data)
+    assert all(torch.equal(p, q) for p, q in zip(seen[1], initial_b))
+    assert not all(torch.equal(p, q) for p, q in zip(model.heads["b"].parameters(), initial_b))
+    assert not all(torch.equal(p, q) for p, q in zip(model.heads["a"].parameters(), initial_a))
+    assert sorted(history.records[0]["train_loss"]) == ["a"] and sorted(history.records[1]["train_loss"]) == ["a", "b"]
+    assert all(torch.isfinite(torch.tensor(list(r["train_loss"].values()))).all() for r in history.records)
+
+
+def test_accumulated_micro_batches_share_the_steps_draw():
+    data, tasks = _data(n=64)
+    curriculum = SamplingCurriculum(["a", "b", "c"], {"b": (0.5, 0.5)}, epochs=2, seed=1)
+    trainer = Trainer(_model(tasks), tasks, epochs=2, batch_size=8, accumulate=2, curriculum=curriculum)
+    history = trainer.fit(data)
+    record = history.records[0]["curriculum"]
+    assert record["steps"] == 4 and record["included"]["a"] == 4 and 0 < record["included"]["b"] < 4
