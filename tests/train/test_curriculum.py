@@ -231,3 +231,13 @@ def test_accumulated_micro_batches_share_the_steps_draw():
     history = trainer.fit(data)
     record = history.records[0]["curriculum"]
     assert record["steps"] == 4 and record["included"]["a"] == 4 and 0 < record["included"]["b"] < 4
+
+
+def test_patience_counts_only_epochs_after_every_task_joined():
+    data, tasks = _data()
+    curriculum = OrderCurriculum(["a", "b", "c"], order=["a", "b", "c"], every=2)
+    trainer = Trainer(_model(tasks), tasks, epochs=8, batch_size=32, lr=0.0, patience=1, curriculum=curriculum)
+    history = trainer.fit(data.subset(range(64)), data.subset(range(64, 96)))
+    # lr 0: nothing improves after c joins (epoch 5 is the first eligible, epoch 6 stops the run of 8)
+    assert [r["epoch"] for r in history.records] == [1, 2, 3, 4, 5, 6]
+    assert history.best_epoch == 5 and history.epochs_without_improvement == 1

@@ -131,6 +131,8 @@ class Trainer:
     (:mod:`taskloom.sharing.checkpointing`); ``accumulate`` N makes each optimizer step from N consecutive
     batches, equal to one step on their concatenation (:mod:`taskloom.train.accumulate`): epochs, the
     schedule, ``on_step`` and the logged losses count optimizer steps, and monitors see a step's first batch.
+    A ``curriculum`` (:mod:`taskloom.train.curriculum`) masks the tasks it leaves out of a step, may add a
+    penalty and sets the number of epochs; a task counts for selection once it has joined.
     """
 
     def __init__(
@@ -313,7 +315,7 @@ class Trainer:
             self.communicator.reduce_gradients([p for p in self.model.parameters()
                                                 if p.requires_grad and id(p) not in done])
         penalties = [p for p in [self.model.regularization(), *(r.penalty() for r in self.regularizers),
-                                 self.curriculum and self.curriculum.penalty()] if p is not None]
+                                 None if self.curriculum is None else self.curriculum.penalty()] if p is not None]
         if penalties:
             penalty = sum(penalties)
             (self.scaler.scale(penalty) if self.scaler.is_enabled() else penalty).backward()
@@ -462,11 +464,12 @@ class Trainer:
             record["val_loss"] = {n: r["loss"] for n, r in results.items() if "loss" in r}
             joined = set(results) if self.curriculum is None else set(self.curriculum.joined(epoch))
             record["score"] = score = self.selection({n: r for n, r in results.items() if n in joined})
-            improved = score > self.history.best_score and joined >= set(self.tasks)
+            complete = joined >= set(self.tasks)  # a curriculum's early epochs are neither best nor patience
+            improved = complete and score > self.history.best_score
             if improved:
                 self.history.best_score, self.history.best_epoch = score, epoch
                 self.history.epochs_without_improvement = 0
-            else:
+            elif complete:
                 self.history.epochs_without_improvement += 1
             task_improved = []
             for name, task in self.tasks.items():
