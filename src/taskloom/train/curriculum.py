@@ -128,6 +128,7 @@ class SamplingCurriculum(Curriculum):
         self.epochs = epochs
         self.seed = seed
         self._generator: torch.Generator | None = None
+        self._probabilities = torch.ones(len(self.task_names), dtype=torch.float64)
         self._counts: dict[str, int] = {}
         self._steps = self._skipped = 0
 

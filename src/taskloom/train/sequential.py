@@ -12,13 +12,18 @@ previous task's head when it has the same shapes (it is copied in, so t starts t
 own head as initialized otherwise; the first task is pulled toward the initialization. Heads of
 tasks not yet trained stay as initialized, the final model holds every head.
 
-``order: auto`` is the paper's greedy ordering. Its bound (Sec. 3) adds, over the tasks in
-order, the empirical error of each task's solution and a complexity term growing with
-``||w_t - w_{t-1}||^2``; SeqMT picks at each stage the remaining task whose adapted solution
-from ``w_prev`` minimizes that stage's terms. The practical version here: each candidate is
-fitted from ``w_prev`` for ``auto_steps`` optimizer steps of the objective above (a copy of the
-model; the trainer's optimizer settings), then scored by its mean training loss over those
-batches plus ``lambda / 2 * ||w - w_prev||^2``; the smallest score wins (ties: task order).
+``order: auto`` is the paper's greedy ordering. Its PAC-Bayesian bound on the average expected
+error of a task order (Gaussian posteriors at each ``w_t``, priors at ``w_{t-1}``) is of the form
+
+    (1/n) sum_t [ er_t(w_t) + ||w_t - w_{t-1}||^2 / (2 c) ] + terms that do not depend on the order
+
+(``er_t`` the empirical error of task t, ``c`` a constant of the sample sizes), and SeqMT picks
+at each stage the remaining task whose adapted solution from ``w_prev`` has the smallest bracket.
+The practical version here (the constant replaced by this objective's ``lambda``): each candidate
+is fitted from ``w_prev`` for ``auto_steps`` optimizer steps of the objective above (on a copy of
+the model, with the trainer's optimizer settings), then scored by its mean training loss over
+those batches plus ``lambda / 2 * ||w - w_prev||^2``: the objective's value at the fitted
+point. The smallest score wins (ties: the order of the tasks).
 """
 from __future__ import annotations
 
