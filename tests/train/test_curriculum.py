@@ -241,3 +241,25 @@ def test_patience_counts_only_epochs_after_every_task_joined():
     # lr 0: nothing improves after c joins (epoch 5 is the first eligible, epoch 6 stops the run of 8)
     assert [r["epoch"] for r in history.records] == [1, 2, 3, 4, 5, 6]
     assert history.best_epoch == 5 and history.epochs_without_improvement == 1
+
+
+def test_a_resumed_sampling_run_ends_like_an_uninterrupted_one(tmp_path):
+    data, tasks = _data(n=64)
+
+    def build(run_dir):
+        run_dir.mkdir(exist_ok=True)
+        curriculum = SamplingCurriculum(["a", "b", "c"], {"a": (0.3, 0.9), "b": (0.5, 0.5)}, epochs=3, seed=4)
+        return Trainer(_model(tasks), tasks, epochs=3, batch_size=8, run_dir=run_dir, curriculum=curriculum)
+
+    interrupted = build(tmp_path / "cut")
+    interrupted.epochs = 2  # stops after epoch 2; the resumed trainer continues at epoch 3
+    interrupted.fit(data)
+    resumed = build(tmp_path / "cut")
+    assert resumed.resume() and resumed.start_epoch == 3
+    resumed.fit(data)
+    whole = build(tmp_path / "whole")
+    whole.fit(data)
+    assert [r["curriculum"]["included"] for r in resumed.history.records] == [
+        r["curriculum"]["included"] for r in whole.history.records]
+    for p, q in zip(resumed.model.parameters(), whole.model.parameters()):
+        assert torch.equal(p, q)
