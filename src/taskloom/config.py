@@ -445,6 +445,92 @@ class TrackingConfig(Strict):
     mlflow_tracking_uri: str | None = None
 
 
+class CurriculumConfig(Strict):
+    """Task curricula (Pentina et al. 2015; see :mod:`taskloom.train.curriculum`), one ``mode``:
+
+    ``order``: tasks join in ``order``, one more every ``every`` epochs (tasks not listed train from
+    the first epoch); ``sampling``: each step includes each task with its probability, constant
+    (``probabilities``) or linear over epochs (``schedule``: task -> [start, end]; tasks not named: 1);
+    ``sequential``: one task after another (``order``: a list or ``auto``), each pulled toward the
+    previous task's solution with ``strength`` lambda, for ``epochs_per_task`` (default train.epochs).
+    """
+
+    mode: Literal["order", "sampling", "sequential"]
+    order: list[str] | Literal["auto"] | None = None
+    every: PositiveInt | None = None
+    probabilities: dict[str, float] | None = None
+    schedule: dict[str, list[float]] | None = None
+    strength: float | None = Field(None, ge=0)
+    epochs_per_task: PositiveInt | None = None
+    auto_steps: PositiveInt | None = Field(None, description="sequential, order auto: steps of each candidate's "
+                                                              "short fit (default 20)")
+
+    @model_validator(mode="after")
+    def _fits_mode(self) -> "CurriculumConfig":
+        allowed = {"order": {"order", "every"}, "sampling": {"probabilities", "schedule"},
+                   "sequential": {"order", "strength", "epochs_per_task", "auto_steps"}}[self.mode]
+        for key in ("order", "every", "probabilities", "schedule", "strength", "epochs_per_task", "auto_steps"):
+            if getattr(self, key) is not None and key not in allowed:
+                raise FieldError(key, f"is not an option of mode {self.mode}; it takes {', '.join(sorted(allowed))}")
+        if self.mode in ("order", "sequential") and self.order is None:
+            raise FieldError("order", f"mode {self.mode} needs order, a list of task names"
+                                      + (" or auto" if self.mode == "sequential" else ""))
+        if self.mode == "order" and self.order == "auto":
+            raise FieldError("order", "auto is an order of mode sequential; list the task names for mode order")
+        if isinstance(self.order, list):
+            if not self.order:
+                raise FieldError("order", "is empty; list at least one task name")
+            repeated = sorted({n for n in self.order if self.order.count(n) > 1})
+            if repeated:
+                raise FieldError("order", f"names a task more than once: {repeated}")
+        if self.auto_steps is not None and self.order != "auto":
+            raise FieldError("auto_steps", "is used by order: auto only; remove it or set order: auto")
+        if self.mode == "sampling":
+            if (self.probabilities is None) == (self.schedule is None):
+                raise FieldError("probabilities", "mode sampling needs exactly one of probabilities (task -> p) or "
+                                                  "schedule (task -> [start, end])")
+            for name, p in (self.probabilities or {}).items():
+                if not 0 < p <= 1:
+                    raise FieldError(f"probabilities.{name}", f"must be a probability in (0, 1] (0 never trains "
+                                                              f"the task: remove it from tasks), got {p}")
+            for name, ends in (self.schedule or {}).items():
+                if len(ends) != 2 or not all(0 <= p <= 1 for p in ends) or max(ends) == 0:
+                    raise FieldError(f"schedule.{name}", f"must be [start, end], two probabilities in [0, 1], "
+                                                         f"not both 0; got {ends}")
+        return self
+
+    def named_tasks(self) -> list[tuple[str, str]]:
+        """``(field path, task name)`` of every task this curriculum names."""
+        if isinstance(self.order, list):
+            return [(f"order[{i}]", name) for i, name in enumerate(self.order)]
+        given = self.probabilities if self.probabilities is not None else self.schedule or {}
+        key = "probabilities" if self.probabilities is not None else "schedule"
+        return [(f"{key}.{name}", name) for name in given]
+
+    def check_tasks(self, names: list[str], epochs: int) -> None:
+        """Refuse (FieldError at its path) a task name not among ``names``, or an order whose last task
+        would join after the last of ``epochs``."""
+        for path, name in self.named_tasks():
+            if name not in names:
+                raise FieldError(path, f"{name!r} is not a task name; tasks are {names}")
+        if self.mode == "sequential" and isinstance(self.order, list) and sorted(self.order) != sorted(names):
+            raise FieldError("order", f"mode sequential trains the tasks one after another: list every task once "
+                                      f"({names}), or write order: auto; missing: "
+                                      f"{[n for n in names if n not in self.order]}")
+        if self.mode == "order" and (len(self.order) - 1) * self.every >= epochs:
+            raise FieldError("every", f"the last of {len(self.order)} tasks would join at epoch "
+                                      f"{(len(self.order) - 1) * self.every + 1}, after the last epoch ({epochs}); "
+                                      f"lower every or raise train.epochs")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "CurriculumConfig":
+        if self.mode == "order" and self.every is None:
+            self.__dict__["every"] = 1
+        if self.mode == "sequential" and self.strength is None:
+            self.__dict__["strength"] = 1.0
+        return self
+
+
 class Config(Strict):
     """Everything a run needs; every field has a default except the tasks of a table."""
 
@@ -461,6 +547,7 @@ class Config(Strict):
     tracking: TrackingConfig = TrackingConfig()
     auxiliaries: list[BuiltinAuxiliaryConfig] = Field(
         [], description="auxiliary tasks made from the inputs: reconstruct, or a withheld feature column")
+    curriculum: CurriculumConfig | None = None
     output_dir: str = "runs"
 
     @model_validator(mode="after")
@@ -484,6 +571,11 @@ class Config(Strict):
             if self.selection.task is not None and self.selection.task not in names:
                 raise FieldError("selection.task", f"{self.selection.task!r} is not a task name; tasks are {names}")
         self._check_auxiliaries()
+        if self.tasks is not None and self.curriculum is not None:
+            try:
+                self.curriculum.check_tasks([t.name for t in self.tasks], self.train.epochs)
+            except FieldError as error:
+                raise FieldError(f"curriculum.{error.path}", str(error)) from None
         sources = {s.name: s for s in self.data.sources or []}
         for i, task in enumerate(self.tasks or []):
             if task.source is not None and task.source not in sources:

@@ -46,6 +46,7 @@ from taskloom.evaluate.resampling import REPLICATES, BootstrapCounts, TaskOutput
 from taskloom.evaluate.table import write_compare_tables
 from taskloom.evaluate.verdict import analyze
 from taskloom.train.artifact import choose_decision_thresholds, write_model_artifact
+from taskloom.train.curriculum import check_curriculum
 from taskloom.train.runner import (
     Callbacks, build_trainer, count_parameters, load_data, prepare_run, training_data, write_report_safely,
 )
@@ -487,6 +488,7 @@ def run_grid(config: Config, spec: GridSpec | None, run_dir: Path | None = None,
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
     data = load_splits(config, spec)
+    check_curriculum(config, [t.name for t in data[0].tasks], config.train.epochs)  # before any cell trains
     communicator = distributed.active()
     if communicator is not None:
         if spec.groups:

@@ -24,6 +24,7 @@ from taskloom.sharing.base import MultiTaskModule
 from taskloom.task import Condition, Task
 from taskloom.train.score import SelectionScore
 from taskloom.train import distributed
+from taskloom.train.curriculum import build_curriculum
 from taskloom.train.trainer import Trainer
 from taskloom.train.tracking import build_monitors
 from taskloom.trunks import TRUNKS
@@ -257,10 +258,14 @@ def build_trainer(config: Config, tasks: list[Task], splits: DataSplits, run_dir
         regularizers = [REGULARIZERS.get(r.name)(model, **r.options) for r in config.regularizers]
     callbacks = callbacks or {}
     monitors = build_monitors(config, tasks, run_dir, model_name, multitask=balancing)
+    curriculum = None
+    if balancing:
+        curriculum = build_curriculum(config, names, config.train.epochs, config.train.seed, model,
+                                      all_tasks=[t.name for t in splits.tasks])
     return Trainer.from_config(config, model, tasks, balancer, selection=selection, regularizers=regularizers,
                                run_dir=run_dir, model_name=model_name, monitors=monitors,
                                on_step=callbacks.get("step"), on_epoch_end=callbacks.get("epoch"),
-                               communicator=distributed.active())
+                               communicator=distributed.active(), curriculum=curriculum)
 
 
 def auxiliary_specs(config: Config, tasks: list[Task]) -> dict[str, Any]:

@@ -131,6 +131,8 @@ class Trainer:
     (:mod:`taskloom.sharing.checkpointing`); ``accumulate`` N makes each optimizer step from N consecutive
     batches, equal to one step on their concatenation (:mod:`taskloom.train.accumulate`): epochs, the
     schedule, ``on_step`` and the logged losses count optimizer steps, and monitors see a step's first batch.
+    A ``curriculum`` (:mod:`taskloom.train.curriculum`) masks the tasks it leaves out of a step, may add a
+    penalty and sets the number of epochs; a task counts for selection once it has joined.
     """
 
     def __init__(
@@ -164,6 +166,7 @@ class Trainer:
         communicator: Communicator | None = None,
         checkpointing: bool = False,
         accumulate: int = 1,
+        curriculum: Any = None,
     ) -> None:
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):
@@ -192,7 +195,8 @@ class Trainer:
             enable_checkpointing(self.model)
         self.optimizer_spec = dict(name=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
         self.schedule_spec = dict(name=schedule, step_size=step_size, gamma=gamma, warmup_epochs=warmup_epochs)
-        self.epochs = epochs
+        self.curriculum = curriculum  # see taskloom.train.curriculum: which tasks train when
+        self.epochs = epochs if curriculum is None else curriculum.total_epochs(epochs)
         self.batch_size = batch_size
         self.seed = seed
         self.selection = selection or SelectionScore(list(tasks))
@@ -310,7 +314,8 @@ class Trainer:
             done = {id(p) for p in self.balancer.reduced_parameters(self.model)}
             self.communicator.reduce_gradients([p for p in self.model.parameters()
                                                 if p.requires_grad and id(p) not in done])
-        penalties = [p for p in [self.model.regularization(), *(r.penalty() for r in self.regularizers)] if p is not None]
+        penalties = [p for p in [self.model.regularization(), *(r.penalty() for r in self.regularizers),
+                                 None if self.curriculum is None else self.curriculum.penalty()] if p is not None]
         if penalties:
             penalty = sum(penalties)
             (self.scaler.scale(penalty) if self.scaler.is_enabled() else penalty).backward()
@@ -383,10 +388,16 @@ class Trainer:
             started = time.perf_counter()
             self.analysis_seconds = 0.0
             loader.set_epoch(epoch)
+            if self.curriculum is not None:
+                self.curriculum.begin_epoch(self, epoch, loader)
             sums = {name: torch.zeros((), device=self.device) for name in self.tasks}
             counts = {name: 0 for name in self.tasks}
             previous = None  # the last step's losses, checked after the next step is queued: no sync of its own
             for step, batch in enumerate(self._steps(loader)):
+                if self.curriculum is not None:
+                    batch = self.curriculum.step_batch(batch, epoch)
+                    if batch is None:  # a step that trains no task
+                        continue
                 first = batch if isinstance(batch, Batch) else batch[0]  # what monitors and diagnostics see
                 if self.monitors:
                     monitor_started = self._monitor_clock()
@@ -445,6 +456,8 @@ class Trainer:
         record: dict[str, Any] = {"model": self.model_name, "epoch": epoch, "train_loss": train_loss,
                                   "weights": self.balancer.last_weights(), "seconds": seconds,
                                   "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.curriculum is not None:
+            record["curriculum"] = self.curriculum.record(epoch)
         if self.regularizers:
             record["regularizers"] = [regularizer.report() for regularizer in self.regularizers]
         auxiliary = getattr(self.balancer, "report", None)  # auxiliary tasks' scheduled weights and gates
@@ -455,16 +468,18 @@ class Trainer:
             record["val"] = {n: {k: v for k, v in r.items() if k not in ("loss", "labelled", "note")}
                              for n, r in results.items()}
             record["val_loss"] = {n: r["loss"] for n, r in results.items() if "loss" in r}
-            record["score"] = score = self.selection(results)
-            improved = score > self.history.best_score
+            joined = set(results) if self.curriculum is None else set(self.curriculum.joined(epoch))
+            record["score"] = score = self.selection({n: r for n, r in results.items() if n in joined})
+            complete = joined >= set(self.tasks)  # a curriculum's early epochs are neither best nor patience
+            improved = complete and score > self.history.best_score
             if improved:
                 self.history.best_score, self.history.best_epoch = score, epoch
                 self.history.epochs_without_improvement = 0
-            else:
+            elif complete:
                 self.history.epochs_without_improvement += 1
             task_improved = []
             for name, task in self.tasks.items():
-                value = results[name].get(task.main_metric)
+                value = results[name].get(task.main_metric) if name in joined else None
                 if value is None or not math.isfinite(value):  # a diverged metric is never a task's best
                     continue
                 signed = value if task.higher_is_better else -value
@@ -567,6 +582,7 @@ class Trainer:
             "next_epoch": self.start_epoch,
             "rng": rng_state(),
             "task_names": list(self.tasks),
+            "curriculum": {} if self.curriculum is None else self.curriculum.state_dict(),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -597,6 +613,8 @@ class Trainer:
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.selection.load_state_dict(state["selection_baselines"])
+        if self.curriculum is not None and state.get("curriculum"):
+            self.curriculum.load_state_dict(state["curriculum"])
         self.history = History.from_json(state["history"])
         self.start_epoch = state["next_epoch"]
         self._pending_scheduler_state = state["scheduler"]
