@@ -403,7 +403,8 @@ def _print_curve_signals(compare: dict[str, Any], variants: dict[str, Any], base
         table.add_column(column, justify="left" if column in ("task", "gain %") else "right", overflow="fold")
     for task, entry in signals.items():
         cells = [f"{entry['relative_slopes'][f]:+.3f}" for f in fractions]
-        gain = "\n".join(f"{n} {_fmt(variants[n]['tasks'][task].get('relative_change'), 2)}" for n in gains)
+        gain = "\n".join(f"{n} {_fmt(variants[n]['tasks'][task].get('relative_change'), 2)}" for n in gains
+                         if task not in (compare["variants"][n].get("without") or []))
         table.add_row(task, *cells, f"{entry['plateau_epoch']}/{entry['epochs']}", gain)
     console.print(table)
 
