@@ -155,3 +155,16 @@ def test_ablations_can_be_switched_off(tmp_path, table):
     assert not [v for v in compare["variants"].values() if v["kind"] == "ablation"]
     assert "auxiliary" not in compare["analysis"] and not (run_dir / "compare-auxiliary.csv").exists()
     assert compare["grid"]["auxiliary_ablations"] is False
+
+
+def test_train_with_baselines_judges_auxiliaries_without_claims_from_one_seed(tmp_path, table):
+    code, out = _main(["train", str(_config(tmp_path, table)), "--baselines", "--epochs", "1"])
+    assert code == 0
+    compare = json.loads((_run_dir(out) / "compare.json").read_text())
+    effects = compare["analysis"]["auxiliary"]
+    assert len(effects) == 3 and compare["seeds"] == [0]
+    rows = [row for effect in effects for row in effect["tasks"].values()]
+    assert all(row["verdict"] == "no evidence" and row["covers"].startswith("test rows only") for row in rows)
+    code, out = _main(["train", str(_config(tmp_path, table)), "--epochs", "1"])  # no baselines: one model
+    compare = json.loads((_run_dir(out) / "compare.json").read_text())
+    assert list(compare["variants"]) == ["hard+equal"] and "auxiliary" not in compare["analysis"]
