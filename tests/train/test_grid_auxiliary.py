@@ -17,7 +17,7 @@ from scipy import stats
 from taskloom import cli
 from taskloom.cli import main
 from taskloom.config import parse_config
-from taskloom.train.grid import GridSpec, plan_cells, spec_from_config
+from taskloom.train.grid import GridSpec, cell_config, options_for_tasks, plan_cells, spec_from_config
 
 
 @pytest.fixture
@@ -168,3 +168,24 @@ def test_train_with_baselines_judges_auxiliaries_without_claims_from_one_seed(tm
     code, out = _main(["train", str(_config(tmp_path, table)), "--epochs", "1"])  # no baselines: one model
     compare = json.loads((_run_dir(out) / "compare.json").read_text())
     assert list(compare["variants"]) == ["hard+equal"] and "auxiliary" not in compare["analysis"]
+
+
+def test_architecture_options_naming_the_left_out_task_are_restricted(tmp_path, table):
+    raw = yaml.safe_load(_config(tmp_path, table).read_text())
+    raw["model"] = {"architecture": "low_level", "options": {"depths": {"yhat": 3, "y": 5}},
+                    "trunk": {"name": "mlp", "options": {"hidden": [8, 8]}}}
+    raw["tasks"] = raw["tasks"][:3]  # y, click and the auxiliary yhat
+    config = parse_config(raw)
+    spec = GridSpec(methods=["equal"], architectures=["low_level"], seeds=[0])
+    (cell,) = [c for c in plan_cells(spec, ["y", "click", "yhat"], ["yhat"]) if c.kind == "ablation"]
+    assert cell_config(config, spec, cell).model.options == {"depths": {"y": 5}}
+    (full,) = [c for c in plan_cells(spec, ["y", "click", "yhat"], ["yhat"]) if c.kind == "multi"]
+    assert cell_config(config, spec, full).model.options == {"depths": {"yhat": 3, "y": 5}}
+    assert options_for_tasks({"order": ["y", "yhat"], "embedding_dim": 8, "mode": "sum"}, ["y", "yhat"], ["y"]) == {
+        "order": ["y"], "embedding_dim": 8, "mode": "sum"}
+    path = tmp_path / "low.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    code, out = _main(["compare", str(path), "--seeds", "1", "--epochs", "1"])
+    assert code == 0  # the ablation trained with depths {y: 5}, where {yhat: 3, y: 5} would be refused
+    ablation = json.loads((_run_dir(out) / "compare.json").read_text())["variants"]["low_level+equal-without-yhat"]
+    assert sorted(ablation["values"]["0"]) == ["click", "y"]

@@ -89,7 +89,7 @@ class GridSpec:
     def ablations(self, task_names: Sequence[str], auxiliary: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
         """``(variant name, tasks left out)`` of each auxiliary ablation: one per auxiliary task, then all of them.
 
-        None when ablations are off or no main task is left to judge them on.
+        Empty when ablations are off or no main task is left to judge them on.
         """
         auxiliary = [t for t in task_names if t in set(auxiliary)]
         if not self.auxiliary_ablations or not auxiliary or len(auxiliary) == len(task_names):
@@ -276,7 +276,22 @@ def cell_config(config: Config, spec: GridSpec, cell: Cell) -> Config:
         selection["weights"] = {t: w for t, w in selection["weights"].items() if t in cell.tasks}
     if subset and selection.get("baselines"):
         data["selection"]["baselines"] = {t: v for t, v in selection["baselines"].items() if t in cell.tasks}
+    if subset and config.tasks is not None:
+        data["model"]["options"] = options_for_tasks(data["model"]["options"], [t.name for t in config.tasks],
+                                                     cell.tasks)
     return parse_config(data, f"the config of grid cell {cell.key}")
+
+
+def options_for_tasks(options: Mapping[str, Any], names: Sequence[str], kept: Sequence[str]) -> dict[str, Any]:
+    """Architecture options that name tasks (a per-task mapping, a task order) restricted to the ``kept`` tasks."""
+    known, out = set(names), {}
+    for key, value in options.items():
+        if isinstance(value, Mapping) and value and set(value) <= known:
+            value = {t: v for t, v in value.items() if t in kept}
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value) and set(value) <= known:
+            value = [t for t in value if t in kept]
+        out[key] = value
+    return out
 
 
 def _skipped_tracking(trainer: Any) -> str | None:
