@@ -15,7 +15,7 @@ with vs without and its 95 % interval over seeds and test rows (paired bootstrap
 - ``yeast``: gene-function labels class1-class5 (main) with the two most frequent labels,
   class12 and class13, as auxiliary tasks (so also "without both"), on an MLP.
 
-Prints JSON. The default (3 seeds, small sizes, 1 thread) took about 7 minutes on 2 shared cores:
+Prints JSON. The default (3 seeds, small sizes, 1 thread) took 4 to 7 minutes on 2 shared cores:
 
     python benchmarks/auxiliary.py > /tmp/auxiliary.json
 """
