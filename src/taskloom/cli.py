@@ -107,6 +107,8 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         data["train"]["baselines"] = True
     if getattr(args, "device", None):
         data["train"]["device"] = args.device
+    if getattr(args, "auxiliary_ablations", None) is not None:
+        data["train"]["auxiliary_ablations"] = args.auxiliary_ablations
     return parse_config(data)
 
 
@@ -239,7 +241,8 @@ def command_compare(args: argparse.Namespace) -> int:
         if not args.config:
             raise ConfigError("taskloom compare needs a CONFIG.yaml (or --resume RUN_DIR)")
         config, run_dir = _apply_overrides(load_config(args.config), args), None
-    options = (args.methods, args.architectures, args.seeds, args.track, args.groups, args.splits)
+    options = (args.methods, args.architectures, args.seeds, args.track, args.groups, args.splits,
+               args.auxiliary_ablations)
     spec = None
     if any(v is not None for v in options) or not args.resume:  # on resume, an option not given keeps grid.json's
         stored = run_dir / GRID_FILE if args.resume else None
@@ -247,7 +250,7 @@ def command_compare(args: argparse.Namespace) -> int:
         spec = resolve_spec(base, methods=_names(args.methods), architectures=_names(args.architectures),
                             seeds=args.seeds, measure=_names(args.track),
                             groups=_integers(args.groups, "--groups") if args.groups is not None else None,
-                            splits=args.splits,
+                            splits=args.splits, auxiliary_ablations=args.auxiliary_ablations,
                             stored=json.loads(stored.read_text()) if stored and stored.is_file() else None)
 
     def work(callbacks: Any, progress: Any) -> dict[str, Any]:
@@ -310,7 +313,8 @@ def print_compare(compare: dict[str, Any]) -> None:
     worse = undefined = unstable = False
     for task, spec in compare["tasks"].items():
         arrow = "\u2191" if spec["higher_is_better"] else "\u2193"
-        for k, (name, variant) in enumerate(variants.items()):
+        shown = [(n, v) for n, v in variants.items() if task not in (compare["variants"][n].get("without") or [])]
+        for k, (name, variant) in enumerate(shown):
             row = variant["tasks"][task]
             worse |= bool(row.get("worse_than_trivial"))
             undefined |= row.get("verdict") == "undefined"
@@ -344,6 +348,7 @@ def print_compare(compare: dict[str, Any]) -> None:
                             _fmt(raw.get("inference_seconds"), 3))
         console.print(summary)
     _print_groupings(compare, variants)
+    _print_auxiliary_effects(result)
     _print_curve_signals(compare, variants, baseline)
     _print_notes(compare, result, worse, undefined, unstable)
     console.print(f"run directory: {compare['run_dir']}", soft_wrap=True, highlight=False)
@@ -365,6 +370,27 @@ def _print_groupings(compare: dict[str, Any], variants: dict[str, Any]) -> None:
                           f"{_fmt(variants[f'groups-{n}']['delta_m'].get('mean'), 2)} %", highlight=False)
 
 
+def _print_auxiliary_effects(result: dict[str, Any]) -> None:
+    """Per (auxiliary, main task): the metric with and without it, the change % with its interval, the verdict."""
+    effects = result.get("auxiliary") or []
+    if not effects:
+        return
+    table = Table(title=f"auxiliary tasks: {effects[0]['reference']} with vs without each")
+    for column, justify in (("auxiliary", "left"), ("main task", "left"), ("with", "right"), ("without", "right"),
+                            ("change % [95% CI]", "right"), ("verdict", "left")):
+        table.add_column(column, justify=justify, overflow="fold")
+    for effect in effects:
+        for k, (task, row) in enumerate(effect["tasks"].items()):
+            colour = {"helps": "green", "hurts": "red"}.get(row.get("verdict", ""), "white")
+            table.add_row(effect["auxiliary"] if k == 0 else "", task, _fmt(row.get("with")),
+                          _fmt(row.get("without")), _change_cell(row), f"[{colour}]{row.get('verdict', '')}[/]")
+        dm = effect.get("delta_m") or {}
+        table.add_row("", "delta-m", "", "", _change_cell({"relative_change": dm.get("mean"), "low": dm.get("low"),
+                                                          "high": dm.get("high")}), dm.get("verdict", ""))
+        table.add_section()
+    console.print(table)
+
+
 def _print_curve_signals(compare: dict[str, Any], variants: dict[str, Any], baseline: str | None) -> None:
     """Bingel & Sogaard (2017)'s learning-curve signals of the single-task models beside each variant's gain."""
     signals = compare.get("curve_signals") or {}
@@ -377,7 +403,8 @@ def _print_curve_signals(compare: dict[str, Any], variants: dict[str, Any], base
         table.add_column(column, justify="left" if column in ("task", "gain %") else "right", overflow="fold")
     for task, entry in signals.items():
         cells = [f"{entry['relative_slopes'][f]:+.3f}" for f in fractions]
-        gain = "\n".join(f"{n} {_fmt(variants[n]['tasks'][task].get('relative_change'), 2)}" for n in gains)
+        gain = "\n".join(f"{n} {_fmt(variants[n]['tasks'][task].get('relative_change'), 2)}" for n in gains
+                         if task not in (compare["variants"][n].get("without") or []))
         table.add_row(task, *cells, f"{entry['plateau_epoch']}/{entry['epochs']}", gain)
     console.print(table)
 
@@ -631,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="override train.epochs")
     train.add_argument("--output", type=Path, help="override output_dir")
     train.add_argument("--device", help="override train.device (cpu, cuda)")
+    train.add_argument("--auxiliary-ablations", action=argparse.BooleanOptionalAction, default=None,
+                       help="also train the model without each auxiliary task (and without all) to judge "
+                            "whether it helps; default: train.auxiliary_ablations (on)")
     _add_nproc(train)
     _add_verbose(train)
     train.set_defaults(func=command_train)
@@ -650,6 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--epochs", type=int, help="override train.epochs")
     compare.add_argument("--output", type=Path, help="override output_dir")
     compare.add_argument("--device", help="override train.device (cpu, cuda)")
+    compare.add_argument("--auxiliary-ablations", action=argparse.BooleanOptionalAction, default=None,
+                       help="also train the model without each auxiliary task (and without all) to judge "
+                            "whether it helps; default: train.auxiliary_ablations (on)")
     _add_nproc(compare)
     _add_verbose(compare)
     compare.set_defaults(func=command_compare)

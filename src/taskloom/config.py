@@ -427,6 +427,9 @@ class TrainConfig(Strict):
     compile: bool = False
     num_threads: PositiveInt | None = None
     baselines: bool = False
+    auxiliary_ablations: bool = Field(
+        True, description="with baselines: also train the multi-task model without each auxiliary task (and "
+                          "without all of them) to judge whether each auxiliary helps the main tasks")
     accumulate: PositiveInt = Field(1, description="micro-batches of batch_size rows per optimizer step; the "
                                                    "step equals one step on their concatenation")
 

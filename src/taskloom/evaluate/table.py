@@ -4,7 +4,9 @@ Both are written from ``compare.json`` (schema in :mod:`taskloom.evaluate.verdic
 same numbers ``taskloom compare`` prints: per task and variant the test metric's mean and
 sample standard deviation, the relative change against the baseline with its interval, the
 verdict and its p-value, the reference scores; per variant delta-m % with its interval,
-parameters and seconds.
+parameters and seconds. With auxiliary ablations, compare-auxiliary.csv and the "Auxiliary tasks"
+section of compare.md: per (auxiliary, main task) the metric with and without it, the change with
+its interval and the verdict, and delta-m over the main tasks.
 """
 from __future__ import annotations
 
@@ -21,6 +23,11 @@ TASK_COLUMNS = ("task", "metric", "higher_is_better", "variant", "kind", "mean",
                 "worse_than_trivial", "trivial", "linear", "test")
 VARIANT_COLUMNS = ("variant", "kind", "models", "delta_m_pct", "delta_m_low", "delta_m_high", "parameters",
                    "train_seconds_mean", "analysis_seconds_mean", "inference_seconds", "groups")
+
+AUXILIARY_COLUMNS = ("auxiliary", "task", "metric", "higher_is_better", "with_variant", "without_variant",
+                     "with_mean", "without_mean", "difference", "relative_change_pct", "low_pct", "high_pct",
+                     "verdict", "p_value", "covers")
+DELTA_M_ROW = "delta-m (main tasks)"
 
 
 def _mean(per_seed: Any) -> float | None:
@@ -66,6 +73,28 @@ def compare_rows(compare: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list
             "groups": " | ".join("{" + ", ".join(g) + "}" for g in raw.get("groups") or []) or None,
         })
     return task_rows, variant_rows
+
+
+def auxiliary_rows(compare: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per (auxiliary, main task), then per auxiliary a delta-m row; columns ``AUXILIARY_COLUMNS``."""
+    result = compare.get("analysis") or analyze(compare, compare.get("run_dir"))
+    rows = []
+    for effect in result.get("auxiliary") or []:
+        common = {"auxiliary": effect["auxiliary"], "with_variant": effect["reference"],
+                  "without_variant": effect["variant"]}
+        for task, row in effect["tasks"].items():
+            spec = compare["tasks"][task]
+            rows.append({**common, "task": task, "metric": spec.get("metric"),
+                         "higher_is_better": bool(spec["higher_is_better"]), "with_mean": row.get("with"),
+                         "without_mean": row.get("without"), "difference": row.get("difference"),
+                         "relative_change_pct": row.get("relative_change"), "low_pct": row.get("low"),
+                         "high_pct": row.get("high"), "verdict": row.get("verdict"), "p_value": row.get("p_value"),
+                         "covers": row.get("covers") or row.get("note")})
+        dm = effect.get("delta_m") or {}
+        rows.append({**common, "task": DELTA_M_ROW, "relative_change_pct": dm.get("mean"), "low_pct": dm.get("low"),
+                     "high_pct": dm.get("high"), "verdict": dm.get("verdict"), "p_value": dm.get("p_value"),
+                     "covers": dm.get("covers")})
+    return rows
 
 
 def _cell(value: Any) -> str:
@@ -115,5 +144,13 @@ def write_compare_tables(compare: Mapping[str, Any], run_dir: str | Path) -> tup
             "`linear` are reference scores on the same split.", "",
             "## Per task and variant", "", rows_to_markdown(task_rows, TASK_COLUMNS),
             "## Per variant", "", rows_to_markdown(variant_rows, VARIANT_COLUMNS)]
+    effects = auxiliary_rows(compare)
+    if effects:
+        (run_dir / "compare-auxiliary.csv").write_text(rows_to_csv(effects, AUXILIARY_COLUMNS))
+        text += ["## Auxiliary tasks", "",
+                 "Does each auxiliary task help the main tasks? The multi-task model with it against the same model "
+                 "trained without it (same seeds and splits), per main task: relative change % with the same 95% "
+                 "interval as above (paired over seeds and test rows); helps / hurts only when it excludes 0, "
+                 "otherwise no evidence.", "", rows_to_markdown(effects, AUXILIARY_COLUMNS)]
     md_path.write_text("\n".join(text))
     return csv_path, md_path

@@ -23,6 +23,12 @@ means get the corrected resampled t-interval of Nadeau & Bengio (2003), variance
 "helps" / "hurts" only when the interval excludes zero. The old seed-only paired t-test is
 kept as ``seed_only`` beside each verdict, for comparison.
 
+Does an auxiliary task X help? The full variant ("with X") is compared with its ablation
+variant trained without X (``kind: "ablation"``, ``reference``: the full variant, ``without``:
+the tasks left out) on every main task, by the very same interval and verdict as a variant
+against the single-task baseline, the ablation taking the baseline's place
+(:func:`auxiliary_effects`); delta-m over the main tasks likewise.
+
 A task whose test labels cannot measure its metric (``compare["evaluation"]``, see
 :mod:`taskloom.evaluate.degenerate`) is marked undefined and left out of delta-m.
 
@@ -43,7 +49,8 @@ A task whose test labels cannot measure its metric (``compare["evaluation"]``, s
           "parameters": 12345, "train_seconds": {"0": 12.5}, "inference_seconds": 0.02
         },
         "hard+pcgrad": {"kind": "multi", "architecture": "hard", "balancing": "pcgrad", "values": {...}},
-        "groups-2": {"kind": "groups", "groups": [["a", "b"], ["c"]], "values": {...}}
+        "groups-2": {"kind": "groups", "groups": [["a", "b"], ["c"]], "values": {...}},
+        "hard+pcgrad-without-aux": {"kind": "ablation", "reference": "hard+pcgrad", "without": ["aux"], ...}
       },
       "references": {"income": {"trivial": {...}, "linear": {...}}}
     }
@@ -64,6 +71,7 @@ from scipy import stats
 
 HELPS, HURTS, NOISE, UNDECIDED = "helps", "hurts", "within noise", "undecided (1 seed)"
 UNDEFINED = "undefined"
+NO_EVIDENCE = "no evidence"
 
 
 @dataclass
@@ -257,7 +265,8 @@ def compare_variants(
     ``compare`` follows the schema in the module docstring; ``replicates[(variant, unit, task)]``
     holds the task's metric on each bootstrap replicate of its split's test rows (see
     :func:`load_replicates`); without them intervals cover the seeds only, and say so.
-    Returns ``{"baseline": name, "variants": {name: {"tasks": {task: {...}}, "delta_m": {...}}}}``.
+    Returns ``{"baseline": name, "variants": {name: {"tasks": {task: {...}}, "delta_m": {...}}}}``, and
+    ``"auxiliary"``: :func:`auxiliary_effects` when the grid holds auxiliary ablations.
     """
     confidence = 1 - alpha if confidence is None else confidence
     tasks = compare.get("tasks")
@@ -268,11 +277,7 @@ def compare_variants(
     if baseline_name is not None and baseline_name not in variants:
         raise ValueError(f"compare.json: baseline variant {baseline_name!r} is not among {sorted(variants)}")
     hib = {t: bool(spec["higher_is_better"]) for t, spec in tasks.items()}
-    undefined = {t: e.get("reason") for t, e in ((compare.get("evaluation") or {}).get("test") or {}).items()
-                 if not e.get("defined", True)}
-    split_of = {u: int(info.get("split", 0)) for u, info in (compare.get("units") or {}).items()}
-    sizes = compare.get("split_sizes") or {}
-    overlap = sizes["test"] / sizes["train"] if sizes.get("train") and sizes.get("test") else 0.2
+    undefined, split_of, overlap = _context(compare)
     base_values = _values(variants[baseline_name], baseline_name) if baseline_name else {}
     references = {t: ((r or {}).get("trivial") or {}).get(tasks[t].get("metric"))
                   for t, r in (compare.get("references") or {}).items() if t in tasks}
@@ -297,6 +302,73 @@ def compare_variants(
             if key in variant:
                 entry[key] = variant[key]
         out["variants"][name] = entry
+    effects = auxiliary_effects(compare, replicates, alpha, confidence)
+    if effects:
+        out["auxiliary"] = effects
+    return out
+
+
+def _context(compare: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int], float]:
+    """What every interval of a compare.json needs: undefined tasks, each unit's split, n_test / n_train."""
+    undefined = {t: e.get("reason") for t, e in ((compare.get("evaluation") or {}).get("test") or {}).items()
+                 if not e.get("defined", True)}
+    split_of = {u: int(info.get("split", 0)) for u, info in (compare.get("units") or {}).items()}
+    sizes = compare.get("split_sizes") or {}
+    overlap = sizes["test"] / sizes["train"] if sizes.get("train") and sizes.get("test") else 0.2
+    return undefined, split_of, overlap
+
+
+def _effect_verdict(low: float | None, high: float | None, covers: str | None) -> str:
+    """helps / hurts when the interval excludes 0 (as :func:`_verdict`), otherwise "no evidence"."""
+    if low is None or high is None:
+        return NO_EVIDENCE
+    verdict = _verdict(Interval(0.0, low, high, None, covers or "", ""))
+    return verdict if verdict in (HELPS, HURTS) else NO_EVIDENCE
+
+
+def auxiliary_effects(compare: Mapping[str, Any], replicates: Replicates | None = None, alpha: float = 0.05,
+                      confidence: float | None = None) -> list[dict[str, Any]]:
+    """Per ablation variant: does adding its left-out auxiliary task(s) help each main task, and delta-m.
+
+    Each main task's row is :func:`compare_variants`'s row of the full variant with the ablation as
+    the baseline (paired over units and test rows), plus ``with`` / ``without`` means, their
+    ``difference`` and a verdict helps / hurts / no evidence. Empty when there are no ablations.
+    """
+    confidence = 1 - alpha if confidence is None else confidence
+    tasks, variants = compare["tasks"], compare["variants"]
+    undefined, split_of, overlap = _context(compare)
+    mains = [t for t, spec in tasks.items() if spec.get("role") != "auxiliary"]
+    out = []
+    for name, ablation in variants.items():
+        if ablation.get("kind") != "ablation":
+            continue
+        reference = ablation.get("reference")
+        without = list(ablation.get("without") or [])
+        effect: dict[str, Any] = {"variant": name, "reference": reference, "without": without,
+                                  "auxiliary": without[0] if len(without) == 1 else "all auxiliaries", "tasks": {}}
+        if reference not in variants:
+            effect["note"] = f"the full variant {reference!r} is not in compare.json"
+            out.append(effect)
+            continue
+        ours, theirs = _values(variants[reference], reference), _values(ablation, name)
+        changes: dict[str, dict[str, Any]] = {}
+        for task in mains:
+            higher = bool(tasks[task]["higher_is_better"])
+            row, change = _task_row(reference, task, ours, theirs, name, higher, undefined, replicates, split_of,
+                                    overlap, confidence, alpha, tasks[task].get("metric"))
+            row["detail"] = row.pop("verdict", None)
+            row["with"], row["without"] = row.get("mean"), row.get("baseline_mean")
+            row["difference"] = (None if row["with"] is None or row["without"] is None
+                                 else float(row["with"] - row["without"]))
+            row["verdict"] = (UNDEFINED if row["detail"] == UNDEFINED else
+                              _effect_verdict(row.get("low"), row.get("high"), row.get("covers")))
+            effect["tasks"][task] = row
+            if change is not None:
+                changes[task] = change
+        delta = _delta_m(changes, tasks, undefined, split_of, overlap, confidence)
+        delta["verdict"] = _effect_verdict(delta.get("low"), delta.get("high"), delta.get("covers"))
+        effect["delta_m"] = delta
+        out.append(effect)
     return out
 
 

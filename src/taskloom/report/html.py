@@ -167,6 +167,8 @@ def _grid_table(compare: Mapping[str, Any]) -> str:
                 f"{'&uarr;' if spec.get('higher_is_better') else '&darr;'}</span>"
         for name, variant in result["variants"].items():
             row = variant["tasks"][task]
+            if task in (compare["variants"][name].get("without") or []):
+                continue
             if row.get("mean") is None:
                 rows.append(f"<tr><td class='name'>{label}</td><td class='name'>{html.escape(name)}</td>"
                             f"<td colspan='5' class='absent'>{html.escape(row.get('note') or 'no value')}</td></tr>")
@@ -206,7 +208,37 @@ def _grid_table(compare: Mapping[str, Any]) -> str:
         "(training mean, class prior or majority class) and a linear model on the same features and split. Train "
         "seconds: a unit's models' epochs (steps, validation, checkpoints), without the conflict / affinity "
         "analysis, which is the analysis column.</p>"
+        + _auxiliary_section(result)
     )
+
+
+def _auxiliary_section(result: Mapping[str, Any]) -> str:
+    """"Auxiliary tasks": per (auxiliary, main task) the metric with and without it, change, interval, verdict."""
+    effects = result.get("auxiliary") or []
+    if not effects:
+        return ""
+    rows = []
+    for effect in effects:
+        label = html.escape(effect["auxiliary"])
+        for task, row in effect["tasks"].items():
+            rows.append(f"<tr><td class='name'>{label}</td><td class='name'>{html.escape(task)}</td>"
+                        f"<td>{_fmt(row.get('with'))}</td><td>{_fmt(row.get('without'))}</td>"
+                        f"<td>{_fmt(row.get('difference'))}</td>"
+                        f"<td>{_pct(row.get('relative_change'))}{_interval(row.get('low'), row.get('high'))}</td>"
+                        + _verdict_cell(row.get("verdict"), row.get("test") or row.get("note")) + "</tr>")
+        dm = effect.get("delta_m") or {}
+        rows.append(f"<tr><td class='name'>{label}</td><td class='name'>&Delta;<sub>m</sub> (main tasks)</td>"
+                    "<td>&ndash;</td><td>&ndash;</td><td>&ndash;</td>"
+                    f"<td>{_pct(dm.get('mean'))}{_interval(dm.get('low'), dm.get('high'))}</td>"
+                    + _verdict_cell(dm.get("verdict"), dm.get("method")) + "</tr>")
+    reference = html.escape(str(effects[0]["reference"]))
+    return (f"<h3>Auxiliary tasks</h3><p class='lead'>Does each auxiliary task help the main tasks? {reference} "
+            "with it against the same model trained without it (same seeds and splits; &ldquo;all "
+            "auxiliaries&rdquo;: without every auxiliary task). Change and 95% interval as above, paired over seeds "
+            "and test rows: helps / hurts only when the interval excludes 0, otherwise no evidence.</p>"
+            "<div class='wide'><table><tr><th class='name'>auxiliary</th><th class='name'>main task</th>"
+            "<th>with</th><th>without</th><th>difference</th><th>change (95% CI)</th>"
+            "<th class='name'>verdict</th></tr>" + "".join(rows) + "</table></div>")
 
 
 def _series(records: list[dict[str, Any]], get: Callable[[dict[str, Any]], Any]) -> list[tuple[int, float]]:
@@ -404,7 +436,8 @@ def _pareto_section(run: RunData) -> str:
         spec = run.compare["tasks"]
         result = analysis_of(run.compare)
         measured_by_variant = {name: {t: variant["tasks"][t].get("mean") for t in spec}
-                               for name, variant in result["variants"].items()}
+                               for name, variant in result["variants"].items()
+                               if variant.get("kind") != "ablation"}  # trained on fewer tasks
     measured = [t for t in spec if all(_finite(values.get(t)) for values in measured_by_variant.values())]
     unmeasured = [t for t in spec if t not in measured]
     variants = {name: {t: float(values[t]) for t in measured} for name, values in measured_by_variant.items()}

@@ -13,6 +13,10 @@ multi-task cell selects its checkpoints against the same seed's single-task vali
 With ``groups``, the TAG affinity (Fifty et al. 2021) of the first variant chooses task
 groups, one multi-task model is trained per group, and the grouping is compared too.
 With ``splits`` > 1 the whole grid is repeated over seeded train/validation/test splits.
+When some tasks are auxiliary (``role: auxiliary``) and ``auxiliary_ablations`` is on, the first
+variant is also trained without each auxiliary task X (and, with several, without all of them):
+the ablation variants ``<variant>-without-X`` / ``<variant>-no-auxiliaries`` that the analysis
+compares the full model with, per main task ("does X help?", :func:`taskloom.evaluate.verdict.auxiliary_effects`).
 
 Training seconds are the wall time of a cell's epochs (steps, validation, checkpoint) without
 the time its monitors spend on conflict / affinity analysis, which is ``analysis_seconds``.
@@ -73,9 +77,28 @@ class GridSpec:
     groups: list[int] = field(default_factory=list)
     baselines: bool = True
     splits: int = 1
+    auxiliary_ablations: bool = True
 
     def variant(self, architecture: str, method: str) -> str:
         return f"{architecture}+{method}"
+
+    @property
+    def ablated_variant(self) -> str:
+        """The variant that is retrained without its auxiliary tasks (the first one, like the grouping variant)."""
+        return self.variant(self.architectures[0], self.methods[0])
+
+    def ablations(self, task_names: Sequence[str], auxiliary: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
+        """``(variant name, tasks left out)`` of each auxiliary ablation: one per auxiliary task, then all of them.
+
+        Empty when ablations are off or no main task is left to judge them on.
+        """
+        auxiliary = [t for t in task_names if t in set(auxiliary)]
+        if not self.auxiliary_ablations or not auxiliary or len(auxiliary) == len(task_names):
+            return []
+        out = [(f"{self.ablated_variant}-without-{t}", (t,)) for t in auxiliary]
+        if len(auxiliary) > 1:
+            out.append((f"{self.ablated_variant}-no-auxiliaries", tuple(auxiliary)))
+        return out
 
     @property
     def grouping_variant(self) -> str:
@@ -101,17 +124,20 @@ class GridSpec:
 
 def spec_from_config(config: Config, baselines: bool | None = None) -> GridSpec:
     """The one-seed grid of ``run`` / ``train``: the config's own variant, with baselines if asked."""
+    baselines = config.train.baselines if baselines is None else baselines
     return GridSpec(methods=[config.balancing.method], architectures=[config.model.architecture],
-                    seeds=[config.train.seed], measure=list(config.tracking.measure),
-                    baselines=config.train.baselines if baselines is None else baselines)
+                    seeds=[config.train.seed], measure=list(config.tracking.measure), baselines=baselines,
+                    auxiliary_ablations=baselines and config.train.auxiliary_ablations)
 
 
 def resolve_spec(config: Config, methods: Sequence[str] | None = None, architectures: Sequence[str] | None = None,
                  seeds: int | None = None, measure: Sequence[str] | None = None, groups: Sequence[int] | None = None,
-                 splits: int | None = None, stored: Mapping[str, Any] | None = None) -> GridSpec:
+                 splits: int | None = None, stored: Mapping[str, Any] | None = None,
+                 auxiliary_ablations: bool | None = None) -> GridSpec:
     """A compare grid from options; an option not given keeps ``stored`` (a resumed run's grid.json), else defaults.
 
-    Defaults: the config's method and architecture, 3 seeds from ``train.seed``, one split.
+    Defaults: the config's method and architecture, 3 seeds from ``train.seed``, one split, auxiliary
+    ablations as ``train.auxiliary_ablations`` says.
     """
     stored = stored or {}
     if seeds is not None and seeds < 1:
@@ -130,6 +156,8 @@ def resolve_spec(config: Config, methods: Sequence[str] | None = None, architect
         groups=list(groups) if groups is not None else list(stored.get("groups", [])),
         baselines=bool(stored.get("baselines", True)),
         splits=splits if splits is not None else int(stored.get("splits", 1)),
+        auxiliary_ablations=(auxiliary_ablations if auxiliary_ablations is not None else
+                             bool(stored.get("auxiliary_ablations", config.train.auxiliary_ablations))),
     )
     spec.check()
     return spec
@@ -190,8 +218,12 @@ def _prefix(spec: GridSpec, split: int) -> str:
     return f"split{split}/" if spec.splits > 1 else ""
 
 
-def plan_cells(spec: GridSpec, task_names: Sequence[str]) -> list[Cell]:
-    """Split by split, seed by seed: the single-task baselines, then every variant (finished seeds come first)."""
+def plan_cells(spec: GridSpec, task_names: Sequence[str], auxiliary: Sequence[str] = ()) -> list[Cell]:
+    """Split by split, seed by seed: the single-task baselines, every variant, then the auxiliary ablations.
+
+    Finished seeds come first; ``auxiliary`` names the auxiliary tasks (see :meth:`GridSpec.ablations`).
+    """
+    ablations = spec.ablations(task_names, auxiliary)
     cells = []
     for split in range(spec.splits):
         prefix = _prefix(spec, split)
@@ -204,6 +236,10 @@ def plan_cells(spec: GridSpec, task_names: Sequence[str]) -> list[Cell]:
                     name = spec.variant(architecture, method)
                     cells.append(Cell(f"{prefix}{name}/seed{seed}", name, "multi", seed, tuple(task_names),
                                       architecture, method, split))
+            for name, removed in ablations:
+                cells.append(Cell(f"{prefix}{name}/seed{seed}", name, "ablation", seed,
+                                  tuple(t for t in task_names if t not in removed), spec.architectures[0],
+                                  spec.methods[0], split))
     return cells
 
 
@@ -228,19 +264,35 @@ def cell_config(config: Config, spec: GridSpec, cell: Cell) -> Config:
         data["model"]["architecture"], data["model"]["options"] = cell.architecture, {}
     if cell.balancing != config.balancing.method:
         data["balancing"] = {"method": cell.balancing, "options": {}}
-    measure = list(spec.measure) if cell.kind != "single" else []
+    measure = list(spec.measure) if cell.kind not in ("single", "ablation") else []
     if spec.groups and cell.variant == spec.grouping_variant and "affinity" not in measure:
         measure.append("affinity")
     data["tracking"]["measure"] = measure
     selection = data["selection"]
     named = set(selection.get("weights") or {}) | ({selection["task"]} if selection.get("task") else set())
-    if cell.kind == "group" and not named <= set(cell.tasks):
+    subset = cell.kind in ("group", "ablation")  # a model of some of the tasks
+    if subset and not named <= set(cell.tasks):
         data["selection"] = {"score": "mean_relative"}
-    elif cell.kind == "group" and selection.get("weights"):
+    elif subset and selection.get("weights"):
         selection["weights"] = {t: w for t, w in selection["weights"].items() if t in cell.tasks}
-    if cell.kind == "group" and selection.get("baselines"):
+    if subset and selection.get("baselines"):
         data["selection"]["baselines"] = {t: v for t, v in selection["baselines"].items() if t in cell.tasks}
+    if subset and config.tasks is not None:
+        data["model"]["options"] = options_for_tasks(data["model"]["options"], [t.name for t in config.tasks],
+                                                     cell.tasks)
     return parse_config(data, f"the config of grid cell {cell.key}")
+
+
+def options_for_tasks(options: Mapping[str, Any], names: Sequence[str], kept: Sequence[str]) -> dict[str, Any]:
+    """Architecture options that name tasks (a per-task mapping, a task order) restricted to the ``kept`` tasks."""
+    known, out = set(names), {}
+    for key, value in options.items():
+        if isinstance(value, Mapping) and value and set(value) <= known:
+            value = {t: v for t, v in value.items() if t in kept}
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value) and set(value) <= known:
+            value = [t for t in value if t in kept]
+        out[key] = value
+    return out
 
 
 def _skipped_tracking(trainer: Any) -> str | None:
@@ -509,6 +561,10 @@ def run_grid(config: Config, spec: GridSpec | None, run_dir: Path | None = None,
         raise
 
 
+def _auxiliary_names(tasks: Sequence[Any]) -> list[str]:
+    return [t.name for t in tasks if getattr(t, "role", "main") == "auxiliary"]
+
+
 def _run_worker(config: Config, spec: GridSpec, data: Sequence[DataSplits], communicator: distributed.Communicator,
                 run_dir: Path | None) -> None:
     """A rank other than 0: train each cell rank 0 trains, in step with it, and write nothing.
@@ -517,7 +573,7 @@ def _run_worker(config: Config, spec: GridSpec, data: Sequence[DataSplits], comm
     state (fresh or resumed), so the ranks stay identical; test metrics, analysis and files are rank 0's.
     """
     names = [t.name for t in data[0].tasks]
-    for cell in plan_cells(spec, names):
+    for cell in plan_cells(spec, names, _auxiliary_names(data[0].tasks)):
         finished = run_dir is not None and (run_dir / cell.key / RESULTS_FILE).is_file()
         if communicator.broadcast_object(finished):
             continue
@@ -539,7 +595,7 @@ def _run_grid(config: Config, spec: GridSpec, data: Sequence[DataSplits], run_di
     evaluation = [check_splits(s, s.tasks) for s in data]
     undefined = {j: {t for t, e in ev["test"].items() if not e["defined"]} for j, ev in enumerate(evaluation)}
     counts = [BootstrapCounts(len(s.test), REPLICATES, j) if len(s.test) else None for j, s in enumerate(data)]
-    cells = plan_cells(spec, names)
+    cells = plan_cells(spec, names, _auxiliary_names(splits0.tasks))
     total = len(cells) + (len(spec.groups) * len(spec.seeds) if spec.groups else 0)
     results: dict[str, dict[str, Any]] = {}
     done = 0
@@ -569,6 +625,11 @@ def _run_grid(config: Config, spec: GridSpec, data: Sequence[DataSplits], run_di
             name = spec.variant(architecture, method)
             variants[name] = _variant_entry([results[c.key] for c in cells if c.variant == name], units, undefined,
                                             kind="multi", architecture=architecture, balancing=method)
+    for name, removed in spec.ablations(names, _auxiliary_names(splits0.tasks)):
+        variants[name] = _variant_entry([results[c.key] for c in cells if c.variant == name], units, undefined,
+                                        kind="ablation", architecture=spec.architectures[0],
+                                        balancing=spec.methods[0], reference=spec.ablated_variant,
+                                        without=list(removed))
     groupings, grouping_affinity, extra_cells = _train_groups(spec, names, run_dir, variants, results, run, undefined)
     cells += extra_cells
     _merge_first_unit(run_dir, cells, spec.seeds[0])
