@@ -8,6 +8,7 @@ affinity that chose a compare run's task groups is the one marked as such.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import math
 import re
@@ -18,6 +19,7 @@ import numpy as np
 
 from taskloom.evaluate.curves import auxiliary_signals, curve_table
 from taskloom.evaluate.logged import mean_logged_matrix
+from taskloom.report.tree import splits_table, tree_svg
 from taskloom.evaluate.verdict import analyze
 from taskloom.report import plots
 from taskloom.report.rundir import RunData, load_run
@@ -31,6 +33,7 @@ SECTIONS = [
     ("weights", "Task weights over time"),
     ("conflict", "Gradient conflict and task affinity"),
     ("pareto", "Per-task metrics and Pareto front"),
+    ("branching", "Branching tree"),
     ("config", "Run configuration"),
 ]
 
@@ -452,6 +455,21 @@ def _relative_changes(run: RunData, variants: Mapping[str, Mapping[str, float]],
     return rows, "single-task"
 
 
+def _branching_section(run: RunData) -> str:
+    """Each branching model's tree (its branching.json, in the run directory or a model's directory)."""
+    found = sorted(p for pattern in ("branching.json", "*/branching.json", "*/*/branching.json")
+                   for p in run.path.glob(pattern))
+    if not found:
+        return _absent("No branching.json: this run has no branching model (model.architecture: branching).")
+    parts = ["<p class='lead'>Layers from the input (bottom) to the task heads (top); a blue box is shared by "
+             "several tasks, split by task affinity (Lu et al. 2017).</p>"]
+    for path in found:
+        tree = json.loads(path.read_text())
+        name = path.parent.relative_to(run.path).as_posix() if path.parent != run.path else run.path.name
+        parts.append(f"<h3>{html.escape(name)}</h3>{tree_svg(tree)}{splits_table(tree)}")
+    return "".join(parts)
+
+
 def _config_section(run: RunData) -> str:
     if run.config_text is None:
         return _absent("No config.yaml in this run directory.")
@@ -461,6 +479,7 @@ def _config_section(run: RunData) -> str:
 BUILDERS: dict[str, Callable[[RunData], str]] = {
     "comparison": _comparison_section, "curves": _curves_section, "signals": _signals_section,
     "weights": _weights_section, "conflict": _conflict_section, "pareto": _pareto_section,
+    "branching": _branching_section,
     "config": _config_section,
 }
 
