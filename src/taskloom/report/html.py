@@ -33,7 +33,6 @@ SECTIONS = [
     ("weights", "Task weights over time"),
     ("conflict", "Gradient conflict and task affinity"),
     ("pareto", "Per-task metrics and Pareto front"),
-    ("branching", "Branching tree"),
     ("config", "Run configuration"),
 ]
 
@@ -395,7 +394,7 @@ def _conflict_section(run: RunData) -> str:
     for key, _, _ in MATRICES:
         if not any(e["key"] == key and e["epochs"] for e in entries) and not any(e["skipped"] for e in entries):
             parts.append(_absent(f"No {key} logged in this run."))
-    return "".join(parts)
+    return "".join(parts) + _branching_trees(run)
 
 
 def _pareto_section(run: RunData) -> str:
@@ -455,18 +454,18 @@ def _relative_changes(run: RunData, variants: Mapping[str, Mapping[str, float]],
     return rows, "single-task"
 
 
-def _branching_section(run: RunData) -> str:
-    """Each branching model's tree (its branching.json, in the run directory or a model's directory)."""
+def _branching_trees(run: RunData) -> str:
+    """Each branching model's tree (its branching.json, in the run directory or a model's directory); "" for none."""
     found = sorted(p for pattern in ("branching.json", "*/branching.json", "*/*/branching.json")
                    for p in run.path.glob(pattern))
     if not found:
-        return _absent("No branching.json: this run has no branching model (model.architecture: branching).")
-    parts = ["<p class='lead'>Layers from the input (bottom) to the task heads (top); a blue box is shared by "
+        return ""
+    parts = ["<h3>Branching tree</h3><p class='lead'>Layers from the input (bottom) to the task heads (top); a blue box is shared by "
              "several tasks, split by task affinity (Lu et al. 2017).</p>"]
     for path in found:
         tree = json.loads(path.read_text())
         name = path.parent.relative_to(run.path).as_posix() if path.parent != run.path else run.path.name
-        parts.append(f"<h3>{html.escape(name)}</h3>{tree_svg(tree)}{splits_table(tree)}")
+        parts.append(f"<h4>{html.escape(name)}</h4>{tree_svg(tree)}{splits_table(tree)}")
     return "".join(parts)
 
 
@@ -479,7 +478,6 @@ def _config_section(run: RunData) -> str:
 BUILDERS: dict[str, Callable[[RunData], str]] = {
     "comparison": _comparison_section, "curves": _curves_section, "signals": _signals_section,
     "weights": _weights_section, "conflict": _conflict_section, "pareto": _pareto_section,
-    "branching": _branching_section,
     "config": _config_section,
 }
 
