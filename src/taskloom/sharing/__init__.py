@@ -56,6 +56,6 @@ ARCHITECTURES.add("branching", build_branching, "an MLP trunk split into task br
 __all__ = [
     "ARCHITECTURES", "BranchingNetwork", "Cascade", "CrossStitchNetwork", "CrossStitchUnit", "FeatureInteraction", "GradientReversal",
     "GradientReversalLayer", "HybridSharing", "LowLevelSupervision", "MMoE", "MultiTaskModel", "MultiTaskModule",
-    "PLE", "PredictionInteraction", "SoftSharing", "add_task", "count_parameters", "make_adversarial", "predict", "remove_task",
+    "PLE", "PredictionInteraction", "SoftSharing", "add_task", "build_branching", "count_parameters", "make_adversarial", "predict", "remove_task",
     "reverse_gradient", "tie_penalty",
 ]
