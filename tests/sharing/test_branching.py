@@ -12,7 +12,7 @@ from taskloom.cli import main
 from taskloom.config import ConfigError, parse_config
 from taskloom.data.datasets.synthetic import load_synthetic
 from taskloom.sharing import ARCHITECTURES
-from taskloom.sharing.branching import BranchingNetwork, build_branching
+from taskloom.sharing.branching import BranchingNetwork, build_branching, decode_tree
 from taskloom.task import Task
 from taskloom.train.checkpoint import load_checkpoint
 from taskloom.train.runner import run_training
@@ -136,7 +136,7 @@ def test_load_rebuilds_the_saved_tree_and_the_report_draws_it(tmp_path):
     predictor = taskloom.load(tmp_path, checkpoint="last")
     assert predictor.model.structure() == saved
     state = load_checkpoint(model_dir / "checkpoints" / "last.pt")
-    assert state["model"]["_extra_state"] == saved
+    assert decode_tree(state["model"]["_extra_state"]) == saved
     x = torch.randn(3, 10)
     fresh = build_branching(lambda: MLP(10, (16, 16)), [Task(f"y{k}", "regression") for k in range(1, 5)])
     fresh.load_state_dict(state["model"])
@@ -172,3 +172,34 @@ def test_a_tree_for_other_tasks_or_another_trunk_is_refused():
     tree["layers"][-1][0]["tasks"] = ["a1"]
     with pytest.raises(ValueError, match="serves tasks"):
         model.set_structure(tree)
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "mgda"])
+def test_gradient_methods_train_every_parameter_after_a_split(two_groups, method):
+    from taskloom.balancing import BALANCERS
+    from taskloom.data.dataset import BatchLoader
+
+    names = [t.name for t in two_groups.tasks]
+    torch.manual_seed(0)
+    model = build_branching(lambda: MLP(20, (16, 16)), two_groups.tasks, alpha=0.0, max_branches=2, split_every=1)
+    trainer = Trainer(model, two_groups.tasks, BALANCERS.get(method)(names), epochs=1, batch_size=64, seed=0)
+    trainer.fit(two_groups.train, two_groups.val)
+    assert len(model.branches[1]) == 2
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.train_step(next(iter(BatchLoader(two_groups.train, 64, seed=0))))
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_a_split_model_exports_to_onnx_equal_to_pytorch(tmp_path):
+    pytest.importorskip("onnx")
+    from taskloom.serve.export import export_onnx
+
+    config = parse_config({
+        "data": {"dataset": "synthetic", "options": {"n": 400, "d": 8, "num_tasks": 4, "groups": 2}},
+        "model": {"architecture": "branching", "trunk": {"name": "mlp", "options": {"hidden": [8, 8]}},
+                  "options": {"alpha": 0.0, "max_branches": 2, "split_every": 1}},
+        "train": {"epochs": 1, "batch_size": 64}})
+    run_training(config, tmp_path / "run")
+    predictor = taskloom.load(tmp_path / "run", checkpoint="last")
+    assert len(predictor.model.structure()["layers"][-1]) == 2
+    assert export_onnx(predictor, tmp_path / "model.onnx", verify=True).is_file()  # verify: refused if it differs

@@ -6,11 +6,13 @@ is split: at each branch point the branches (or, at the top layer, the tasks) it
 task affinity (:mod:`taskloom.sharing.branch_grouping`) and the layer becomes one copy per group, each
 starting from the original layer's weights, so the network computes the same function right after a
 split. Splitting stops below the bottom layer or when no branch point pays for a split. The tree is plain
-data (``structure()``), kept in the state dict, so a checkpoint rebuilds the branched model it was saved from.
+data (``structure()``), kept in the state dict (as its JSON bytes), so a checkpoint rebuilds the branched model
+it was saved from.
 """
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from typing import Any, Callable, Sequence
 
@@ -49,6 +51,18 @@ def trunk_blocks(trunk: nn.Module) -> tuple[nn.Sequential, list[nn.Sequential]]:
         raise ValueError("architecture branching needs a trunk with at least one nn.Linear layer (trunk mlp, "
                          "model.trunk.options.hidden)")
     return nn.Sequential(*stem), [nn.Sequential(*block) for block in blocks]
+
+
+def encode_tree(tree: dict[str, Any]) -> Tensor:
+    """A tree as the UTF-8 bytes of its JSON (a uint8 tensor)."""
+    return torch.tensor(list(json.dumps(tree, sort_keys=True).encode("utf-8")), dtype=torch.uint8)
+
+
+def decode_tree(state: Tensor | dict[str, Any]) -> dict[str, Any]:
+    """The tree :func:`encode_tree` wrote (a plain dict passes through)."""
+    if isinstance(state, dict):
+        return state
+    return json.loads(bytes(state.to("cpu", torch.uint8).tolist()).decode("utf-8"))
 
 
 def initial_tree(task_names: Sequence[str], depth: int) -> dict[str, Any]:
@@ -102,16 +116,20 @@ class BranchingNetwork(ReachSplit):
         """The tree as plain data (what ``branching.json`` and checkpoints hold)."""
         return copy.deepcopy(self.tree)
 
-    def get_extra_state(self) -> dict[str, Any]:
-        return self.structure()
+    def get_extra_state(self) -> Tensor:
+        """The tree as the UTF-8 bytes of its JSON in a uint8 tensor: a state dict of tensors only, so tracing
+        exporters (ONNX, TorchScript) accept it and ``torch.load(weights_only=True)`` reads it."""
+        return encode_tree(self.tree)
 
     def set_extra_state(self, state: Any) -> None:
-        if state != self.tree:
-            self.set_structure(state)
+        tree = decode_tree(state)
+        if tree != self.tree:
+            self.set_structure(tree)
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """Rebuild the saved tree first, so that its branches' weights find their modules."""
-        tree = state_dict.get(TREE_KEY)
+        saved = state_dict.get(TREE_KEY)
+        tree = None if saved is None else decode_tree(saved)
         if tree is not None and tree != self.tree:
             self.set_structure(tree)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
