@@ -44,7 +44,8 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
     out: dict[str, Any] = {"seed": seed}
     torch.manual_seed(seed)
-    branching = build_branching(trunk, data.tasks, alpha=args.alpha, max_branches=2, split_every=args.split_every)
+    branching = build_branching(trunk, data.tasks, alpha=args.alpha, max_branches=2, split_every=args.split_every,
+                                affinity=args.affinity)
     out["branching_mse"] = train_and_test(branching, data.tasks, data, args, seed)
     out["splits"] = [{"epoch": s["epoch"], "layer": s["layer"], "groups": s["groups"]}
                      for s in branching.structure()["splits"]]
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--split-every", type=int, default=2)
     parser.add_argument("--alpha", type=float, default=1e-4)
+    parser.add_argument("--affinity", choices=["lu", "tag"], default="lu")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     args = parser.parse_args()

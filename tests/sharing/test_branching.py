@@ -203,3 +203,30 @@ def test_a_split_model_exports_to_onnx_equal_to_pytorch(tmp_path):
     predictor = taskloom.load(tmp_path / "run", checkpoint="last")
     assert len(predictor.model.structure()["layers"][-1]) == 2
     assert export_onnx(predictor, tmp_path / "model.onnx", verify=True).is_file()  # verify: refused if it differs
+
+
+def test_tag_affinity_of_two_identical_tasks_is_one():
+    from taskloom.data.dataset import MultiTaskDataset
+    from taskloom.sharing.branching import tag_affinity
+
+    torch.manual_seed(0)
+    tasks = [Task(name, "regression") for name in ("a", "b", "c")]
+    model = build_branching(lambda: MLP(5, (8, 8)), tasks, affinity="tag")
+    model.heads["b"].load_state_dict(model.heads["a"].state_dict())  # same head, same target: same loss
+    x = torch.randn(64, 5)
+    y = x[:, 0] * 2
+    data = MultiTaskDataset(x, {"a": y, "b": y.clone(), "c": torch.randn(64)})
+    affinity = tag_affinity(model, data, tasks, lr=0.01)
+    assert affinity[0, 1].item() == pytest.approx(1.0, abs=1e-6)
+    assert affinity.diagonal().tolist() == [1.0, 1.0, 1.0]
+    assert bool((affinity.abs() <= 1).all()) and torch.equal(affinity, affinity.T)
+
+
+def test_tag_affinity_drives_a_split_in_training(two_groups):
+    torch.manual_seed(0)
+    model = build_branching(lambda: MLP(20, (16, 16)), two_groups.tasks, alpha=0.0, max_branches=2, split_every=1,
+                            affinity="tag")
+    Trainer(model, two_groups.tasks, epochs=1, batch_size=64, seed=0).fit(two_groups.train, two_groups.val)
+    (split,) = model.structure()["splits"]
+    assert split["layer"] == 1 and len(split["groups"]) == 2
+    assert sorted(n for g in split["groups"] for n in g) == ["y1", "y2", "y3", "y4"]

@@ -26,7 +26,8 @@ from taskloom.task import Task
 
 log = logging.getLogger(__name__)
 
-AFFINITIES = ("lu",)
+AFFINITIES = ("lu", "tag")
+TAG_BATCHES = 4  # validation batches whose lookahead affinities are averaged
 TREE_KEY = "_extra_state"
 
 
@@ -198,16 +199,22 @@ class BranchingNetwork(ReachSplit):
             for j, spec in enumerate(self.tree["layers"][layer + 1]):
                 spec["parent"] = child_to_new[j]
 
-    @torch.no_grad()
-    def restructure(self, epoch: int, val: MultiTaskDataset | None, device: torch.device | str = "cpu") -> bool:
-        """At the end of every ``split_every``-th epoch, split the next layer down; True when parameters changed."""
+    def restructure(self, epoch: int, val: MultiTaskDataset | None, device: torch.device | str = "cpu",
+                    lr: float = 1e-3) -> bool:
+        """At the end of every ``split_every``-th epoch, split the next layer down; True when parameters changed.
+
+        ``lr`` is the optimizer's learning rate, the step of TAG's lookahead (``affinity: tag``)."""
         if self.tree["done"] or epoch % self.split_every:
             return False
         if val is None:
             raise ValueError("architecture branching measures task affinity on validation data; set "
                              "data.val_fraction > 0 (or pass val to fit)")
         layer = self.tree["next_layer"]
-        affinity = task_affinity(self, val, list(self.tasks.values()), device)
+        tasks = list(self.tasks.values())
+        if self.affinity == "tag":
+            affinity = tag_affinity(self, val, tasks, lr, device)
+        else:
+            affinity = task_affinity(self, val, tasks, device)
         plan = self.plan_split(layer, affinity)
         record = {"epoch": epoch, "layer": layer, "affinity": affinity.tolist()}
         if all(len(groups) == 1 for groups in plan):
@@ -261,6 +268,41 @@ def task_affinity(model: nn.Module, data: MultiTaskDataset, tasks: Sequence[Task
     """The K x K affinity of Lu et al. 2017 of the model's tasks on ``data`` (see :func:`lu_affinity`)."""
     losses, labelled = example_losses(model, data, tasks, device)
     return lu_affinity(losses, labelled)
+
+
+def tag_affinity(model: BranchingNetwork, data: MultiTaskDataset, tasks: Sequence[Task], lr: float,
+                 device: torch.device | str = "cpu", batches: int = TAG_BATCHES) -> Tensor:
+    """TAG's lookahead affinity (Fifty, Amid, Zhao, Yu, Anil & Finn 2021, "Efficiently identifying task groupings
+    for multi-task learning", NeurIPS) on up to ``batches`` validation batches, made a similarity in [-1, 1]:
+    ``A(i, j) = (Z(i->j) + Z(j->i)) / 2 / sqrt(Z(i->i) Z(j->j))`` (0 where a task's own lookahead did not lower
+    its loss), with Z averaged over the batches."""
+    from taskloom.evaluate.affinity import lookahead_affinity
+
+    names = [t.name for t in tasks]
+    total = torch.zeros(len(names), len(names), dtype=torch.float64)
+    counts = torch.zeros_like(total)
+    was_training = model.training
+    model.eval()
+    try:
+        for k, batch in enumerate(BatchLoader(data, 256, shuffle=False)):
+            if k == batches:
+                break
+            with torch.enable_grad():
+                z = lookahead_affinity(model, batch.to(device), tasks, lr)
+            for i, a in enumerate(names):
+                for j, b in enumerate(names):
+                    value = z.get(a, {}).get(b, float("nan"))
+                    if value == value:  # not NaN: both tasks labelled in the batch
+                        total[i, j] += value
+                        counts[i, j] += 1
+    finally:
+        model.train(was_training)
+    z = torch.where(counts > 0, total / counts.clamp_min(1), torch.zeros_like(total))
+    own = z.diagonal().clamp_min(0).sqrt()
+    scale = own[:, None] * own[None, :]
+    affinity = torch.where(scale > 0, (z + z.T) / 2 / scale.clamp_min(1e-300), torch.zeros_like(z)).clamp(-1, 1)
+    affinity.fill_diagonal_(1.0)
+    return affinity
 
 
 def check_options(alpha: float, max_parameters: int | None, max_branches: int | None, split_every: int,

@@ -443,7 +443,7 @@ class Trainer:
         """Let a model that grows (``restructure``, e.g. branching's splits) change its parameters, then
         rebuild the optimizer over them and write its structure file."""
         restructure = getattr(self.model, "restructure", None)
-        if callable(restructure) and restructure(epoch, val, self.device):
+        if callable(restructure) and restructure(epoch, val, self.device, lr=self.optimizer.param_groups[0]["lr"]):
             self.rebuild_optimizer()
             self._write_structure()
 
