@@ -230,3 +230,14 @@ def test_tag_affinity_drives_a_split_in_training(two_groups):
     (split,) = model.structure()["splits"]
     assert split["layer"] == 1 and len(split["groups"]) == 2
     assert sorted(n for g in split["groups"] for n in g) == ["y1", "y2", "y3", "y4"]
+
+
+def test_max_parameters_caps_the_copies_a_split_may_create():
+    affinity = torch.tensor([[1.0, 0.9, 0.3, 0.3], [0.9, 1.0, 0.3, 0.3], [0.3, 0.3, 1.0, 0.9], [0.3, 0.3, 0.9, 1.0]])
+    from taskloom.sharing import count_parameters
+
+    size = count_parameters(_model().branches[2][0])  # the top layer: 8 x 8 + 8
+    total = count_parameters(_model())
+    assert _model(alpha=0.0, max_parameters=total + size - 1).plan_split(2, affinity) == [[[0, 1, 2, 3]]]
+    assert _model(alpha=0.0, max_parameters=total + size).plan_split(2, affinity) == [[[0, 1], [2, 3]]]
+    assert _model(alpha=0.0, max_parameters=total + 3 * size).plan_split(2, affinity) == [[[0], [1], [2], [3]]]

@@ -82,7 +82,7 @@ class BranchingNetwork(ReachSplit):
                  max_parameters: int | None = None, max_branches: int | None = None, split_every: int = 2,
                  affinity: str = "lu") -> None:
         super().__init__()
-        check_options(alpha, max_parameters, max_branches, split_every, affinity)
+        check_branching_options(alpha, max_parameters, max_branches, split_every, affinity)
         self.stem, blocks = trunk_blocks(trunk)
         self.tasks = {task.name: task for task in tasks}
         self.task_names = list(self.tasks)
@@ -305,7 +305,7 @@ def tag_affinity(model: BranchingNetwork, data: MultiTaskDataset, tasks: Sequenc
     return affinity
 
 
-def check_options(alpha: float, max_parameters: int | None, max_branches: int | None, split_every: int,
+def check_branching_options(alpha: float, max_parameters: int | None, max_branches: int | None, split_every: int,
                   affinity: str) -> None:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha < 0:
         raise ValueError(f"model.options.alpha must be a number >= 0 (the cost of one created parameter), got {alpha!r}")
