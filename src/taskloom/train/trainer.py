@@ -621,8 +621,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])  # a model that grows rebuilds its saved structure here
         if not restore_training:
             return
-        current = {id(p) for p in self.model.parameters()}
-        if any(id(p) not in current for p in self.optimizer.param_groups[0]["params"]):
+        if {id(p) for p in self.model.parameters()} != {id(p) for p in self.optimizer.param_groups[0]["params"]}:
             self.rebuild_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.balancer.load_state_dict(state["balancer"])
