@@ -8,6 +8,7 @@ affinity that chose a compare run's task groups is the one marked as such.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import math
 import re
@@ -18,6 +19,7 @@ import numpy as np
 
 from taskloom.evaluate.curves import auxiliary_signals, curve_table
 from taskloom.evaluate.logged import mean_logged_matrix
+from taskloom.report.tree import splits_table, tree_svg
 from taskloom.evaluate.verdict import analyze
 from taskloom.report import plots
 from taskloom.report.rundir import RunData, load_run
@@ -424,7 +426,7 @@ def _conflict_section(run: RunData) -> str:
     for key, _, _ in MATRICES:
         if not any(e["key"] == key and e["epochs"] for e in entries) and not any(e["skipped"] for e in entries):
             parts.append(_absent(f"No {key} logged in this run."))
-    return "".join(parts)
+    return "".join(parts) + _branching_trees(run)
 
 
 def _pareto_section(run: RunData) -> str:
@@ -483,6 +485,21 @@ def _relative_changes(run: RunData, variants: Mapping[str, Mapping[str, float]],
     rows = {"single-task": {t: 0.0 for t in tasks}}
     rows.update({name: dict(by_task) for name, by_task in gains.items()})
     return rows, "single-task"
+
+
+def _branching_trees(run: RunData) -> str:
+    """Each branching model's tree (its branching.json, in the run directory or a model's directory); "" for none."""
+    found = sorted(p for pattern in ("branching.json", "*/branching.json", "*/*/branching.json")
+                   for p in run.path.glob(pattern))
+    if not found:
+        return ""
+    parts = ["<h3>Branching tree</h3><p class='lead'>Layers from the input (bottom) to the task heads (top); a blue box is shared by "
+             "several tasks, split by task affinity (Lu et al. 2017).</p>"]
+    for path in found:
+        tree = json.loads(path.read_text())
+        name = path.parent.relative_to(run.path).as_posix() if path.parent != run.path else run.path.name
+        parts.append(f"<h4>{html.escape(name)}</h4>{tree_svg(tree)}{splits_table(tree)}")
+    return "".join(parts)
 
 
 def _config_section(run: RunData) -> str:

@@ -12,6 +12,7 @@ from taskloom.registry import Registry
 from taskloom.sharing.add_task import add_task, remove_task
 from taskloom.sharing.adversarial import GradientReversal, GradientReversalLayer, build_adversarial, make_adversarial, reverse_gradient
 from taskloom.sharing.base import MultiTaskModule
+from taskloom.sharing.branching import BranchingNetwork, build_branching
 from taskloom.sharing.cascade import Cascade, build_cascade
 from taskloom.sharing.cross_stitch import CrossStitchNetwork, CrossStitchUnit, build_cross_stitch
 from taskloom.sharing.hard import MultiTaskModel, build_hard, predict
@@ -48,10 +49,13 @@ ARCHITECTURES.add("interaction", build_interaction, "task towers, earlier towers
                   "texts', ACL); mode features: fused features (an extension)")
 ARCHITECTURES.add("adversarial", build_adversarial, "tasks behind a gradient-reversal layer (Ganin & Lempitsky "
                   "2015, 'Unsupervised domain adaptation by backpropagation', ICML)")
+ARCHITECTURES.add("branching", build_branching, "an MLP trunk split into task branches layer by layer from the top "
+                  "by task affinity (Lu, Kumar, Zhai, Cheng, Javidi & Feris 2017, 'Fully-adaptive feature sharing "
+                  "in multi-task networks with applications in person attribute classification', CVPR)")
 
 __all__ = [
-    "ARCHITECTURES", "Cascade", "CrossStitchNetwork", "CrossStitchUnit", "FeatureInteraction", "GradientReversal",
+    "ARCHITECTURES", "BranchingNetwork", "Cascade", "CrossStitchNetwork", "CrossStitchUnit", "FeatureInteraction", "GradientReversal",
     "GradientReversalLayer", "HybridSharing", "LowLevelSupervision", "MMoE", "MultiTaskModel", "MultiTaskModule",
-    "PLE", "PredictionInteraction", "SoftSharing", "add_task", "count_parameters", "make_adversarial", "predict", "remove_task",
+    "PLE", "PredictionInteraction", "SoftSharing", "add_task", "build_branching", "count_parameters", "make_adversarial", "predict", "remove_task",
     "reverse_gradient", "tie_penalty",
 ]

@@ -372,7 +372,7 @@ class Trainer:
             if not self._synchronized:
                 self.synchronize()
             loader = ShardedLoader(loader, self.communicator)
-        steps = math.ceil(len(loader) / self.accumulate)  # optimizer steps per epoch
+        steps = self._steps_per_epoch = math.ceil(len(loader) / self.accumulate)  # optimizer steps per epoch
         plan = getattr(self.balancer, "plan", None)  # e.g. auxiliary weight schedules (balancing.auxiliary_weighting)
         if callable(plan):
             plan(self.epochs * steps)
@@ -426,6 +426,7 @@ class Trainer:
             model_hook = getattr(self.model, "on_epoch_end", None)  # e.g. the cascade's successive snapshot
             if callable(model_hook):
                 model_hook(epoch)
+            self._restructure(epoch, val)
             record = self._end_epoch(epoch, train_loss, val, time.perf_counter() - started - self.analysis_seconds)
             self.start_epoch = epoch + 1
             if self.run_dir is not None:
@@ -447,9 +448,45 @@ class Trainer:
         if self.run_dir is not None and self.regularizers:  # their final state, e.g. the learned task covariance
             reports = [regularizer.report() for regularizer in self.regularizers]
             write_json_atomically(self.run_dir / "regularizers.json", reports)
+        self._write_structure()
         for monitor in self.monitors:
             monitor.end_fit(self)
         return self.history
+
+    def _restructure(self, epoch: int, val: MultiTaskDataset | None) -> None:
+        """Let a model that grows (``restructure``, e.g. branching's splits) change its parameters, then
+        rebuild the optimizer over them and write its structure file."""
+        restructure = getattr(self.model, "restructure", None)
+        if callable(restructure) and restructure(epoch, val, self.device, lr=self.optimizer.param_groups[0]["lr"]):
+            self.rebuild_optimizer()
+            self._write_structure()
+
+    def _write_structure(self) -> None:
+        name = getattr(self.model, "structure_file", None)
+        if name and self.run_dir is not None:
+            write_json_atomically(self.run_dir / name, self.model.structure())
+
+    def rebuild_optimizer(self) -> None:
+        """A new optimizer over the model's current parameters (after it added or dropped some), keeping the
+        state and learning rates of the parameters that stayed, and the schedule's position."""
+        old = self.optimizer
+        kept = {id(p): old.state[p] for group in old.param_groups for p in group["params"] if p in old.state}
+        self.optimizer = build_optimizer(self.model.parameters(), **self.optimizer_spec)
+        balancer_parameters = [p for p in self.balancer.parameters() if p.requires_grad]
+        if balancer_parameters:
+            self.optimizer.add_param_group({"params": balancer_parameters, "weight_decay": 0.0})
+        for group, previous in zip(self.optimizer.param_groups, old.param_groups):
+            group["lr"] = previous["lr"]
+            for p in group["params"]:
+                if id(p) in kept:
+                    self.optimizer.state[p] = kept[id(p)]
+        if self.scheduler is not None:
+            state = self.scheduler.state_dict()
+            self.scheduler = build_schedule(self.optimizer, epochs=self.epochs, steps_per_epoch=self._steps_per_epoch,
+                                            **self.schedule_spec)
+            self.scheduler.load_state_dict(state)
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                group["lr"] = lr
 
     def _end_epoch(self, epoch: int, train_loss: dict[str, float], val: MultiTaskDataset | None,
                    seconds: float) -> dict[str, Any]:
@@ -603,9 +640,11 @@ class Trainer:
         if restore_training and state["task_names"] != list(self.tasks):  # optimizer and balancer state are positional
             raise ValueError(f"checkpoint {path} lists its tasks as {state['task_names']}; continuing its training "
                              f"needs that order, not {list(self.tasks)} (loading only the model accepts any order)")
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(state["model"])  # a model that grows rebuilds its saved structure here
         if not restore_training:
             return
+        if {id(p) for p in self.model.parameters()} != {id(p) for p in self.optimizer.param_groups[0]["params"]}:
+            self.rebuild_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.balancer.load_state_dict(state["balancer"])
         for regularizer, regularizer_state in zip(self.regularizers, state.get("regularizers", [])):

@@ -18,18 +18,31 @@ from taskloom.data.table import resolve_tasks
 from taskloom.task import Task
 
 
-def task_weights(d: int, num_tasks: int, correlation: float, c: float, rng: np.random.Generator) -> np.ndarray:
-    """``num_tasks`` x ``d`` weights: w_1 = c u_1, w_k = c (p u_1 + sqrt(1 - p^2) u_k), u orthonormal."""
+def task_groups(num_tasks: int, groups: int) -> list[int]:
+    """The group of each task: ``groups`` contiguous blocks of tasks, as equal as they can be."""
+    if not 1 <= groups <= num_tasks:
+        raise ValueError(f"groups must be between 1 and num_tasks ({num_tasks}), got {groups}")
+    return [k * groups // num_tasks for k in range(num_tasks)]
+
+
+def task_weights(d: int, num_tasks: int, correlation: float, c: float, rng: np.random.Generator,
+                 groups: int = 1) -> np.ndarray:
+    """``num_tasks`` x ``d`` weights: w_1 = c u_1, w_k = c (p u_1 + sqrt(1 - p^2) u_k), u orthonormal.
+
+    With ``groups`` > 1 each group of tasks (:func:`task_groups`) has its own shared direction, the u of
+    its first task: tasks of one group have cosine ``correlation``, tasks of different groups are orthogonal.
+    """
     if not -1 <= correlation <= 1:
         raise ValueError(f"correlation must be in [-1, 1], got {correlation}")
     if num_tasks > d:
         raise ValueError(f"num_tasks ({num_tasks}) cannot exceed d ({d}): the u_k must be orthogonal")
+    membership = task_groups(num_tasks, groups)
     basis, _ = np.linalg.qr(rng.standard_normal((d, num_tasks)))
     u = basis.T
     w = np.empty((num_tasks, d))
-    w[0] = c * u[0]
-    for k in range(1, num_tasks):
-        w[k] = c * (correlation * u[0] + math.sqrt(1 - correlation**2) * u[k])
+    for k in range(num_tasks):
+        first = membership.index(membership[k])
+        w[k] = c * u[k] if k == first else c * (correlation * u[first] + math.sqrt(1 - correlation**2) * u[k])
     return w
 
 
@@ -47,6 +60,7 @@ def load_synthetic(
     m: int = 10,
     noise_std: float = 0.1,
     stratify: bool = True,
+    groups: int = 1,
 ) -> DataSplits:
     """x ~ N(0, I_d); y_k = w_k.x + sum_i sin(alpha_i w_k.x + beta_i) + eps, tasks ``y1`` .. ``yK``.
 
@@ -62,12 +76,13 @@ def load_synthetic(
         m: sinusoids added to each task
         noise_std: standard deviation of the label noise
         stratify: stratify the split on the targets' quantile bins; False: random rows
+        groups: groups of related tasks (contiguous y's); tasks of different groups are unrelated
     """
     if n < 1 or d < 1 or num_tasks < 1 or m < 0:
         raise ValueError(f"synthetic: need n, d, num_tasks >= 1 and m >= 0; got n={n}, d={d}, "
                          f"num_tasks={num_tasks}, m={m}")
     rng = np.random.default_rng(seed)
-    w = task_weights(d, num_tasks, correlation, c, rng)
+    w = task_weights(d, num_tasks, correlation, c, rng, groups)
     alpha, beta = rng.standard_normal(m), rng.standard_normal(m)
     x = rng.standard_normal((n, d))
     linear = x @ w.T
@@ -91,6 +106,7 @@ def load_synthetic(
         "alpha": alpha,
         "beta": beta,
         "correlation": correlation,
+        "groups": task_groups(num_tasks, groups),
         "stratified": stratify,
     }
     result = DataSplits(splits["train"], splits["val"], splits["test"], chosen, (d,), info)
