@@ -178,7 +178,7 @@ def _final_stage(config: Config, auto: Mapping[str, Any], run_dir: Path, seeds: 
     winner = winner_variant(spec)
     analysis = compare["analysis"]
     verdicts = {name: {"delta_m": entry.get("delta_m"),
-                       "tasks": {t: {k: row.get(k) for k in ("estimate", "low", "high", "verdict") if k in row}
+                       "tasks": {t: {k: row.get(k) for k in ("relative_change", "low", "high", "verdict") if k in row}
                                  for t, row in entry.get("tasks", {}).items()}}
                 for name, entry in analysis.get("variants", {}).items()}
     return {"params": params, "seeds": seeds, "variant": winner, "variants": list(verdicts), "verdicts": verdicts,

@@ -21,6 +21,7 @@ from taskloom.evaluate.logged import mean_logged_matrix
 from taskloom.evaluate.verdict import analyze
 from taskloom.report import plots
 from taskloom.report.rundir import RunData, load_run
+from taskloom.report.search import search_section
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ SECTIONS = [
     ("conflict", "Gradient conflict and task affinity"),
     ("pareto", "Per-task metrics and Pareto front"),
     ("config", "Run configuration"),
+    ("search", "Search"),
 ]
 
 CSS = """
@@ -461,21 +463,23 @@ def _config_section(run: RunData) -> str:
 BUILDERS: dict[str, Callable[[RunData], str]] = {
     "comparison": _comparison_section, "curves": _curves_section, "signals": _signals_section,
     "weights": _weights_section, "conflict": _conflict_section, "pareto": _pareto_section,
-    "config": _config_section,
+    "config": _config_section, "search": lambda run: search_section(run.auto or {}),
 }
+OPTIONAL = {"search": lambda run: run.auto is not None}  # drawn only for runs that have it (taskloom auto)
 
 
 def render_report(run: RunData) -> str:
     """The report's HTML text for loaded run data."""
     body = []
-    for key, title in SECTIONS:
+    sections = [(key, title) for key, title in SECTIONS if key not in OPTIONAL or OPTIONAL[key](run)]
+    for key, title in sections:
         try:
             content = BUILDERS[key](run)
         except (KeyError, TypeError, ValueError) as error:
             log.warning("report section %r could not be drawn: %s", key, error)
             content = _absent(f"This section could not be drawn from the run's files: {error}")
         body.append(f"<section id='{key}'><h2>{html.escape(title)}</h2>{content}</section>")
-    nav = "".join(f"<a href='#{key}'>{html.escape(title)}</a>" for key, title in SECTIONS)
+    nav = "".join(f"<a href='#{key}'>{html.escape(title)}</a>" for key, title in sections)
     name = html.escape(run.path.name)
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>taskloom report: {name}</title><style>{CSS}</style></head><body>"
