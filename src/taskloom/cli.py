@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -794,7 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     except (ConfigError, ValueError, KeyError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # paths stay whole
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # paths stay whole
         return 2
 
 

@@ -124,6 +124,8 @@ def run_auto(config: Config | None, space: SearchSpace | None = None, run_dir: P
     require_optuna()
     if seeds < 1:
         raise ConfigError(f"--seeds: need at least 1 seed, got {seeds}")
+    if trials is None and budget is None:
+        raise ConfigError("taskloom auto needs --trials N or --budget TIME (or both)")
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials: need at least 1 trial, got {trials}")
     started = time.monotonic()
