@@ -56,7 +56,7 @@ def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
         "balancing": trial.suggest_categorical("balancing", space.methods),
         "lr": trial.suggest_float("lr", *space.lr, log=True),
     }
-    if len(space.groups) > 1:
+    if space.groups != [1]:
         params["groups"] = trial.suggest_categorical("groups", space.groups)
     if params["balancing"] in ("equal", "static"):
         for name in space.auxiliary:
