@@ -33,8 +33,8 @@ SECTIONS = [
     ("conflict", "Gradient conflict and task affinity"),
     ("pareto", "Per-task metrics and Pareto front"),
     ("config", "Run configuration"),
-    ("search", "Search"),
 ]
+OPTIONAL_SECTIONS = [("search", "Search")]  # drawn only for a run that has auto.json (taskloom auto)
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:1.5rem;
@@ -465,13 +465,12 @@ BUILDERS: dict[str, Callable[[RunData], str]] = {
     "weights": _weights_section, "conflict": _conflict_section, "pareto": _pareto_section,
     "config": _config_section, "search": lambda run: search_section(run.auto or {}),
 }
-OPTIONAL = {"search": lambda run: run.auto is not None}  # drawn only for runs that have it (taskloom auto)
 
 
 def render_report(run: RunData) -> str:
     """The report's HTML text for loaded run data."""
     body = []
-    sections = [(key, title) for key, title in SECTIONS if key not in OPTIONAL or OPTIONAL[key](run)]
+    sections = SECTIONS + (OPTIONAL_SECTIONS if run.auto is not None else [])
     for key, title in sections:
         try:
             content = BUILDERS[key](run)
