@@ -300,9 +300,12 @@ def command_auto(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
         console.print(f"trial {number}: {shown}", highlight=False)
 
-    auto = run_auto(config, space, run_dir, trials=args.trials, budget=budget, seeds=args.seeds,
-                    storage=args.storage, resume=bool(args.resume), pruner=args.pruner,
-                    final=not args.search_only, on_trial=on_trial)
+    logging.getLogger("optuna").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    with _progress() as progress:
+        auto = run_auto(config, space, run_dir, trials=args.trials, budget=budget, seeds=args.seeds,
+                        storage=args.storage, resume=bool(args.resume), pruner=args.pruner,
+                        final=not args.search_only, on_trial=on_trial,
+                        callbacks=ProgressCallbacks(progress, args.verbose))
     counts = ", ".join(f"{n} {state}" for state, n in auto["counts"].items())
     console.print(f"search: {len(auto['trials'])} trials in the study ({counts})", highlight=False)
     if auto["winner"] is not None:

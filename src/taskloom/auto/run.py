@@ -144,12 +144,12 @@ def run_auto(config: Config | None, space: SearchSpace | None = None, run_dir: P
     if baselines_file.is_file():
         baselines = _read_json(baselines_file)
     else:
-        baselines = search_baselines(config, splits)
+        baselines = search_baselines(config, splits, callbacks)
         write_json_atomically(baselines_file, baselines)
     auto["search_baselines"] = baselines
     study = open_study(storage, config.train.seed, build_pruner(pruner, config.train.epochs))
     left = None if budget is None else max(1.0, budget - (time.monotonic() - started))
-    run_study(study, Objective(config, splits, space, baselines, on_trial), trials, left)
+    run_study(study, Objective(config, splits, space, baselines, on_trial, callbacks), trials, left)
     auto.update(summarize(study))
     write_json_atomically(run_dir / AUTO_FILE, auto)
     if not final or auto["winner"] is None:

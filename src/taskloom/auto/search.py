@@ -77,18 +77,33 @@ def best_validation(trainer: Trainer, tasks: Sequence[Task]) -> dict[str, float]
     return {}
 
 
-def search_baselines(config: Config, splits: DataSplits) -> dict[str, float]:
+def with_epoch(callbacks: Mapping[str, Callable[..., None]] | None,
+               epoch_end: Callable[[dict[str, Any]], None] | None) -> dict[str, Callable[..., None]]:
+    """Trainer callbacks (e.g. progress bars) with ``epoch_end`` called after their own epoch callback."""
+    out = dict(callbacks or {})
+    first = out.get("epoch")
+    if epoch_end is not None:
+        out["epoch"] = lambda record: (first(record) if first is not None else None, epoch_end(record))
+    return out
+
+
+def search_baselines(config: Config, splits: DataSplits,
+                     callbacks: Mapping[str, Callable[..., None]] | None = None) -> dict[str, float]:
     """Single-task validation scores every trial's selection score is measured against (one seed, training on train).
 
     Tasks with a ``selection.baselines`` entry reuse it instead of training.
     """
     given = dict(config.selection.baselines or {})
     out = {}
+    callbacks = dict(callbacks or {})
     for task in splits.tasks:
         if task.name in given:
             out[task.name] = float(given[task.name])
             continue
-        trainer = build_trainer(config, [task], splits, None, f"single/{task.name}", balancing=False)
+        name = f"single/{task.name}"
+        trainer = build_trainer(config, [task], splits, None, name, balancing=False, callbacks=callbacks)
+        if "start" in callbacks:
+            callbacks["start"](name, trainer.epochs, trainer.start_epoch)
         trainer.fit(training_data(config, splits, [task.name]), splits.val)
         out.update(best_validation(trainer, [task]))
     return out
@@ -98,15 +113,18 @@ class Objective:
     """One trial: train the trial's model on train, score on validation after each epoch, prune or go on."""
 
     def __init__(self, config: Config, splits: DataSplits, space: SearchSpace, baselines: Mapping[str, float],
-                 on_trial: Callable[[int, dict[str, Any]], None] | None = None) -> None:
+                 on_trial: Callable[[int, dict[str, Any]], None] | None = None,
+                 callbacks: Mapping[str, Callable[..., None]] | None = None) -> None:
         self.config, self.splits, self.space, self.baselines = config, splits, space, dict(baselines)
-        self.on_trial = on_trial
+        self.on_trial, self.callbacks = on_trial, dict(callbacks or {})
 
     def _train(self, settings: Config, tasks: list[Task], name: str,
                epoch_end: Callable[[dict[str, Any]], None] | None = None) -> Trainer:
-        callbacks = {"epoch": epoch_end} if epoch_end is not None else None
+        callbacks = with_epoch(self.callbacks, epoch_end)
         trainer = build_trainer(settings, tasks, self.splits, None, name, callbacks=callbacks,
                                 baselines={t.name: self.baselines[t.name] for t in tasks if t.name in self.baselines})
+        if "start" in callbacks:
+            callbacks["start"](name, trainer.epochs, trainer.start_epoch)
         trainer.fit(training_data(settings, self.splits, [t.name for t in tasks]), self.splits.val)
         return trainer
 
@@ -128,8 +146,10 @@ class Objective:
 
         trainer = self._train(settings, tasks, f"trial{trial.number}", report)
         if params.get("groups", 1) == 1:
-            return float(trainer.history.best_score)
-        return self._grouped(trial, settings, trainer, tasks, params["groups"])
+            value = float(trainer.history.best_score)
+        else:
+            value = self._grouped(trial, settings, trainer, tasks, params["groups"])
+        return value if math.isfinite(value) else float("nan")  # no finite score: Optuna records the trial as failed
 
     def _grouped(self, trial: Any, settings: Config, trainer: Trainer, tasks: list[Task], networks: int) -> float:
         """TAG groups from the all-task model's affinity; each group trained; the grouping scored per task."""
