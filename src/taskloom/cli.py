@@ -271,6 +271,7 @@ def command_compare(args: argparse.Namespace) -> int:
 
 def command_auto(args: argparse.Namespace) -> int:
     from taskloom.auto import SearchSpace, parse_budget, run_auto
+    from taskloom.auto.search import require_optuna
 
     if args.resume:
         config, run_dir = None, Path(args.resume)
@@ -300,6 +301,7 @@ def command_auto(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
         console.print(f"trial {number}: {shown}", highlight=False)
 
+    require_optuna()  # before its log level is set: importing optuna sets it
     logging.getLogger("optuna").setLevel(logging.INFO if args.verbose else logging.WARNING)
     with _progress() as progress:
         auto = run_auto(config, space, run_dir, trials=args.trials, budget=budget, seeds=args.seeds,
@@ -719,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--groups", help="comma-separated numbers of task groups chosen by TAG affinity (default 1)")
     auto.add_argument("--lr", help="learning-rate range LOW,HIGH searched log-uniformly (default 1e-4,1e-1)")
     auto.add_argument("--pruner", default="halving", help="halving (successive halving; default), hyperband or none")
-    auto.add_argument("--seeds", type=int, default=3, help="seeds of the final stage (default 3)")
+    auto.add_argument("--seeds", type=int, help="seeds of the final stage (default 3; on --resume the run's)")
     auto.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run directory)")
     auto.add_argument("--run-dir", type=Path, help="the run directory (default: a new one in output_dir)")
     auto.add_argument("--resume", metavar="RUN_DIR", help="continue the study of an auto run directory")

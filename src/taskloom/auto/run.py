@@ -111,18 +111,20 @@ def _prepare(config: Config | None, run_dir: Path | None, resume: bool, space: S
 
 
 def run_auto(config: Config | None, space: SearchSpace | None = None, run_dir: Path | None = None,
-             trials: int | None = None, budget: float | None = None, seeds: int = 3, storage: str | None = None,
+             trials: int | None = None, budget: float | None = None, seeds: int | None = None,
+             storage: str | None = None,
              resume: bool = False, pruner: str | Any = "halving", final: bool = True,
              on_trial: Callable[[int, dict[str, Any]], None] | None = None,
              callbacks: Mapping[str, Callable[..., None]] | None = None) -> dict[str, Any]:
     """Search (``trials`` and/or ``budget`` seconds, whichever ends first), then the final stage; returns auto.json.
 
-    ``space``: the candidates (default :class:`SearchSpace`; on resume the stored one);
+    ``space``: the candidates (default :class:`SearchSpace`; on resume the stored one); ``seeds``: of the final
+    stage (default 3; on resume the stored number);
     ``storage``: an Optuna storage URL (default SQLite in the run directory); ``final``: False stops
     after the search (a worker of a shared study).
     """
     require_optuna()
-    if seeds < 1:
+    if seeds is not None and seeds < 1:
         raise ConfigError(f"--seeds: need at least 1 seed, got {seeds}")
     if trials is None and budget is None:
         raise ConfigError("taskloom auto needs --trials N or --budget TIME (or both)")
@@ -130,6 +132,7 @@ def run_auto(config: Config | None, space: SearchSpace | None = None, run_dir: P
         raise ConfigError(f"--trials: need at least 1 trial, got {trials}")
     started = time.monotonic()
     config, run_dir, space, storage, stored = _prepare(config, run_dir, resume, space, storage)
+    seeds = seeds or int(stored.get("seeds") or 3)
     splits = load_data(config)
     names = [t.name for t in splits.tasks]
     space.auxiliary = [t.name for t in splits.tasks if t.role == "auxiliary"]
