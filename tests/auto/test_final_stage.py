@@ -99,3 +99,22 @@ def test_the_readme_auto_commands_parse():
     for command in commands:
         args = parser.parse_args(command[1:])
         assert args.func is cli.command_auto
+
+
+def test_resume_keeps_the_final_models_of_an_unchanged_winner_and_retrains_a_changed_one(tmp_path):
+    config = parse_config({**RAW, "output_dir": str(tmp_path / "runs")})
+    run_dir = tmp_path / "run"
+    space = SearchSpace(architectures=["hard"], methods=["equal"])
+    run_auto(config, space, run_dir, trials=1, seeds=1, pruner="none")
+    results = run_dir / "hard+equal" / "seed0" / "results.json"
+    first = results.stat().st_mtime_ns
+    never = optuna.pruners.ThresholdPruner(lower=1e9)  # the added trial is pruned: the winner stays
+    auto = run_auto(None, None, run_dir, trials=1, resume=True, pruner=never)
+    assert auto["counts"] == {"complete": 1, "pruned": 1} and auto["final"]["seeds"] == 1
+    assert results.stat().st_mtime_ns == first
+    stored = json.loads((run_dir / "auto.json").read_text())
+    stored["final"]["params"]["lr"] = 0.5  # as if an earlier winner had another learning rate
+    (run_dir / "auto.json").write_text(json.dumps(stored))
+    auto = run_auto(None, None, run_dir, trials=1, resume=True, pruner=never)
+    assert results.stat().st_mtime_ns != first and (run_dir / "study.db").is_file()
+    assert len(auto["trials"]) == 3

@@ -91,3 +91,10 @@ def test_unknown_candidates_and_a_missing_limit_are_refused(tmp_path):
         run_auto(tiny_config(tmp_path), SearchSpace(architectures=["nope"]), tmp_path / "a", trials=1)
     with pytest.raises(ValueError, match="--trials N or --budget"):
         run_auto(tiny_config(tmp_path), SearchSpace(**SPACE), tmp_path / "b")
+
+
+def test_a_spent_budget_stops_the_search_before_the_trial_limit(tmp_path, caplog):
+    # a budget no machine can train the single-task validation models in: no trial starts
+    auto = run_auto(tiny_config(tmp_path), SearchSpace(**SPACE), tmp_path / "auto", trials=50, budget=1e-9)
+    assert auto["trials"] == [] and auto["winner"] is None
+    assert "no trial ran" in caplog.text

@@ -151,8 +151,12 @@ def run_auto(config: Config | None, space: SearchSpace | None = None, run_dir: P
         write_json_atomically(baselines_file, baselines)
     auto["search_baselines"] = baselines
     study = open_study(storage, config.train.seed, build_pruner(pruner, config.train.epochs))
-    left = None if budget is None else max(1.0, budget - (time.monotonic() - started))
-    run_study(study, Objective(config, splits, space, baselines, on_trial, callbacks), trials, left)
+    left = None if budget is None else budget - (time.monotonic() - started)
+    if left is not None and left <= 0:
+        log.warning("the budget of %gs was spent before the first trial (data and single-task validation models); "
+                    "no trial ran", budget)
+    else:
+        run_study(study, Objective(config, splits, space, baselines, on_trial, callbacks), trials, left)
     auto.update(summarize(study))
     write_json_atomically(run_dir / AUTO_FILE, auto)
     if not final or auto["winner"] is None:
