@@ -70,3 +70,17 @@ def test_bad_ranges_and_names_are_refused_naming_the_option():
     space = SearchSpace(methods=["ew", "uw"])
     space.check(2)
     assert space.methods == ["equal", "uncertainty"]
+
+
+def test_a_group_config_keeps_the_weights_and_selection_of_its_own_tasks_only():
+    from taskloom.auto.search import group_config
+
+    params = {"architecture": "hard", "balancing": "equal", "lr": 0.01, "aux_weight:y3": 0.5}
+    settings = trial_config(CONFIG, params, ["y1", "y2", "y3"])
+    grouped = group_config(settings, ["y2", "y3"])
+    assert grouped.balancing.options == {"weights": {"y2": 1.0, "y3": 0.5}}
+    assert grouped.tracking.measure == []
+    data = settings.model_dump()
+    data["selection"] = {"score": "task", "task": "y1"}
+    grouped = group_config(parse_config(data), ["y2", "y3"])
+    assert grouped.selection.score == "mean_relative" and grouped.selection.task is None

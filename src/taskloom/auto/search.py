@@ -109,6 +109,22 @@ def search_baselines(config: Config, splits: DataSplits,
     return out
 
 
+def group_config(settings: Config, group: Sequence[str]) -> Config:
+    """A trial's config for one group of tasks: per-task weights kept for its tasks, selection on its tasks only."""
+    data = settings.model_dump()
+    data["tracking"]["measure"] = []
+    weights = data["balancing"]["options"].get("weights")
+    if weights is not None:
+        data["balancing"]["options"]["weights"] = {t: w for t, w in weights.items() if t in group}
+    selection = data["selection"]
+    named = set(selection.get("weights") or {}) | ({selection["task"]} if selection.get("task") else set())
+    if not named <= set(group):
+        selection.update(score="mean_relative", weights=None, task=None)
+    if selection.get("baselines"):
+        selection["baselines"] = {t: v for t, v in selection["baselines"].items() if t in group}
+    return parse_config(data, f"the config of the search group {'+'.join(group)}")
+
+
 class Objective:
     """One trial: train the trial's model on train, score on validation after each epoch, prune or go on."""
 
@@ -166,11 +182,8 @@ class Objective:
                 found = {group[0]: self.baselines[group[0]]} if group[0] in self.baselines else {}
             else:
                 members = [t for t in tasks if t.name in group]
-                data = settings.model_dump()
-                data["selection"] = {"score": "mean_relative"}
-                data["tracking"]["measure"] = []
-                group_settings = parse_config(data, "the config of a search group")
-                found = best_validation(self._train(group_settings, members, "group/" + "+".join(group)), members)
+                found = best_validation(self._train(group_config(settings, group), members,
+                                                    "group/" + "+".join(group)), members)
             values.update({t: found[t] for t in served if t in found})
         score = SelectionScore(tasks, self.config.selection.score, weights=self.config.selection.weights,
                                task=self.config.selection.task, baselines=self.baselines)
