@@ -35,3 +35,10 @@ def test_no_interval_or_no_delta_m_is_not_evidence_for_multi_task():
 
 def test_the_reference_is_not_compared_with_itself():
     assert "reference" not in recommend(analysis(1.0, 0.2, 1.8), "hard+equal")
+
+
+def test_one_seed_is_not_evidence_even_when_the_test_row_interval_is_above_zero():
+    data = analysis(3.0, 0.4, 5.6)
+    data["variants"]["mmoe+pcgrad"]["delta_m"]["covers"] = "test rows only (1 seed: seed noise not measured)"
+    out = recommend(data, "mmoe+pcgrad")
+    assert out["choice"] == "single-task" and "--seeds" in out["text"]

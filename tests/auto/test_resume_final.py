@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 optuna = pytest.importorskip("optuna")
 
@@ -16,8 +17,11 @@ RAW = {"name": "tiny",
        "optimizer": {"lr": 0.01}, "train": {"epochs": 2, "batch_size": 64, "num_threads": 1}}
 
 
-def test_a_grouping_winner_is_trained_as_the_grid_groups(tmp_path):
-    config = parse_config({**RAW, "output_dir": str(tmp_path / "runs")})
+def test_a_grouping_winner_with_an_auxiliary_weight_is_trained_as_the_grid_groups(tmp_path):
+    tasks = [{"name": "y1", "kind": "regression", "target": "y1"},
+             {"name": "y2", "kind": "regression", "target": "y2"},
+             {"name": "y3", "kind": "regression", "target": "y3", "role": "auxiliary"}]
+    config = parse_config({**RAW, "tasks": tasks, "output_dir": str(tmp_path / "runs")})
     space = SearchSpace(architectures=["hard"], methods=["equal"], groups=[2])
     auto = run_auto(config, space, tmp_path / "run", trials=1, seeds=1, pruner="none")
     trial = auto["trials"][0]
@@ -25,6 +29,10 @@ def test_a_grouping_winner_is_trained_as_the_grid_groups(tmp_path):
     assert sorted({t for g in trial["groups"] for t in g}) == ["y1", "y2", "y3"]
     compare = json.loads((tmp_path / "run" / "compare.json").read_text())
     assert auto["final"]["variant"] == "groups-2" and "groups-2" in compare["variants"]
+    weight = trial["params"]["aux_weight:y3"]
+    final = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert final["balancing"] == {"method": "static", "options": {"weights": {"y1": 1.0, "y2": 1.0, "y3": weight}}}
+    assert compare["analysis"]["variants"]["groups-2"]["delta_m"]["tasks"] == ["y1", "y2"]  # main tasks only
 
 
 def test_workers_share_one_study_through_storage(tmp_path):

@@ -237,6 +237,9 @@ def cell_config(config: Config, spec: GridSpec, cell: Cell) -> Config:
         data["selection"] = {"score": "mean_relative"}
     elif cell.kind == "group" and selection.get("weights"):
         selection["weights"] = {t: w for t, w in selection["weights"].items() if t in cell.tasks}
+    weights = data["balancing"]["options"].get("weights")
+    if cell.kind == "group" and isinstance(weights, dict):  # static weights: the group's own tasks
+        data["balancing"]["options"]["weights"] = {t: w for t, w in weights.items() if t in cell.tasks}
     if cell.kind == "group" and selection.get("baselines"):
         data["selection"]["baselines"] = {t: v for t, v in selection["baselines"].items() if t in cell.tasks}
     return parse_config(data, f"the config of grid cell {cell.key}")
