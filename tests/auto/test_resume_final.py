@@ -61,3 +61,13 @@ def test_resume_keeps_the_final_models_of_an_unchanged_winner_and_retrains_a_cha
     auto = run_auto(None, None, run_dir, trials=1, resume=True, pruner=never)
     assert results.stat().st_mtime_ns != first and (run_dir / "study.db").is_file()
     assert len(auto["trials"]) == 3
+
+
+def test_resume_with_no_trials_runs_only_the_final_stage(tmp_path):
+    config = parse_config({**RAW, "output_dir": str(tmp_path / "runs")})
+    run_dir = tmp_path / "run"
+    run_auto(config, SearchSpace(architectures=["hard"], methods=["equal"]), run_dir, trials=1, final=False)
+    assert not (run_dir / "compare.json").exists()
+    auto = run_auto(None, None, run_dir, trials=0, seeds=1, resume=True)
+    assert len(auto["trials"]) == 1 and (run_dir / "compare.json").is_file()
+    assert auto["final"]["variant"] == "hard+equal" and auto["recommendation"]["choice"] == "single-task"

@@ -128,8 +128,8 @@ def run_auto(config: Config | None, space: SearchSpace | None = None, run_dir: P
         raise ConfigError(f"--seeds: need at least 1 seed, got {seeds}")
     if trials is None and budget is None:
         raise ConfigError("taskloom auto needs --trials N or --budget TIME (or both)")
-    if trials is not None and trials < 1:
-        raise ConfigError(f"--trials: need at least 1 trial, got {trials}")
+    if trials is not None and trials < 0:
+        raise ConfigError(f"--trials: need 0 or more trials (0: only the final stage), got {trials}")
     started = time.monotonic()
     config, run_dir, space, storage, stored = _prepare(config, run_dir, resume, space, storage)
     seeds = seeds or int(stored.get("seeds") or 3)
@@ -183,7 +183,12 @@ def _final_stage(config: Config, auto: Mapping[str, Any], run_dir: Path, seeds: 
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
     settings = final_config(config, params, names)
     spec = final_spec(settings, params, seeds)
-    compare = run_grid(settings, spec, run_dir, callbacks=dict(callbacks or {}))
+    try:
+        compare = run_grid(settings, spec, run_dir, callbacks=dict(callbacks or {}))
+    except Exception:
+        log.warning("the final stage stopped; once the error below is fixed, finish it with "
+                    "taskloom auto --resume %s --trials 0", run_dir)
+        raise
     winner = winner_variant(spec)
     analysis = compare["analysis"]
     verdicts = {name: {"delta_m": entry.get("delta_m"),
