@@ -98,3 +98,13 @@ def test_a_spent_budget_stops_the_search_before_the_trial_limit(tmp_path, caplog
     auto = run_auto(tiny_config(tmp_path), SearchSpace(**SPACE), tmp_path / "auto", trials=50, budget=1e-9)
     assert auto["trials"] == [] and auto["winner"] is None
     assert "no trial ran" in caplog.text
+
+
+def test_a_resumed_study_refuses_other_candidates_and_follows_a_moved_run_directory(tmp_path):
+    run_auto(tiny_config(tmp_path), SearchSpace(**SPACE), tmp_path / "auto", trials=1, final=False)
+    with pytest.raises(ValueError, match="--methods: a resumed study keeps its candidates"):
+        run_auto(None, SearchSpace(architectures=SPACE["architectures"], methods=["equal"]), tmp_path / "auto",
+                 trials=1, resume=True, final=False)
+    (tmp_path / "auto").rename(tmp_path / "moved")
+    auto = run_auto(None, None, tmp_path / "moved", trials=1, resume=True, final=False)
+    assert len(auto["trials"]) == 2 and str(tmp_path / "moved" / "study.db") in auto["storage"]

@@ -100,7 +100,9 @@ def _prepare(config: Config | None, run_dir: Path | None, resume: bool, space: S
         saved = stored["space"]
         space = space or SearchSpace(**{k: tuple(v) if k in ("lr", "auxiliary_weight") else v
                                         for k, v in saved.items()})
-        return load_config(run_dir / CONFIG_FILE), run_dir, space, storage or stored["storage"], stored
+        own = stored.get("own_storage", False)
+        default = f"sqlite:///{(run_dir / 'study.db').resolve()}"  # the run directory may have moved
+        return load_config(run_dir / CONFIG_FILE), run_dir, space, storage or (default if own else stored["storage"]), stored
     if config is None:
         raise ConfigError("taskloom auto needs a CONFIG.yaml (or --resume RUN_DIR)")
     run_dir = run_dir or new_run_dir(config)
@@ -137,10 +139,16 @@ def run_auto(config: Config | None, space: SearchSpace | None = None, run_dir: P
     names = [t.name for t in splits.tasks]
     space.auxiliary = [t.name for t in splits.tasks if t.role == "auxiliary"]
     space.check(sum(t.role != "auxiliary" for t in splits.tasks))
+    for option in ("architectures", "methods", "groups"):
+        before = stored.get("space", {}).get(option)
+        if before is not None and before != getattr(space, option):
+            raise ConfigError(f"--{option}: a resumed study keeps its candidates {before} (Optuna cannot change "
+                              f"a categorical choice's values); start a new run directory to search others")
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (run_dir / CONFIG_FILE).write_text(dump_config(config))
-    auto: dict[str, Any] = {"run_dir": str(run_dir), "storage": storage, "study": STUDY_NAME,
+    own = storage == f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    auto: dict[str, Any] = {"run_dir": str(run_dir), "storage": storage, "own_storage": own, "study": STUDY_NAME,
                             "space": space.to_json(), "seeds": seeds, "final": stored.get("final")}
     write_json_atomically(run_dir / AUTO_FILE, {**stored, **auto})
     baselines_file = run_dir / BASELINES_FILE
