@@ -102,7 +102,8 @@ def _prepare(config: Config | None, run_dir: Path | None, resume: bool, space: S
                                         for k, v in saved.items()})
         own = stored.get("own_storage", False)
         default = f"sqlite:///{(run_dir / 'study.db').resolve()}"  # the run directory may have moved
-        return load_config(run_dir / CONFIG_FILE), run_dir, space, storage or (default if own else stored["storage"]), stored
+        storage = storage or (default if own else stored["storage"])
+        return load_config(run_dir / CONFIG_FILE), run_dir, space, storage, stored
     if config is None:
         raise ConfigError("taskloom auto needs a CONFIG.yaml (or --resume RUN_DIR)")
     run_dir = run_dir or new_run_dir(config)
