@@ -108,3 +108,29 @@ def test_a_resumed_study_refuses_other_candidates_and_follows_a_moved_run_direct
     (tmp_path / "auto").rename(tmp_path / "moved")
     auto = run_auto(None, None, tmp_path / "moved", trials=1, resume=True, final=False)
     assert len(auto["trials"]) == 2 and str(tmp_path / "moved" / "study.db") in auto["storage"]
+
+
+def test_static_weighting_without_weights_to_search_or_keep_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--methods: static needs per-task weights"):
+        run_auto(tiny_config(tmp_path), SearchSpace(architectures=["hard"], methods=["static"]), tmp_path / "a",
+                 trials=1)
+
+
+def test_a_named_pruner_lets_the_first_trials_complete():
+    from taskloom.auto.search import build_pruner
+
+    # halving with 8 epochs checks at epoch 1: a trial far below the one finished rival would be pruned
+    study = optuna.create_study(direction="maximize", pruner=build_pruner("halving", 8, startup=2))
+
+    def objective(trial):
+        base = 100.0 if trial.number == 0 else 0.0  # trial 0 is best at every epoch
+        for epoch in range(1, 9):
+            trial.report(base + epoch, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return base + 8
+
+    study.optimize(objective, n_trials=4)
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+    assert sorted(study.trials[2].intermediate_values) == [1]  # pruned at the first rung, epoch 8 // 9 -> 1

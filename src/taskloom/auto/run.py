@@ -140,6 +140,9 @@ def run_auto(config: Config | None, space: SearchSpace | None = None, run_dir: P
     names = [t.name for t in splits.tasks]
     space.auxiliary = [t.name for t in splits.tasks if t.role == "auxiliary"]
     space.check(sum(t.role != "auxiliary" for t in splits.tasks))
+    if "static" in space.methods and not space.auxiliary and config.balancing.method != "static":
+        raise ConfigError("--methods: static needs per-task weights; set them in the config (balancing: {method: "
+                          "static, options: {weights: ...}}) or search equal, whose auxiliary weights are searched")
     for option in ("architectures", "methods", "groups"):
         before = stored.get("space", {}).get(option)
         if before is not None and before != getattr(space, option):

@@ -37,18 +37,42 @@ def require_optuna() -> Any:
     return optuna
 
 
-def build_pruner(name: str | Any, epochs: int) -> Any:
-    """A pruner by name (halving, hyperband, none) over epochs as the resource; an Optuna pruner passes through."""
+STARTUP_TRIALS = 4
+
+
+def build_pruner(name: str | Any, epochs: int, startup: int = STARTUP_TRIALS) -> Any:
+    """A pruner by name (halving, hyperband, none) over epochs as the resource; an Optuna pruner passes through.
+
+    Successive halving (asynchronous, Li et al. 2020) keeps about the best third at epochs r, 3r, 9r, ...
+    (r = epochs // 9, at least 1). A named pruner never prunes before ``startup`` trials have completed:
+    with fewer finished rivals, asynchronous halving would stop every trial that is not the best so far.
+    """
     optuna = require_optuna()
     if not isinstance(name, str):
         return name
     if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
-    if name == "none":
+        inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epochs // 9), reduction_factor=3)
+    elif name == "hyperband":
+        inner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    elif name == "none":
         return optuna.pruners.NopPruner()
-    raise ConfigError(f"--pruner: unknown pruner {name!r}; choose from {', '.join(PRUNERS)}")
+    else:
+        raise ConfigError(f"--pruner: unknown pruner {name!r}; choose from {', '.join(PRUNERS)}")
+    return _after_startup(optuna, inner, startup)
+
+
+def _after_startup(optuna: Any, inner: Any, startup: int) -> Any:
+    """``inner`` consulted at every report (so it records each rung), obeyed once ``startup`` trials completed."""
+
+    class AfterStartup(optuna.pruners.BasePruner):
+        def prune(self, study: Any, trial: Any) -> bool:
+            pruned = inner.prune(study, trial)
+            if not pruned:
+                return False
+            states = [t.state for t in study.get_trials(deepcopy=False)]
+            return states.count(optuna.trial.TrialState.COMPLETE) >= startup
+
+    return AfterStartup()
 
 
 def open_study(storage: str, seed: int, pruner: Any, study_name: str = STUDY_NAME) -> Any:
