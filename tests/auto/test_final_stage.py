@@ -67,7 +67,7 @@ def test_the_report_has_a_search_section(cli_run):
     run_dir, _ = cli_run
     text = (run_dir / "report.html").read_text()
     assert "<h2>Search</h2>" in text and "best validation score so far" in text
-    assert "2 trials: 2 complete (pruned: 0)" in text
+    assert "2 trials: 2 complete, 0 pruned." in text
 
 
 def test_the_readme_auto_commands_parse():

@@ -32,9 +32,9 @@ def search_section(auto: Mapping[str, Any]) -> str:
     if recommendation:
         parts.append(f"<p class='note'>{html.escape(recommendation['text'])}</p>")
     counts = auto.get("counts", {})
+    shown = {**counts, "pruned": counts.get("pruned", 0)}
     parts.append(f"<p>{len(auto.get('trials', []))} trials: "
-                 + ", ".join(f"{n} {html.escape(state)}" for state, n in counts.items())
-                 + f" (pruned: {counts.get('pruned', 0)}).</p>")
+                 + ", ".join(f"{n} {html.escape(state)}" for state, n in shown.items()) + ".</p>")
     if auto.get("best_so_far"):
         parts.append(f"<img src='{best_so_far_plot(auto['best_so_far'])}' alt='best validation score so far'>")
     importances = auto.get("importances") or {}
