@@ -134,3 +134,12 @@ def test_a_named_pruner_lets_the_first_trials_complete():
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
     assert sorted(study.trials[2].intermediate_values) == [1]  # pruned at the first rung, epoch 8 // 9 -> 1
+
+
+def test_hyperband_runs_and_an_unknown_pruner_is_refused(tmp_path):
+    auto = run_auto(tiny_config(tmp_path), SearchSpace(**SPACE), tmp_path / "auto", trials=2, pruner="hyperband",
+                    final=False)
+    assert auto["counts"] == {"complete": 2}  # a named pruner prunes nothing before 4 trials completed
+    with pytest.raises(ValueError, match="--pruner: unknown pruner 'asha'"):
+        run_auto(tiny_config(tmp_path), SearchSpace(**SPACE), tmp_path / "other", trials=1, pruner="asha")
+    assert not (tmp_path / "other").exists()

@@ -136,6 +136,7 @@ def run_auto(config: Config | None, space: SearchSpace | None = None, run_dir: P
     started = time.monotonic()
     config, run_dir, space, storage, stored = _prepare(config, run_dir, resume, space, storage)
     seeds = seeds or int(stored.get("seeds") or 3)
+    pruner = build_pruner(pruner, config.train.epochs)
     splits = load_data(config)
     names = [t.name for t in splits.tasks]
     space.auxiliary = [t.name for t in splits.tasks if t.role == "auxiliary"]
@@ -162,7 +163,7 @@ def run_auto(config: Config | None, space: SearchSpace | None = None, run_dir: P
         baselines = search_baselines(config, splits, callbacks)
         write_json_atomically(baselines_file, baselines)
     auto["search_baselines"] = baselines
-    study = open_study(storage, config.train.seed, build_pruner(pruner, config.train.epochs))
+    study = open_study(storage, config.train.seed, pruner)
     left = None if budget is None else budget - (time.monotonic() - started)
     if left is not None and left <= 0:
         log.warning("the budget of %gs was spent before the first trial (data and single-task validation models); "
