@@ -270,7 +270,7 @@ def command_compare(args: argparse.Namespace) -> int:
 
 
 def command_auto(args: argparse.Namespace) -> int:
-    from taskloom.auto import SearchSpace, parse_budget, run_auto
+    from taskloom.auto import parse_budget, run_auto
     from taskloom.auto.search import require_optuna
 
     if args.resume:
@@ -279,22 +279,19 @@ def command_auto(args: argparse.Namespace) -> int:
         if not args.config:
             raise ConfigError("taskloom auto needs a CONFIG.yaml (or --resume RUN_DIR)")
         config, run_dir = _apply_overrides(load_config(args.config), args), args.run_dir
-    options = (args.architectures, args.methods, args.groups, args.lr)
-    space = None
-    if any(v is not None for v in options) or not args.resume:  # on resume, no option keeps the stored space
-        space = SearchSpace()
-        if args.architectures is not None:
-            space.architectures = _names(args.architectures) or []
-        if args.methods is not None:
-            space.methods = _names(args.methods) or []
-        if args.groups is not None:
-            space.groups = _integers(args.groups, "--groups")
-        if args.lr is not None:
-            bounds = args.lr.split(",")
-            try:
-                space.lr = (float(bounds[0]), float(bounds[1]))
-            except (ValueError, IndexError):
-                raise ConfigError(f"--lr: expected LOW,HIGH (e.g. 1e-4,1e-1), got {args.lr!r}") from None
+    space: dict[str, Any] = {}  # only the options given: a resumed study keeps the others
+    if args.architectures is not None:
+        space["architectures"] = _names(args.architectures) or []
+    if args.methods is not None:
+        space["methods"] = _names(args.methods) or []
+    if args.groups is not None:
+        space["groups"] = _integers(args.groups, "--groups")
+    if args.lr is not None:
+        bounds = args.lr.split(",")
+        try:
+            space["lr"] = (float(bounds[0]), float(bounds[1]))
+        except (ValueError, IndexError):
+            raise ConfigError(f"--lr: expected LOW,HIGH (e.g. 1e-4,1e-1), got {args.lr!r}") from None
     budget = parse_budget(args.budget) if args.budget is not None else None
 
     def on_trial(number: int, params: dict[str, Any]) -> None:
@@ -714,7 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "rate on validation (Optuna; needs taskloom[auto]), then judge the winner")
     auto.add_argument("config", nargs="?", help="the YAML config (the settings every trial shares)")
     auto.add_argument("--budget", help="search time, e.g. 30m, 2h, 90s (stops at --budget or --trials, first)")
-    auto.add_argument("--trials", type=int, help="number of trials this call runs")
+    auto.add_argument("--trials", type=int, help="number of trials this call runs (0 with --resume: only the "
+                                                 "final stage)")
     auto.add_argument("--architectures", help="comma-separated candidates (default: hard,mmoe,ple)")
     auto.add_argument("--methods", help="comma-separated balancing methods (default: equal,uncertainty,dwa,famo,"
                                         "pcgrad,upgrad)")

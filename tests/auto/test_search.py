@@ -143,3 +143,12 @@ def test_hyperband_runs_and_an_unknown_pruner_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--pruner: unknown pruner 'asha'"):
         run_auto(tiny_config(tmp_path), SearchSpace(**SPACE), tmp_path / "other", trials=1, pruner="asha")
     assert not (tmp_path / "other").exists()
+
+
+def test_a_resume_changes_only_the_options_it_names(tmp_path):
+    run_auto(tiny_config(tmp_path), SearchSpace(**SPACE), tmp_path / "auto", trials=1, final=False)
+    auto = run_auto(None, {"lr": (1e-3, 2e-3)}, tmp_path / "auto", trials=1, resume=True, final=False)
+    assert auto["space"]["architectures"] == SPACE["architectures"] and auto["space"]["lr"] == [1e-3, 2e-3]
+    assert 1e-3 <= auto["trials"][-1]["params"]["lr"] <= 2e-3
+    with pytest.raises(ValueError, match="unknown options \\['budget'\\]"):
+        run_auto(None, {"budget": 3}, tmp_path / "auto", trials=1, resume=True, final=False)

@@ -11,6 +11,7 @@ import logging
 import re
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -65,15 +66,21 @@ def _trials(study: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 def _importances(study: Any) -> dict[str, Any]:
-    """Parameter importances (Optuna's fANOVA) with 2+ complete trials, else the reason they are omitted."""
+    """Parameter importances with 2+ complete trials, else the reason they are omitted.
+
+    PED-ANOVA (Watanabe et al. 2023, Optuna's default evaluator; it needs no scikit-learn):
+    how much each parameter explains which trials reach the top quantile of values.
+    """
     optuna = require_optuna()
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if len(complete) < 2:
         return {"omitted": f"needs at least 2 complete trials, the study has {len(complete)}"}
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
     try:
-        return {"values": {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}}
+        values = optuna.importance.get_param_importances(study, evaluator=evaluator)
     except (RuntimeError, ValueError) as error:
         return {"omitted": f"Optuna could not compute them: {error}"}
+    return {"values": {k: float(v) for k, v in values.items()}, "evaluator": "PED-ANOVA (Optuna)"}
 
 
 def summarize(study: Any) -> dict[str, Any]:
@@ -90,16 +97,29 @@ def summarize(study: Any) -> dict[str, Any]:
             "best_so_far": curve, "importances": _importances(study), "winner": winner}
 
 
-def _prepare(config: Config | None, run_dir: Path | None, resume: bool, space: SearchSpace | None,
+def _with_options(base: SearchSpace, given: SearchSpace | Mapping[str, Any] | None) -> SearchSpace:
+    """``given`` itself, or ``base`` with the options a mapping names (e.g. only those given on the command line)."""
+    if given is None:
+        return base
+    if isinstance(given, SearchSpace):
+        return given
+    unknown = sorted(set(given) - set(SearchSpace.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"search space: unknown options {unknown}; known: {sorted(SearchSpace.__dataclass_fields__)}")
+    return replace(base, **given)
+
+
+def _prepare(config: Config | None, run_dir: Path | None, resume: bool,
+             space: SearchSpace | Mapping[str, Any] | None,
              storage: str | None) -> tuple[Config, Path, SearchSpace, str, dict[str, Any]]:
     if resume:
         if run_dir is None or not (run_dir / CONFIG_FILE).is_file() or not (run_dir / AUTO_FILE).is_file():
             raise ConfigError(f"--resume needs a taskloom auto run directory (with {CONFIG_FILE} and {AUTO_FILE}); "
                               f"{run_dir} is not one")
         stored = _read_json(run_dir / AUTO_FILE)
-        saved = stored["space"]
-        space = space or SearchSpace(**{k: tuple(v) if k in ("lr", "auxiliary_weight") else v
-                                        for k, v in saved.items()})
+        saved = SearchSpace(**{k: tuple(v) if k in ("lr", "auxiliary_weight") else v
+                               for k, v in stored["space"].items()})
+        space = _with_options(saved, space)
         own = stored.get("own_storage", False)
         default = f"sqlite:///{(run_dir / 'study.db').resolve()}"  # the run directory may have moved
         storage = storage or (default if own else stored["storage"])
@@ -109,11 +129,11 @@ def _prepare(config: Config | None, run_dir: Path | None, resume: bool, space: S
     run_dir = run_dir or new_run_dir(config)
     if (run_dir / AUTO_FILE).is_file():
         raise ConfigError(f"{run_dir} already holds a search; continue it with --resume {run_dir}")
-    space = space or SearchSpace()
+    space = _with_options(SearchSpace(), space)
     return config, run_dir, space, storage or f"sqlite:///{(run_dir / 'study.db').resolve()}", {}
 
 
-def run_auto(config: Config | None, space: SearchSpace | None = None, run_dir: Path | None = None,
+def run_auto(config: Config | None, space: SearchSpace | Mapping[str, Any] | None = None, run_dir: Path | None = None,
              trials: int | None = None, budget: float | None = None, seeds: int | None = None,
              storage: str | None = None,
              resume: bool = False, pruner: str | Any = "halving", final: bool = True,
@@ -121,7 +141,8 @@ def run_auto(config: Config | None, space: SearchSpace | None = None, run_dir: P
              callbacks: Mapping[str, Callable[..., None]] | None = None) -> dict[str, Any]:
     """Search (``trials`` and/or ``budget`` seconds, whichever ends first), then the final stage; returns auto.json.
 
-    ``space``: the candidates (default :class:`SearchSpace`; on resume the stored one); ``seeds``: of the final
+    ``space``: the candidates, or a mapping of the options that differ from the default :class:`SearchSpace`
+    (on resume: from the stored one); ``seeds``: of the final
     stage (default 3; on resume the stored number);
     ``storage``: an Optuna storage URL (default SQLite in the run directory); ``final``: False stops
     after the search (a worker of a shared study).
