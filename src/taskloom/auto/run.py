@@ -176,6 +176,8 @@ def run_auto(config: Config | None, space: SearchSpace | Mapping[str, Any] | Non
     own = storage == f"sqlite:///{(run_dir / 'study.db').resolve()}"
     auto: dict[str, Any] = {"run_dir": str(run_dir), "storage": storage, "own_storage": own, "study": STUDY_NAME,
                             "space": space.to_json(), "seeds": seeds, "final": stored.get("final")}
+    if stored.get("recommendation"):  # the last final stage's, until a new one replaces it (it names its params)
+        auto["recommendation"] = stored["recommendation"]
     write_json_atomically(run_dir / AUTO_FILE, {**stored, **auto})
     baselines_file = run_dir / BASELINES_FILE
     if baselines_file.is_file():
