@@ -150,5 +150,6 @@ def test_a_resume_changes_only_the_options_it_names(tmp_path):
     auto = run_auto(None, {"lr": (1e-3, 2e-3)}, tmp_path / "auto", trials=1, resume=True, final=False)
     assert auto["space"]["architectures"] == SPACE["architectures"] and auto["space"]["lr"] == [1e-3, 2e-3]
     assert 1e-3 <= auto["trials"][-1]["params"]["lr"] <= 2e-3
+    assert all(isinstance(note, str) for note in auto["importances"].get("notes", []))
     with pytest.raises(ValueError, match="unknown options \\['budget'\\]"):
         run_auto(None, {"budget": 3}, tmp_path / "auto", trials=1, resume=True, final=False)

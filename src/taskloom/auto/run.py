@@ -11,6 +11,7 @@ import logging
 import re
 import shutil
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -76,11 +77,17 @@ def _importances(study: Any) -> dict[str, Any]:
     if len(complete) < 2:
         return {"omitted": f"needs at least 2 complete trials, the study has {len(complete)}"}
     evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-    try:
-        values = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    except (RuntimeError, ValueError) as error:
-        return {"omitted": f"Optuna could not compute them: {error}"}
-    return {"values": {k: float(v) for k, v in values.items()}, "evaluator": "PED-ANOVA (Optuna)"}
+    with warnings.catch_warnings(record=True) as caught:  # e.g. too few trials per value: kept as notes
+        warnings.simplefilter("always")
+        try:
+            values = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        except (RuntimeError, ValueError) as error:
+            return {"omitted": f"Optuna could not compute them: {error}"}
+    out: dict[str, Any] = {"values": {k: float(v) for k, v in values.items()}, "evaluator": "PED-ANOVA (Optuna)"}
+    notes = sorted({str(w.message) for w in caught})
+    if notes:
+        out["notes"] = notes
+    return out
 
 
 def summarize(study: Any) -> dict[str, Any]:
