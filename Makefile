@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/no-deps.txt requirements/extras-nlp.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev,serve]"
+	$(PIP) -e ".[dev,serve,auto]"
 	$(PIP) --no-deps -r requirements/no-deps.txt -r requirements/extras-nlp.txt
 	touch $(STAMP)
 

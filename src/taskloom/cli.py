@@ -1,4 +1,4 @@
-"""The command line: ``taskloom run | train | compare | affinity | report | list | describe``
+"""The command line: ``taskloom run | train | compare | auto | affinity | report | list | describe``
 (and ``predict | export | serve``).
 
 The CLI owns the terminal (rich tables and progress).
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -269,6 +270,60 @@ def command_compare(args: argparse.Namespace) -> int:
         return compare
 
     return _execute(args, _stored_config(run_dir) if args.resume else config, work)
+
+
+def command_auto(args: argparse.Namespace) -> int:
+    from taskloom.auto import parse_budget, run_auto
+    from taskloom.auto.search import require_optuna
+
+    if args.resume:
+        config, run_dir = None, Path(args.resume)
+    else:
+        if not args.config:
+            raise ConfigError("taskloom auto needs a CONFIG.yaml (or --resume RUN_DIR)")
+        config, run_dir = _apply_overrides(load_config(args.config), args), args.run_dir
+    space: dict[str, Any] = {}  # only the options given: a resumed study keeps the others
+    if args.architectures is not None:
+        space["architectures"] = _names(args.architectures) or []
+    if args.methods is not None:
+        space["methods"] = _names(args.methods) or []
+    if args.groups is not None:
+        space["groups"] = _integers(args.groups, "--groups")
+    if args.lr is not None:
+        bounds = args.lr.split(",")
+        try:
+            space["lr"] = (float(bounds[0]), float(bounds[1]))
+        except (ValueError, IndexError):
+            raise ConfigError(f"--lr: expected LOW,HIGH (e.g. 1e-4,1e-1), got {args.lr!r}") from None
+    budget = parse_budget(args.budget) if args.budget is not None else None
+
+    def on_trial(number: int, params: dict[str, Any]) -> None:
+        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+        console.print(f"trial {number}: {shown}", highlight=False)
+
+    require_optuna()  # before its log level is set: importing optuna sets it
+    logging.getLogger("optuna").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    with _progress() as progress:
+        auto = run_auto(config, space, run_dir, trials=args.trials, budget=budget, seeds=args.seeds,
+                        storage=args.storage, resume=bool(args.resume), pruner=args.pruner,
+                        final=not args.search_only, on_trial=on_trial,
+                        callbacks=ProgressCallbacks(progress, args.verbose))
+    counts = ", ".join(f"{n} {state}" for state, n in auto["counts"].items())
+    console.print(f"search: {len(auto['trials'])} trials in the study ({counts})", highlight=False)
+    if auto["winner"] is not None:
+        winner = auto["winner"]
+        console.print(f"best trial {winner['trial']}: validation score {winner['value']:.4g} with {winner['params']}",
+                      highlight=False, soft_wrap=True)
+    importances = auto["importances"]
+    if "values" in importances:
+        console.print("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in importances["values"].items()),
+                      highlight=False)
+    else:
+        console.print(f"importances omitted: {importances['omitted']}", highlight=False)
+    if "recommendation" in auto:
+        console.print(f"[bold]recommendation:[/] {auto['recommendation']['text']}", highlight=False, soft_wrap=True)
+    console.print(f"run directory: {auto['run_dir']}", soft_wrap=True, highlight=False)
+    return 0
 
 
 def _interval(low: Any, high: Any) -> str:
@@ -687,6 +742,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbose(compare)
     compare.set_defaults(func=command_compare)
 
+    auto = sub.add_parser("auto", help="search architecture, balancing, groups, auxiliary weights and learning "
+                                       "rate on validation (Optuna; needs taskloom[auto]), then judge the winner")
+    auto.add_argument("config", nargs="?", help="the YAML config (the settings every trial shares)")
+    auto.add_argument("--budget", help="search time, e.g. 30m, 2h, 90s (stops at --budget or --trials, first)")
+    auto.add_argument("--trials", type=int, help="number of trials this call runs (0 with --resume: only the "
+                                                 "final stage)")
+    auto.add_argument("--architectures", help="comma-separated candidates (default: hard,mmoe,ple)")
+    auto.add_argument("--methods", help="comma-separated balancing methods (default: equal,uncertainty,dwa,famo,"
+                                        "pcgrad,upgrad)")
+    auto.add_argument("--groups", help="comma-separated numbers of task groups chosen by TAG affinity (default 1)")
+    auto.add_argument("--lr", help="learning-rate range LOW,HIGH searched log-uniformly (default 1e-4,1e-1)")
+    auto.add_argument("--pruner", default="halving", help="halving (successive halving; default), hyperband or none")
+    auto.add_argument("--seeds", type=int, help="seeds of the final stage (default 3; on --resume the run's)")
+    auto.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run directory)")
+    auto.add_argument("--run-dir", type=Path, help="the run directory (default: a new one in output_dir)")
+    auto.add_argument("--resume", metavar="RUN_DIR", help="continue the study of an auto run directory")
+    auto.add_argument("--search-only", action="store_true", help="stop after the search (a worker of a shared study)")
+    auto.add_argument("--epochs", type=int, help="override train.epochs")
+    auto.add_argument("--output", type=Path, help="override output_dir")
+    auto.add_argument("--device", help="override train.device (cpu, cuda)")
+    _add_verbose(auto)
+    auto.set_defaults(func=command_auto)
+
     affinity = sub.add_parser("affinity", help="the task affinity logged in a run, and suggested task groupings")
     affinity.add_argument("run_dir", help="a run directory whose metrics.jsonl holds affinity")
     affinity.add_argument("--groups", type=int, default=3, help="suggest groupings for 1..N networks (default 3)")
@@ -759,7 +837,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     except (ConfigError, ValueError, KeyError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # paths stay whole
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # paths stay whole
         return 2
 
 

@@ -314,3 +314,14 @@ def test_groups_go_on_when_an_affinity_pair_was_never_measured(tmp_path, monkeyp
     assert {"groups-1", "groups-2"} <= set(compare["variants"])
     assert compare["groupings"]["1"]["groups"] == [list(TASKS)]
     assert "Never measured, left out of the grouping: y1&rarr;y3" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_a_group_cell_keeps_only_its_tasks_static_weights():
+    from taskloom.config import parse_config
+
+    config = parse_config({"data": {"dataset": "synthetic", "options": {"num_tasks": 3}},
+                           "balancing": {"method": "static", "options": {"weights": {"y1": 1.0, "y2": 2.0,
+                                                                                     "y3": 0.5}}}})
+    spec = grid.GridSpec(methods=["static"], architectures=["hard"], seeds=[0], groups=[2])
+    cell = grid.Cell("group/y2+y3/seed0", "group", "group", 0, ("y2", "y3"), "hard", "static")
+    assert grid.cell_config(config, spec, cell).balancing.options == {"weights": {"y2": 2.0, "y3": 0.5}}

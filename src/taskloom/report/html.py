@@ -23,6 +23,7 @@ from taskloom.report.tree import splits_table, tree_svg
 from taskloom.evaluate.verdict import analyze
 from taskloom.report import plots
 from taskloom.report.rundir import RunData, load_run
+from taskloom.report.search import search_section
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ SECTIONS = [
     ("pareto", "Per-task metrics and Pareto front"),
     ("config", "Run configuration"),
 ]
+OPTIONAL_SECTIONS = [("search", "Search")]  # drawn only for a run that has auto.json (taskloom auto)
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:1.5rem;
@@ -511,21 +513,22 @@ def _config_section(run: RunData) -> str:
 BUILDERS: dict[str, Callable[[RunData], str]] = {
     "comparison": _comparison_section, "curves": _curves_section, "signals": _signals_section,
     "weights": _weights_section, "conflict": _conflict_section, "pareto": _pareto_section,
-    "config": _config_section,
+    "config": _config_section, "search": lambda run: search_section(run.auto or {}),
 }
 
 
 def render_report(run: RunData) -> str:
     """The report's HTML text for loaded run data."""
     body = []
-    for key, title in SECTIONS:
+    sections = SECTIONS + (OPTIONAL_SECTIONS if run.auto is not None else [])
+    for key, title in sections:
         try:
             content = BUILDERS[key](run)
         except (KeyError, TypeError, ValueError) as error:
             log.warning("report section %r could not be drawn: %s", key, error)
             content = _absent(f"This section could not be drawn from the run's files: {error}")
         body.append(f"<section id='{key}'><h2>{html.escape(title)}</h2>{content}</section>")
-    nav = "".join(f"<a href='#{key}'>{html.escape(title)}</a>" for key, title in SECTIONS)
+    nav = "".join(f"<a href='#{key}'>{html.escape(title)}</a>" for key, title in sections)
     name = html.escape(run.path.name)
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>taskloom report: {name}</title><style>{CSS}</style></head><body>"

@@ -18,13 +18,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunData:
-    """What the report draws from: config text, metrics.jsonl records, compare.json, grid.json."""
+    """What the report draws from: config text, metrics.jsonl records, compare.json, grid.json, auto.json."""
 
     path: Path
     config_text: str | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     compare: dict[str, Any] | None = None
     grid: dict[str, Any] | None = None
+    auto: dict[str, Any] | None = None
 
     def seeds(self) -> list[int]:
         """The seeds of a compare run (empty for a single run)."""
@@ -105,4 +106,5 @@ def load_run(run_dir: str | Path) -> RunData:
     data.records = dedupe_epochs(data.records)
     data.compare = _read_json(path / "compare.json")
     data.grid = _read_json(path / "grid.json")
+    data.auto = _read_json(path / "auto.json")
     return data

@@ -275,6 +275,9 @@ def cell_config(config: Config, spec: GridSpec, cell: Cell) -> Config:
         data["selection"] = {"score": "mean_relative"}
     elif subset and selection.get("weights"):
         selection["weights"] = {t: w for t, w in selection["weights"].items() if t in cell.tasks}
+    weights = data["balancing"]["options"].get("weights")
+    if subset and isinstance(weights, dict):  # static weights: the model's own tasks
+        data["balancing"]["options"]["weights"] = {t: w for t, w in weights.items() if t in cell.tasks}
     if subset and selection.get("baselines"):
         data["selection"]["baselines"] = {t: v for t, v in selection["baselines"].items() if t in cell.tasks}
     if subset and config.tasks is not None:
