@@ -17,6 +17,8 @@ When some tasks are auxiliary (``role: auxiliary``) and ``auxiliary_ablations`` 
 variant is also trained without each auxiliary task X (and, with several, without all of them):
 the ablation variants ``<variant>-without-X`` / ``<variant>-no-auxiliaries`` that the analysis
 compares the full model with, per main task ("does X help?", :func:`taskloom.evaluate.verdict.auxiliary_effects`).
+X may be listed in ``tasks`` or built in (``auxiliaries``): either way the cell's config is
+:func:`taskloom.train.ablation.config_without` X, and built-in auxiliaries get no single-task baseline.
 
 Training seconds are the wall time of a cell's epochs (steps, validation, checkpoint) without
 the time its monitors spend on conflict / affinity analysis, which is ``analysis_seconds``.
