@@ -26,8 +26,8 @@ with vs without and its 95 % interval over seeds and test rows (paired bootstrap
 - ``multimnist``: the left and right digits (main) with ``reconstruct`` (mask 0.25) of the image, on
   the LeNet trunk of Sener & Koltun 2018 (a seeded subset of composites).
 
-Prints JSON. The default (3 seeds, small sizes, 1 thread; petrogold, adult, yeast) took 4 to 7 minutes on 2 shared
-cores; the built-in auxiliaries run with ``--datasets adult-builtin adult-weighted``:
+Prints JSON. The default (3 seeds, small sizes, 1 thread, all six) took 294 s on 2 shared cores (adult-builtin 16 s,
+adult-weighted 21 s, multimnist 69 s, petrogold 132 s); ``--datasets`` picks some:
 
     python benchmarks/auxiliary.py > /tmp/auxiliary.json
 """
