@@ -94,7 +94,8 @@ def test_withheld_feature_is_absent_from_the_inputs_and_is_a_target(tmp_path, fe
 
 def test_feature_target_is_standardized_by_its_labelled_training_rows():
     splits = _splits()
-    splits.train.targets["f"], splits.train.masks["f"] = torch.tensor([1.0, 3.0, 99.0]), torch.tensor([True, True, False])
+    splits.train.targets["f"] = torch.tensor([1.0, 3.0, 99.0])
+    splits.train.masks["f"] = torch.tensor([True, True, False])
     splits.val.targets["f"], splits.val.masks["f"] = torch.tensor([4.0]), torch.tensor([True])
     splits.test.targets["f"], splits.test.masks["f"] = torch.tensor([0.0]), torch.tensor([True])
     standardize_feature_target(splits, "f")  # mean 2 and std 1 of the labelled 1, 3 (99 is unlabelled)

@@ -153,6 +153,8 @@ def test_compare_judges_each_builtin_auxiliary(tmp_path, table):
     with open(run_dir / "compare-auxiliary.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert {(r["auxiliary"], r["task"]) for r in rows} >= {(FEATURE, MAIN), (RECONSTRUCT, MAIN)}
+    section = (run_dir / "compare.md").read_text().split("Auxiliary tasks", 1)[1]
+    assert FEATURE in section and RECONSTRUCT in section
 
 
 def _cell(compare, variant):

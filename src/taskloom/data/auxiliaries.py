@@ -2,8 +2,8 @@
 
 ``feature``: an input column withheld from the model and predicted instead (Caruana 1997, "Multitask
 learning", features used as outputs); a regression feature is predicted in standardized units (training
-mean and std), so its loss has the scale of the others whatever the column's unit. ``reconstruct``: predict the standardized inputs from the shared
-representation; with ``mask`` a seeded fraction of each training row's inputs is zeroed at the input
+mean and std), so its loss has the scale of the others whatever the column's unit. ``reconstruct``: predict
+the standardized inputs from the shared representation; with ``mask`` a seeded fraction of each training row's inputs is zeroed at the input
 (denoising autoencoders, Vincent et al. 2008; masked autoencoders, He et al. 2022). The reconstruction
 loss covers every input (the denoising form), not only the masked ones.
 """
