@@ -8,7 +8,7 @@ import torch
 
 from taskloom import MultiTaskDataset, Task
 from taskloom.config import ConfigError, parse_config
-from taskloom.data.auxiliaries import add_reconstruction, input_mask, standardize
+from taskloom.data.auxiliaries import add_reconstruction, input_mask, standardize, standardize_feature_target
 from taskloom.data.dataset import DataSplits
 from taskloom.train.runner import load_data
 
@@ -90,6 +90,27 @@ def test_withheld_feature_is_absent_from_the_inputs_and_is_a_target(tmp_path, fe
     rows = splits.info["rows"]["train"]
     labels = splits.train.targets["aux_feature_age"].numpy()
     assert np.corrcoef(labels, frame.age.to_numpy()[rows])[0, 1] == pytest.approx(1.0)
+
+
+def test_feature_target_is_standardized_by_its_labelled_training_rows():
+    splits = _splits()
+    splits.train.targets["f"] = torch.tensor([1.0, 3.0, 99.0])
+    splits.train.masks["f"] = torch.tensor([True, True, False])
+    splits.val.targets["f"], splits.val.masks["f"] = torch.tensor([4.0]), torch.tensor([True])
+    splits.test.targets["f"], splits.test.masks["f"] = torch.tensor([0.0]), torch.tensor([True])
+    standardize_feature_target(splits, "f")  # mean 2 and std 1 of the labelled 1, 3 (99 is unlabelled)
+    assert torch.allclose(splits.train.targets["f"][:2], torch.tensor([-1.0, 1.0]))
+    assert torch.allclose(splits.val.targets["f"], torch.tensor([2.0]))
+    assert torch.allclose(splits.test.targets["f"], torch.tensor([-2.0]))
+    assert splits.info["auxiliaries"]["f"]["standardized"] == {"mean": 2.0, "scale": 1.0}
+
+
+def test_loaded_regression_feature_has_training_mean_zero_and_std_one(tmp_path):
+    path, frame = _table(tmp_path)
+    splits = load_data(_config(path, [{"kind": "feature", "column": "age"}]))
+    raw = frame.age.to_numpy()[splits.info["rows"]["train"]]
+    labels = splits.train.targets["aux_feature_age"].numpy()
+    assert np.allclose(labels, (raw - raw.mean()) / raw.std(), atol=1e-5)
 
 
 def test_table_reconstruct_and_feature_together(tmp_path):

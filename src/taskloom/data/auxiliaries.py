@@ -1,8 +1,9 @@
 """Built-in auxiliary tasks that need no extra labels.
 
 ``feature``: an input column withheld from the model and predicted instead (Caruana 1997, "Multitask
-learning", features used as outputs). ``reconstruct``: predict the standardized inputs from the shared
-representation; with ``mask`` a seeded fraction of each training row's inputs is zeroed at the input
+learning", features used as outputs); a regression feature is predicted in standardized units (training
+mean and std), so its loss has the scale of the others whatever the column's unit. ``reconstruct``: predict
+the standardized inputs from the shared representation; with ``mask`` a seeded fraction of each training row's inputs is zeroed at the input
 (denoising autoencoders, Vincent et al. 2008; masked autoencoders, He et al. 2022). The reconstruction
 loss covers every input (the denoising form), not only the masked ones.
 """
@@ -31,6 +32,23 @@ def withheld_features(features: Sequence[str] | None, columns: Sequence[str]) ->
     if features is None:
         return None  # a task's target column is never inferred as a feature
     return [c for c in features if c not in set(columns)]
+
+
+def standardize_feature_target(splits: DataSplits, name: str) -> None:
+    """Standardize the regression targets of the feature auxiliary ``name`` in every split by the mean and std
+    of its labelled training rows (a constant column is only centred); the statistics go to ``splits.info``."""
+    targets, masks = splits.train.targets[name], splits.train.masks[name]
+    labelled = targets[masks].double()
+    if len(labelled) == 0:
+        raise ValueError(f"auxiliaries: the feature of task {name!r} has no value in the training rows")
+    mean = float(labelled.mean())
+    std = float(labelled.std(unbiased=False))
+    scale = std if std > 0 else 1.0
+    for split in ("train", "val", "test"):
+        data: MultiTaskDataset = getattr(splits, split)
+        data.targets[name] = ((data.targets[name].double() - mean) / scale).to(data.targets[name].dtype)
+    info: dict[str, Any] = splits.info.setdefault("auxiliaries", {})
+    info[name] = {"kind": "feature", "standardized": {"mean": mean, "scale": scale}}
 
 
 def standardize(inputs: Tensor, reference: Tensor) -> Tensor:

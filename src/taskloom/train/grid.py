@@ -17,6 +17,8 @@ When some tasks are auxiliary (``role: auxiliary``) and ``auxiliary_ablations`` 
 variant is also trained without each auxiliary task X (and, with several, without all of them):
 the ablation variants ``<variant>-without-X`` / ``<variant>-no-auxiliaries`` that the analysis
 compares the full model with, per main task ("does X help?", :func:`taskloom.evaluate.verdict.auxiliary_effects`).
+X may be listed in ``tasks`` or built in (``auxiliaries``): either way the cell's config is
+:func:`taskloom.train.ablation.config_without` X, and built-in auxiliaries get no single-task baseline.
 
 Training seconds are the wall time of a cell's epochs (steps, validation, checkpoint) without
 the time its monitors spend on conflict / affinity analysis, which is ``analysis_seconds``.
@@ -49,6 +51,7 @@ from taskloom.evaluate.references import reference_scores
 from taskloom.evaluate.resampling import REPLICATES, BootstrapCounts, TaskOutputs, replicate_metric
 from taskloom.evaluate.table import write_compare_tables
 from taskloom.evaluate.verdict import analyze
+from taskloom.train.ablation import builtin_auxiliary_names, config_without, masking_auxiliaries
 from taskloom.train.artifact import choose_decision_thresholds, write_model_artifact
 from taskloom.train.curriculum import check_curriculum
 from taskloom.train.runner import (
@@ -208,6 +211,7 @@ class Cell:
     architecture: str = "hard"
     balancing: str = "equal"
     split: int = 0
+    without: tuple[str, ...] = ()
 
     @property
     def model_name(self) -> str:
@@ -218,10 +222,14 @@ def _prefix(spec: GridSpec, split: int) -> str:
     return f"split{split}/" if spec.splits > 1 else ""
 
 
-def plan_cells(spec: GridSpec, task_names: Sequence[str], auxiliary: Sequence[str] = ()) -> list[Cell]:
+def plan_cells(spec: GridSpec, task_names: Sequence[str], auxiliary: Sequence[str] = (),
+               builtin: Sequence[str] = ()) -> list[Cell]:
     """Split by split, seed by seed: the single-task baselines, every variant, then the auxiliary ablations.
 
-    Finished seeds come first; ``auxiliary`` names the auxiliary tasks (see :meth:`GridSpec.ablations`).
+    Finished seeds come first; ``auxiliary`` names the auxiliary tasks (see :meth:`GridSpec.ablations`),
+    ``builtin`` those of them the config's ``auxiliaries`` make from the inputs: they get no single-task
+    baseline (nobody serves a model that only rebuilds its inputs), and the baselines are trained
+    without them (whole inputs, a withheld feature column still withheld).
     """
     ablations = spec.ablations(task_names, auxiliary)
     cells = []
@@ -229,8 +237,8 @@ def plan_cells(spec: GridSpec, task_names: Sequence[str], auxiliary: Sequence[st
         prefix = _prefix(spec, split)
         for seed in spec.seeds:
             if spec.baselines:
-                cells += [Cell(f"{prefix}single/{t}/seed{seed}", "single", "single", seed, (t,), split=split)
-                          for t in task_names]
+                cells += [Cell(f"{prefix}single/{t}/seed{seed}", "single", "single", seed, (t,), split=split,
+                               without=tuple(builtin)) for t in task_names if t not in set(builtin)]
             for architecture in spec.architectures:
                 for method in spec.methods:
                     name = spec.variant(architecture, method)
@@ -239,7 +247,7 @@ def plan_cells(spec: GridSpec, task_names: Sequence[str], auxiliary: Sequence[st
             for name, removed in ablations:
                 cells.append(Cell(f"{prefix}{name}/seed{seed}", name, "ablation", seed,
                                   tuple(t for t in task_names if t not in removed), spec.architectures[0],
-                                  spec.methods[0], split))
+                                  spec.methods[0], split, tuple(removed)))
     return cells
 
 
@@ -255,7 +263,12 @@ def group_cells(spec: GridSpec, groups: Sequence[Sequence[str]]) -> list[Cell]:
 
 
 def cell_config(config: Config, spec: GridSpec, cell: Cell) -> Config:
-    """The config of one cell: the base config with the cell's seed, split, architecture, method and tracking."""
+    """The config of one cell: the base config with the cell's seed, split, architecture, method and tracking.
+
+    A cell trained without some auxiliary tasks (an ablation, or a single-task baseline without the built-in
+    auxiliaries) starts from :func:`taskloom.train.ablation.config_without`.
+    """
+    config = config_without(config, cell.without, f"grid cell {cell.key}")
     data = config.model_dump()
     data["train"]["seed"] = cell.seed
     data["train"]["baselines"] = False
@@ -564,6 +577,29 @@ def run_grid(config: Config, spec: GridSpec | None, run_dir: Path | None = None,
         raise
 
 
+def cell_splits(config: Config, cell: Cell, data: Sequence[DataSplits], reloaded: dict[Any, DataSplits]) -> DataSplits:
+    """The data a cell trains on: its split's, reloaded without the masking reconstruct auxiliaries it drops.
+
+    Reconstruct auxiliaries are added after the rows are split, so the reloaded data holds the same
+    rows (checked); ``reloaded`` caches it per split and dropped set.
+    """
+    masked = masking_auxiliaries(config, cell.without)
+    if not masked:
+        return data[cell.split]
+    key = (cell.split, masked)
+    if key not in reloaded:
+        dumped = config_without(config, masked, f"grid cell {cell.key}").model_dump()
+        dumped["data"]["split_seed"] = config.data.split_seed + cell.split
+        splits = load_data(parse_config(dumped, f"the data of grid cell {cell.key}"))
+        full = data[cell.split]
+        if [len(splits.train), len(splits.val), len(splits.test)] != [len(full.train), len(full.val), len(full.test)]:
+            raise RuntimeError(f"grid cell {cell.key}: the data without {list(masked)} has other rows than the "
+                               "run's split; auxiliary ablations need the same test rows")
+        reloaded[key] = splits
+        log.info("data of split %d reloaded without %s (whole training inputs)", cell.split, list(masked))
+    return reloaded[key]
+
+
 def _auxiliary_names(tasks: Sequence[Any]) -> list[str]:
     return [t.name for t in tasks if getattr(t, "role", "main") == "auxiliary"]
 
@@ -576,11 +612,12 @@ def _run_worker(config: Config, spec: GridSpec, data: Sequence[DataSplits], comm
     state (fresh or resumed), so the ranks stay identical; test metrics, analysis and files are rank 0's.
     """
     names = [t.name for t in data[0].tasks]
-    for cell in plan_cells(spec, names, _auxiliary_names(data[0].tasks)):
+    reloaded: dict[Any, DataSplits] = {}
+    for cell in plan_cells(spec, names, _auxiliary_names(data[0].tasks), builtin_auxiliary_names(config)):
         finished = run_dir is not None and (run_dir / cell.key / RESULTS_FILE).is_file()
         if communicator.broadcast_object(finished):
             continue
-        splits = data[cell.split]
+        splits = cell_splits(config, cell, data, reloaded)
         settings = cell_config(config, spec, cell)
         tasks = [t for t in splits.tasks if t.name in cell.tasks]
         trainer = build_trainer(settings, tasks, splits, None, cell.model_name, balancing=cell.kind != "single")
@@ -598,7 +635,8 @@ def _run_grid(config: Config, spec: GridSpec, data: Sequence[DataSplits], run_di
     evaluation = [check_splits(s, s.tasks) for s in data]
     undefined = {j: {t for t, e in ev["test"].items() if not e["defined"]} for j, ev in enumerate(evaluation)}
     counts = [BootstrapCounts(len(s.test), REPLICATES, j) if len(s.test) else None for j, s in enumerate(data)]
-    cells = plan_cells(spec, names, _auxiliary_names(splits0.tasks))
+    cells = plan_cells(spec, names, _auxiliary_names(splits0.tasks), builtin_auxiliary_names(config))
+    reloaded: dict[Any, DataSplits] = {}
     total = len(cells) + (len(spec.groups) * len(spec.seeds) if spec.groups else 0)
     results: dict[str, dict[str, Any]] = {}
     done = 0
@@ -612,8 +650,8 @@ def _run_grid(config: Config, spec: GridSpec, data: Sequence[DataSplits], run_di
             for other in results.values():
                 if other["kind"] == "single" and other["unit"] == spec.unit(cell.split, cell.seed):
                     selection.update(other.get("best_validation") or {})
-        results[cell.key] = train_cell(config, spec, data[cell.split], cell, run_dir, callbacks,
-                                       counts[cell.split], selection)
+        splits = cell_splits(config, cell, data, reloaded)
+        results[cell.key] = train_cell(config, spec, splits, cell, run_dir, callbacks, counts[cell.split], selection)
         done += 1
 
     for cell in cells:

@@ -127,10 +127,17 @@ def load_data(config: Config) -> DataSplits:
 
 
 def add_reconstruction(config: Config, splits: DataSplits) -> DataSplits:
-    """The ``auxiliaries`` of kind reconstruct added to the loaded splits (see taskloom.data.auxiliaries)."""
+    """The ``auxiliaries`` of kind reconstruct added to the loaded splits, regression feature targets standardized
+    (see taskloom.data.auxiliaries)."""
     from taskloom.data.auxiliaries import add_reconstruction as add
+    from taskloom.data.auxiliaries import standardize_feature_target
 
     for i, auxiliary in enumerate(config.auxiliaries):
+        if auxiliary.kind == "feature" and auxiliary.task_kind == "regression":
+            try:
+                standardize_feature_target(splits, auxiliary.task_name)
+            except ValueError as error:
+                raise ConfigError(f"auxiliaries[{i}]: {error}") from None
         if auxiliary.kind != "reconstruct":
             continue
         try:
