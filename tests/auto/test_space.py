@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from taskloom.auto.space import SearchSpace, auxiliary_weights, suggest, trial_config
+from taskloom.auto.space import SearchSpace, auxiliary_weights, default_space, suggest, trial_config
 from taskloom.auto.run import parse_budget
 from taskloom.config import parse_config
 
@@ -84,3 +84,10 @@ def test_a_group_config_keeps_the_weights_and_selection_of_its_own_tasks_only():
     data["selection"] = {"score": "task", "task": "y1"}
     grouped = group_config(parse_config(data), ["y2", "y3"])
     assert grouped.selection.score == "mean_relative" and grouped.selection.task is None
+
+
+def test_branching_is_a_default_candidate_only_where_the_trunk_can_be_split():
+    assert default_space(CONFIG).architectures == ["hard", "mmoe", "ple", "branching"]
+    image = parse_config({"data": {"dataset": "multimnist"}, "model": {"trunk": {"name": "lenet"}}})
+    assert default_space(image).architectures == ["hard", "mmoe", "ple"]
+    assert SearchSpace().architectures == ["hard", "mmoe", "ple"]  # the dataclass default is not widened

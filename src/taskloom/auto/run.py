@@ -20,7 +20,7 @@ from taskloom.auto.final import final_config, final_spec, recommend, winner_vari
 from taskloom.auto.search import (
     STUDY_NAME, Objective, build_pruner, open_study, require_optuna, run_study, search_baselines,
 )
-from taskloom.auto.space import SearchSpace
+from taskloom.auto.space import SearchSpace, default_space
 from taskloom.config import Config, ConfigError, dump_config, load_config
 from taskloom.train.json_files import write_json_atomically
 from taskloom.train.runner import load_data, new_run_dir, write_report_safely
@@ -136,7 +136,7 @@ def _prepare(config: Config | None, run_dir: Path | None, resume: bool,
     run_dir = run_dir or new_run_dir(config)
     if (run_dir / AUTO_FILE).is_file():
         raise ConfigError(f"{run_dir} already holds a search; continue it with --resume {run_dir}")
-    space = _with_options(SearchSpace(), space)
+    space = _with_options(default_space(config), space)
     return config, run_dir, space, storage or f"sqlite:///{(run_dir / 'study.db').resolve()}", {}
 
 

@@ -14,6 +14,7 @@ from taskloom.config import Config, ConfigError, parse_config
 from taskloom.train.grid import resolve_architectures, resolve_methods
 
 DEFAULT_ARCHITECTURES = ("hard", "mmoe", "ple")
+BRANCHING_TRUNKS = ("mlp",)  # trunks whose linear layers the branching architecture can split
 DEFAULT_METHODS = ("equal", "uncertainty", "dwa", "famo", "pcgrad", "upgrad")
 AUXILIARY_PREFIX = "aux_weight:"
 
@@ -47,6 +48,14 @@ class SearchSpace:
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def default_space(config: Config) -> SearchSpace:
+    """The default candidates for ``config``: branching (Lu et al. 2017) joins them where its trunk can be split."""
+    space = SearchSpace()
+    if config.model.trunk.name in BRANCHING_TRUNKS:
+        space.architectures.append("branching")
+    return space
 
 
 def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
