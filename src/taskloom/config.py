@@ -455,7 +455,9 @@ class CurriculumConfig(Strict):
     the first epoch); ``sampling``: each step includes each task with its probability, constant
     (``probabilities``) or linear over epochs (``schedule``: task -> [start, end]; tasks not named: 1);
     ``sequential``: one task after another (``order``: a list or ``auto``), each pulled toward the
-    previous task's solution with ``strength`` lambda, for ``epochs_per_task`` (default train.epochs).
+    previous task's solution with ``strength`` lambda, for ``epochs_per_task`` (default train.epochs);
+    ``keep: per_task`` (default, the paper) answers each task with its own stage's model (K copies of the
+    shared parameters), ``keep: shared`` with the one model the last stage leaves.
     """
 
     mode: Literal["order", "sampling", "sequential"]
@@ -467,12 +469,16 @@ class CurriculumConfig(Strict):
     epochs_per_task: PositiveInt | None = None
     auto_steps: PositiveInt | None = Field(None, description="sequential, order auto: steps of each candidate's "
                                                               "short fit (default 20)")
+    keep: Literal["per_task", "shared"] | None = Field(
+        None, description="sequential: per_task (default) keeps each task's stage model, one copy of the shared "
+                          "parameters per task; shared keeps one model, moved by every stage")
 
     @model_validator(mode="after")
     def _fits_mode(self) -> "CurriculumConfig":
         allowed = {"order": {"order", "every"}, "sampling": {"probabilities", "schedule"},
-                   "sequential": {"order", "strength", "epochs_per_task", "auto_steps"}}[self.mode]
-        for key in ("order", "every", "probabilities", "schedule", "strength", "epochs_per_task", "auto_steps"):
+                   "sequential": {"order", "strength", "epochs_per_task", "auto_steps", "keep"}}[self.mode]
+        for key in ("order", "every", "probabilities", "schedule", "strength", "epochs_per_task", "auto_steps",
+                    "keep"):
             if getattr(self, key) is not None and key not in allowed:
                 raise FieldError(key, f"is not an option of mode {self.mode}; it takes {', '.join(sorted(allowed))}")
         if self.mode in ("order", "sequential") and self.order is None:
@@ -531,6 +537,8 @@ class CurriculumConfig(Strict):
             self.__dict__["every"] = 1
         if self.mode == "sequential" and self.strength is None:
             self.__dict__["strength"] = 1.0
+        if self.mode == "sequential" and self.keep is None:
+            self.__dict__["keep"] = "per_task"
         return self
 
 

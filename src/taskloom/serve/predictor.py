@@ -100,6 +100,10 @@ def build_from_spec(spec: Mapping[str, Any]) -> tuple[torch.nn.Module, list[Task
     builder = ARCHITECTURES.get(spec["architecture"]["name"])
     with torch.random.fork_rng(devices=[]):
         model = builder(lambda: trunk_class(**arguments), tasks, **spec["architecture"]["options"])
+    if spec["architecture"].get("per_task_models"):  # sequential curriculum, keep: per_task
+        from taskloom.sharing.per_task import PerTaskModels
+
+        model = PerTaskModels(model)
     return model, tasks
 
 

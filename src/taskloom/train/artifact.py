@@ -68,7 +68,7 @@ def task_spec(task: Task, info: dict[str, Any], threshold: float | str) -> dict[
 def model_spec(config: Config, tasks: Sequence[Task], splits: DataSplits, multitask: bool = True) -> dict[str, Any]:
     """The JSON description of the model ``build_model(config, tasks, splits, single_task=not multitask)`` builds."""
     from taskloom import __version__
-    from taskloom.train.runner import trunk_arguments
+    from taskloom.train.runner import keeps_per_task_models, trunk_arguments
 
     thresholds = {t.name: t.decision_threshold for t in config.tasks or []}
     return _plain({
@@ -76,7 +76,8 @@ def model_spec(config: Config, tasks: Sequence[Task], splits: DataSplits, multit
         "taskloom_version": __version__,
         "trunk": {"name": config.model.trunk.name, "arguments": trunk_arguments(config, splits)},
         "architecture": {"name": config.model.architecture if multitask else "hard",
-                         "options": dict(config.model.options) if multitask else {}},
+                         "options": dict(config.model.options) if multitask else {},
+                         "per_task_models": multitask and keeps_per_task_models(config)},
         "tasks": [task_spec(t, splits.info, thresholds.get(t.name, 0.5)) for t in tasks],
         "input": _input_spec(splits),
         "preprocessing": splits.info.get("preprocessing"),

@@ -236,7 +236,18 @@ def build_model(config: Config, tasks: list[Task], splits: DataSplits, single_ta
     if single_task:
         return ARCHITECTURES.get("hard")(trunk_factory(config, splits), tasks)
     builder = ARCHITECTURES.get(config.model.architecture)
-    return builder(trunk_factory(config, splits), tasks, **config.model.options)
+    model = builder(trunk_factory(config, splits), tasks, **config.model.options)
+    if keeps_per_task_models(config):
+        from taskloom.sharing.per_task import PerTaskModels
+
+        model = PerTaskModels(model)
+    return model
+
+
+def keeps_per_task_models(config: Config) -> bool:
+    """True when the multi-task model answers each task with its own copy (``curriculum.keep: per_task``)."""
+    section = config.curriculum
+    return section is not None and section.mode == "sequential" and section.keep == "per_task"
 
 
 def build_trainer(config: Config, tasks: list[Task], splits: DataSplits, run_dir: Path | None,

@@ -9,8 +9,14 @@ parameters, its head) starts from the previous task's solution and minimizes
 the adaptive-SVM objective of the paper with the task's loss in place of the hinge loss.
 ``w_prev`` is the shared parameters at the end of the previous stage and, for t's head, the
 previous task's head when it has the same shapes (it is copied in, so t starts there) or t's
-own head as initialized otherwise; the first task is pulled toward the initialization. Heads of
-tasks not yet trained stay as initialized, the final model holds every head.
+own head as initialized otherwise; the first task is pulled toward the initialization.
+
+As in the paper, each task keeps its own solution ``w_t``: given a
+:class:`~taskloom.sharing.per_task.PerTaskModels` (one copy of the model per task, what
+``curriculum.keep: per_task`` builds), stage t trains copy t only, starting from copy t-1, and task t
+is answered by copy t ever after. Given a plain model (``keep: shared``), every stage moves the one
+set of shared parameters, so earlier tasks' heads end on shared parameters they were not trained with.
+Heads of tasks not yet trained stay as initialized.
 
 ``order: auto`` is the paper's greedy ordering. Its PAC-Bayesian bound on the average expected
 error of a task order (Gaussian posteriors at each ``w_t``, priors at ``w_{t-1}``) is of the form
@@ -36,6 +42,7 @@ from torch import Tensor, nn
 
 from taskloom.data.batch import Batch
 from taskloom.losses import task_losses
+from taskloom.sharing.per_task import PerTaskModels
 from taskloom.train.curriculum import Curriculum, mask_tasks
 
 log = logging.getLogger(__name__)
@@ -68,6 +75,14 @@ def start_from(model: nn.Module, task: str, previous: str | None) -> bool:
         for s, t in zip(source, target):
             t.copy_(s)
     return True
+
+
+def begin_stage(model: nn.Module, task: str, previous: str | None) -> bool:
+    """Make ``model`` ready for ``task``'s stage after ``previous``'s; True when t's head was copied from it."""
+    if isinstance(model, PerTaskModels):
+        model.activate(task)
+        return previous is not None and model.transfer(previous, task)
+    return start_from(model, task, previous)
 
 
 class SequentialCurriculum(Curriculum):
@@ -118,7 +133,7 @@ class SequentialCurriculum(Curriculum):
         if len(self.order) <= stage:  # order auto: choose this stage's task
             self.order.append(self.choose(trainer, loader, previous))
         self.stage = stage
-        copied = start_from(self.model, self.current, previous)
+        copied = begin_stage(self.model, self.current, previous)
         self.anchors = [p.detach().clone() for p in self.parameters()]
         trainer.optimizer.state.clear()
         log.info("sequential: stage %d/%d trains task %s from epoch %d%s", stage + 1, len(self.task_names),
@@ -143,7 +158,7 @@ class SequentialCurriculum(Curriculum):
         from taskloom.train.trainer import build_optimizer
 
         model = copy.deepcopy(self.model)
-        start_from(model, task, previous)
+        begin_stage(model, task, previous)
         parameters = task_model_parameters(model, task)
         anchors = [p.detach().clone() for p in parameters]
         optimizer = build_optimizer(parameters, **trainer.optimizer_spec)
@@ -206,3 +221,5 @@ class SequentialCurriculum(Curriculum):
         device = next(self.model.parameters()).device
         self.anchors = [a.to(device) for a in state["anchors"]]
         self.criteria = [dict(c) for c in state["criteria"]]
+        if isinstance(self.model, PerTaskModels) and 0 <= self.stage < len(self.order):
+            self.model.activate(self.current)
