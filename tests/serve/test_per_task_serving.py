@@ -60,7 +60,7 @@ def test_a_shared_run_keeps_one_model_and_compare_trains_plain_baselines(tmp_pat
     run_training(per_task)
     compare_dir = next((tmp_path / "compare").iterdir())
     specs = {str(p): json.loads(p.read_text()) for p in compare_dir.rglob("model.json")}
-    flags = sorted((spec["architecture"]["per_task_models"], len(spec["tasks"])) for spec in specs.values())
+    flags = sorted((spec["architecture"].get("per_task_models", False), len(spec["tasks"])) for spec in specs.values())
     assert flags == [(False, 1), (False, 1), (True, 2)]  # single-task baselines stay plain models
 
 

@@ -8,6 +8,7 @@ from torch import nn
 from taskloom import MultiTaskDataset, MultiTaskModel, Task, Trainer
 from taskloom.sharing.base import MultiTaskModule
 from taskloom.sharing.per_task import PerTaskModels
+from taskloom.train.runner import count_parameters
 from taskloom.train.sequential import SequentialCurriculum
 
 N, D, STRENGTH = 64, 3, 0.5
@@ -118,6 +119,7 @@ def test_the_first_tasks_predictions_are_those_of_its_stage_model_exactly():
     # each copy trains only its shared part and its own head: K trunks plus one head each
     trunk = sum(p.numel() for p in model.members["a"].trunk.parameters())
     heads = sum(p.numel() for name in ("a", "b", "c") for p in model.members[name].heads[name].parameters())
+    assert count_parameters(model) == 3 * trunk + heads  # the last stage's copy alone is trainable now
     model.activate(None)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 3 * trunk + heads
 

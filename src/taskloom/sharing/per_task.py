@@ -42,6 +42,10 @@ class PerTaskModels(MultiTaskModule):
         """Task ``name``'s model (trainable or not now): its copy's shared parameters, then its head."""
         return [*self._shared[name], *self._own[name]]
 
+    def trained_parameters(self) -> list[Parameter]:
+        """Every copy's model (K times the shared parameters, one head each), trainable now or not."""
+        return [p for name in self.task_names for p in self.member_parameters(name)]
+
     def shared_parameters(self) -> list[Parameter]:
         return [p for name in self.task_names for p in self._shared[name] if p.requires_grad]
 

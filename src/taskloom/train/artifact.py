@@ -77,7 +77,7 @@ def model_spec(config: Config, tasks: Sequence[Task], splits: DataSplits, multit
         "trunk": {"name": config.model.trunk.name, "arguments": trunk_arguments(config, splits)},
         "architecture": {"name": config.model.architecture if multitask else "hard",
                          "options": dict(config.model.options) if multitask else {},
-                         "per_task_models": multitask and keeps_per_task_models(config)},
+                         **({"per_task_models": True} if multitask and keeps_per_task_models(config) else {})},
         "tasks": [task_spec(t, splits.info, thresholds.get(t.name, 0.5)) for t in tasks],
         "input": _input_spec(splits),
         "preprocessing": splits.info.get("preprocessing"),

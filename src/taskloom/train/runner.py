@@ -311,7 +311,10 @@ def build_balancer_with_auxiliaries(config: Config, tasks: list[Task]) -> Any:
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Trainable parameters; for per-task copies, every copy's own model whichever stage is active."""
+    trained = getattr(model, "trained_parameters", None)
+    parameters = trained() if callable(trained) else [p for p in model.parameters() if p.requires_grad]
+    return sum(p.numel() for p in parameters)
 
 
 def new_run_dir(config: Config) -> Path:
