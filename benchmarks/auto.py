@@ -54,6 +54,7 @@ from taskloom.train.grid import GridSpec, run_grid
 ARCHITECTURES = ["hard", "mmoe"]
 SEQUENCE_ARCHITECTURES = ["hard", "soft"]  # MMoE's gates read a flattened input: not a sentence of tokens
 METHODS = ["equal", "uncertainty", "famo", "pcgrad"]
+LR = (3e-4, 3e-2)
 
 
 def _config(name: str, data: dict[str, Any], tasks: list[dict[str, Any]] | None, trunk: dict[str, Any],
@@ -174,24 +175,31 @@ def validation_delta_m(compare: Mapping[str, Any], run_dir: Path, variant: str) 
 
 
 def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Train: auto's search and final stage, then the fixed-setting grid; returns their summary."""
     config = DATASETS[name](args)
     root = args.output / "runs" / name
-    started = time.perf_counter()
     architectures = SEQUENCE_ARCHITECTURES if name == "petrogold" else ARCHITECTURES
-    space = SearchSpace(architectures=list(architectures), methods=list(METHODS), lr=(3e-4, 3e-2))
-    auto = run_auto(config, space, run_dir=root / "auto", trials=args.trials, seeds=args.seeds)
+    started = time.perf_counter()
+    space = SearchSpace(architectures=list(architectures), methods=list(METHODS), lr=LR)
+    run_auto(config, space, run_dir=root / "auto", trials=args.trials, seeds=args.seeds)
     auto_seconds = time.perf_counter() - started
-    final_dir = root / "auto"
-    final = json.loads((final_dir / "compare.json").read_text())
-    winner = auto["final"]["variant"]
-
-    begun = time.perf_counter()
     first = config.train.seed
     spec = GridSpec(methods=list(METHODS), architectures=list(architectures),
                     seeds=list(range(first, first + args.seeds)), baselines=True, auxiliary_ablations=False)
-    grid = run_grid(config, spec, root / "fixed")
-    grid_seconds = time.perf_counter() - begun
-    fixed_dir = root / "fixed"
+    run_grid(config, spec, root / "fixed")
+    seconds = {"auto": auto_seconds, "fixed_grid": time.perf_counter() - started - auto_seconds,
+               "total": time.perf_counter() - started}
+    (root / "seconds.json").write_text(json.dumps(seconds))
+    return summarize(config, root, architectures)
+
+
+def summarize(config: Config, root: Path, architectures: list[str]) -> dict[str, Any]:
+    """Read a data set's two run directories (``auto``, ``fixed``): the winner against hard+equal and best fixed."""
+    final_dir, fixed_dir = root / "auto", root / "fixed"
+    auto = json.loads((final_dir / "auto.json").read_text())
+    final = json.loads((final_dir / "compare.json").read_text())
+    grid = json.loads((fixed_dir / "compare.json").read_text())
+    winner = auto["final"]["variant"]
     fixed = [v for v, entry in grid["variants"].items() if entry.get("kind") == "multi"]
     by_validation = {v: validation_delta_m(grid, fixed_dir, v) for v in fixed}
     best = max((v for v in fixed if by_validation[v] is not None), key=lambda v: by_validation[v])
@@ -199,8 +207,9 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     final_analysis = final["analysis"]["variants"]
     versus_hard = (None if winner == "hard+equal" else paired((final, final_dir, winner),
                                                                (final, final_dir, "hard+equal")))
+    seconds_file = root / "seconds.json"
     return {
-        "candidates": {"architectures": architectures, "methods": METHODS, "lr": list(space.lr)},
+        "candidates": {"architectures": architectures, "methods": METHODS, "lr": list(LR)},
         "config": {"data": config.data.model_dump(), "trunk": config.model.trunk.model_dump(),
                    "epochs": config.train.epochs, "batch_size": config.train.batch_size,
                    "default_lr": config.optimizer.lr},
@@ -214,9 +223,10 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "best_fixed": {"variant": best, "chosen_by": "validation delta-m % (mean over seeds), never test",
                        "validation_delta_m": by_validation, "delta_m": _interval(fixed_analysis[best]["delta_m"])},
         "winner_vs_hard_equal": versus_hard,
+        "winner_vs_hard_equal_at_default_lr": paired((final, final_dir, winner), (grid, fixed_dir, "hard+equal")),
         "winner_vs_best_fixed": paired((final, final_dir, winner), (grid, fixed_dir, best)),
         "recommendation": auto["recommendation"],
-        "seconds": {"auto": auto_seconds, "fixed_grid": grid_seconds, "total": time.perf_counter() - started},
+        "seconds": json.loads(seconds_file.read_text()) if seconds_file.is_file() else None,
     }
 
 
@@ -234,6 +244,8 @@ def main() -> None:
                         help='epochs per data set, JSON (e.g. \'{"yeast": 10, ...}\')')
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=Path("/tmp/figs_auto"))
+    parser.add_argument("--analyze-only", action="store_true",
+                        help="train nothing: summarize the run directories a previous call left in --output")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     logging.getLogger("taskloom").setLevel(logging.ERROR)
@@ -243,10 +255,13 @@ def main() -> None:
     started = time.perf_counter()
     results: dict[str, Any] = {}
     for name in args.datasets:
-        results[name] = run_dataset(name, args)
+        if args.analyze_only:
+            architectures = SEQUENCE_ARCHITECTURES if name == "petrogold" else ARCHITECTURES
+            results[name] = summarize(DATASETS[name](args), args.output / "runs" / name, architectures)
+        else:
+            results[name] = run_dataset(name, args)
         (args.output / f"{name}.json").write_text(json.dumps(results[name], indent=2, default=str))
-        logging.info("%s done in %.0f s: winner %s", name, results[name]["seconds"]["total"],
-                     json.dumps(results[name]["winner"]))
+        logging.info("%s done: winner %s", name, json.dumps(results[name]["winner"]))
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     settings.update(architectures=ARCHITECTURES, methods=METHODS)
     print(json.dumps({"settings": settings, "results": results, "seconds": time.perf_counter() - started},
