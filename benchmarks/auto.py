@@ -27,8 +27,9 @@ never-married auxiliary, a seeded 8000-row subset, MLP), Yeast (all 14 labels, M
 synthetic regression pair of Ma et al. 2018 at task correlation 0.0 and 0.9 (3000 rows,
 MLP), PetroGold (deprel main, upos auxiliary, the first 1000 sentences, BiLSTM).
 
-Prints JSON (and writes each data set's raw JSON into --output as it finishes). The README
-table came from (1 thread, about 45 minutes on a shared 2-core machine):
+Prints JSON (and writes each data set's raw JSON into --output as it finishes; the run
+directories stay in ``--output/runs``, and ``--analyze-only`` summarizes them again without
+training). The README table came from (1 thread, 1525 s of training on a shared 2-core machine):
 
     OMP_NUM_THREADS=1 python benchmarks/auto.py --output /tmp/figs_auto > /tmp/figs_auto/all.json
 """
