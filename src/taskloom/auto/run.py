@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 from taskloom.auto.final import final_config, final_spec, recommend, winner_variant
 from taskloom.auto.search import (
-    STUDY_NAME, Objective, build_pruner, open_study, require_optuna, run_study, search_baselines,
+    STUDY_NAME, Objective, build_pruner, check_architectures, open_study, require_optuna, run_study, search_baselines,
 )
 from taskloom.auto.space import SearchSpace, default_space
 from taskloom.config import Config, ConfigError, dump_config, load_config
@@ -169,6 +169,7 @@ def run_auto(config: Config | None, space: SearchSpace | Mapping[str, Any] | Non
     names = [t.name for t in splits.tasks]
     space.auxiliary = [t.name for t in splits.tasks if t.role == "auxiliary"]
     space.check(sum(t.role != "auxiliary" for t in splits.tasks))
+    check_architectures(config, splits, space)
     if "static" in space.methods and not space.auxiliary and config.balancing.method != "static":
         raise ConfigError("--methods: static needs per-task weights; set them in the config (balancing: {method: "
                           "static, options: {weights: ...}}) or search equal, whose auxiliary weights are searched")

@@ -18,7 +18,7 @@ from taskloom.data.dataset import DataSplits
 from taskloom.evaluate.grouping import select_groups
 from taskloom.evaluate.logged import mean_logged_matrix
 from taskloom.task import Task
-from taskloom.train.runner import build_trainer, training_data
+from taskloom.train.runner import build_model, build_trainer, training_data
 from taskloom.train.score import SelectionScore
 from taskloom.train.trainer import Trainer, TrainingDiverged
 
@@ -90,6 +90,24 @@ def _exists(optuna: Any, storage: str, name: str) -> bool:
         return any(s.study_name == name for s in optuna.get_all_study_summaries(storage=storage))
     except Exception as error:
         raise ConfigError(f"--storage: cannot open {storage!r}: {type(error).__name__}: {error}") from None
+
+
+def check_architectures(config: Config, splits: DataSplits, space: SearchSpace) -> None:
+    """Build each candidate architecture once, before any training, so one that cannot fit this trunk is refused.
+
+    E.g. MMoE and PLE gates read a flattened input, which a sentence of tokens (a BiLSTM tagger) is not;
+    found here, the search does not fail at the first trial that picks it, after the single-task models.
+    """
+    names = [t.name for t in splits.tasks]
+    for architecture in space.architectures:
+        params = {"architecture": architecture, "balancing": config.balancing.method, "lr": config.optimizer.lr}
+        try:
+            build_model(trial_config(config, params, names), list(splits.tasks), splits)
+        except (ValueError, TypeError, ConfigError) as error:
+            others = [a for a in space.architectures if a != architecture]
+            hint = f"; drop it, e.g. --architectures {','.join(others)}" if others else ""
+            raise ConfigError(f"--architectures: {architecture} cannot be built for this config "
+                              f"({type(error).__name__}: {error}){hint}") from None
 
 
 def best_validation(trainer: Trainer, tasks: Sequence[Task]) -> dict[str, float]:
