@@ -30,8 +30,12 @@ class ExcessMTLState:
 
 
 def excess_risks(grads: Tensor, squares: Tensor, eps: float = 1e-8) -> Tensor:
-    """r_i = g_i' diag(sqrt(squares_i) + eps)^-1 g_i / 2 for each row of the K x P ``grads``."""
-    return 0.5 * (grads * grads / (squares.sqrt() + eps)).sum(dim=1)
+    """r_i = g_i' diag(sqrt(squares_i) + eps)^-1 g_i / 2 for each row of the K x P ``grads``.
+
+    A coordinate never seen with a gradient (its accumulated square is 0) contributes 0.
+    """
+    terms = grads * grads / (squares.sqrt() + eps)
+    return 0.5 * torch.where(squares > 0, terms, torch.zeros_like(terms)).sum(dim=1)
 
 
 def first_estimates(initial: Tensor, risks: Tensor) -> Tensor:
@@ -91,6 +95,8 @@ class ExcessMTL(GradientBalancer):
                 "balancing.options.mode to 'parameters' (the default) or pick a method that allows it, such as upgrad")
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta < math.inf:
             raise ValueError(f"balancing.options.eta of excessmtl must be a finite number >= 0, got {eta!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
+            raise ValueError(f"balancing.options.eps of excessmtl must be a finite number >= 0, got {eps!r}")
         if not isinstance(normalize, bool):
             raise ValueError(f"balancing.options.normalize of excessmtl must be true or false, got {normalize!r}")
         super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk)
