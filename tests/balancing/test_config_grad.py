@@ -60,8 +60,10 @@ def test_rescaling_a_task_keeps_the_direction_and_changes_the_length_by_its_proj
     torch.testing.assert_close(after.norm(), (scaled @ unit).sum())
 
 
-def test_no_gradient_gives_no_update():
+def test_no_gradient_or_exactly_opposite_gradients_give_no_update():
     assert torch.equal(config_weights(torch.zeros(3, 3, dtype=F64)), torch.zeros(3, dtype=F64))
+    opposite = torch.tensor([[2.0, 0.0], [-1.0, 0.0]], dtype=F64)
+    torch.testing.assert_close(aggregate("config", opposite), torch.zeros(2, dtype=F64))
 
 
 @pytest.mark.parametrize("mode", ["parameters", "representation"])

@@ -84,6 +84,17 @@ def test_a_task_without_gradient_gets_a_finite_weight_and_leaves_the_others_exac
     assert torch.equal(fairgrad_weights(torch.zeros(2, 2, dtype=F64)), torch.ones(2, dtype=F64))
 
 
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_exactly_opposite_gradients_give_a_finite_zero_update(alpha):
+    # no w > 0 solves G w = w^(-1/alpha) here (G w sums to zero): equal weights, no move
+    grads = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=F64)
+    w = fairgrad_weights(grads @ grads.T, alpha)
+    assert torch.isfinite(w).all()
+    torch.testing.assert_close(w[0], w[1], rtol=1e-12, atol=0)
+    torch.testing.assert_close(aggregate("fairgrad", grads, alpha=alpha), torch.zeros(2, dtype=F64), rtol=0,
+                               atol=1e-12 * float(w.max()))
+
+
 @pytest.mark.parametrize("alpha", [0, -1.0, float("inf"), float("nan"), True, "1"])
 def test_alpha_must_be_a_positive_number(alpha):
     with pytest.raises(ValueError, match=r"balancing\.options\.alpha of fairgrad"):

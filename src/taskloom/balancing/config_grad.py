@@ -19,7 +19,8 @@ def config_weights(gram: Tensor) -> Tensor:
     """Weights w with ConFIG's update g_c = w @ grads, from the K x K Gramian (one host transfer).
 
     The pseudo-inverse drops directions below the gradients' precision (as IMTL-G does), so
-    parallel or dependent gradients still give the least-squares direction.
+    parallel or dependent gradients still give the least-squares direction; where it is zero (exactly
+    opposite gradients: no direction has a positive cosine with both) the update is zero.
     """
     k = gram.shape[0]
     g = gram.detach().to("cpu", torch.float64)
