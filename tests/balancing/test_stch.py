@@ -108,7 +108,8 @@ def test_state_loads_weights_only_and_resumes_the_minima():
 
 @pytest.mark.parametrize("options,field", [
     ({"mu": 0.0}, "mu"), ({"mu": float("inf")}, "mu"), ({"ideal": "nadir"}, "ideal"),
-    ({"preferences": {"a": 1.0, "b": 1.0}}, "preferences"), ({"preferences": {"a": 1, "b": 1, "c": -1}}, "preferences.c"),
+    ({"preferences": {"a": 1.0, "b": 1.0}}, "preferences"),
+    ({"preferences": {"a": 1, "b": 1, "c": -1}}, "preferences.c"),
 ])
 def test_bad_options_are_refused_naming_the_field(options, field):
     with pytest.raises(ValueError, match=rf"balancing\.options\.{field}"):

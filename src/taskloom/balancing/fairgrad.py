@@ -33,11 +33,12 @@ def fairgrad_weights(gram: Tensor, alpha: float = 1.0, max_iter: int = 100, tol:
     """Weights w > 0 with (G w)_i = w_i^(-1/alpha) for every task i (float64 on the host, one transfer).
 
     Newton steps on the potential with backtracking far from the optimum (they keep w > 0 and the
-    potential falling), full steps near it, until the residual G w - w^(-1/alpha) is below ``tol`` relative to w^(-1/alpha). ``ridge``
-    (a floor on squared norms relative to their mean) keeps a task without gradient finite (its weight then
-    multiplies a zero row). A Gramian of zeros gives weights of one. Where no solution exists (zero
-    in the convex hull of the gradients: tasks in total conflict) the weights grow without bound and
-    the last of ``max_iter`` iterates is returned; for exactly opposite gradients its update is zero.
+    potential falling), full steps near it, until the residual G w - w^(-1/alpha) is below ``tol``
+    relative to w^(-1/alpha). ``ridge`` (a floor on squared norms relative to their mean) keeps a
+    task without gradient finite (its weight then multiplies a zero row). A Gramian of zeros gives
+    weights of one. Where no solution exists (zero in the convex hull of the gradients: tasks in
+    total conflict) the weights grow without bound and the last of ``max_iter`` iterates is
+    returned; for exactly opposite gradients its update is zero.
     """
     if not alpha > 0 or not math.isfinite(alpha):
         raise ValueError(f"fairgrad alpha must be a finite number > 0, got {alpha!r}")
