@@ -1,4 +1,4 @@
-"""ExcessMTL (He, Zhou, Zhao & Zhao, ICML 2024, "Robust multi-task learning with excess risks").
+"""ExcessMTL (He et al., ICML 2024, "Robust multi-task learning with excess risks").
 
 Tasks are weighted by how far each is from its own best loss (its excess risk), not by the loss
 itself, so noisy tasks with a high irreducible loss do not take over. The excess risk of task i
@@ -75,7 +75,7 @@ def excessmtl(grads: Tensor, state: ExcessMTLState | None = None, eta: float = 0
 class ExcessMTL(GradientBalancer):
     """ExcessMTL (He et al. 2024): task weights by exponentiated gradient on Adagrad-estimated excess risks.
 
-    ``eta`` (default 0.01) is the step of the multiplicative update; with ``normalize`` (default)
+    ``eta`` (default 0.01, our choice) is the step of the multiplicative update; with ``normalize`` (default)
     each task's excess estimate is divided by its first one, so tasks of different loss scales
     are compared by relative progress. The present tasks' weights sum to their number (equal
     weighting's scale at the start). Parameter gradients only: the accumulated squares follow

@@ -1,4 +1,4 @@
-"""Smooth Tchebycheff scalarization (Lin, Zhang, Liu, Zhang & Zhang, ICML 2024, STCH).
+"""STCH (Lin et al., ICML 2024, "Smooth Tchebycheff scalarization for multi-objective optimization").
 
 The objective is mu log sum_i exp(lambda_i (L_i - z_i) / mu), a smooth upper bound of the
 Tchebycheff max_i lambda_i (L_i - z_i) within mu log K of it; its gradient is sum_i w_i grad L_i
