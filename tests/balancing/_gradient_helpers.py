@@ -9,7 +9,7 @@ from taskloom.sharing.hard import MultiTaskModel
 from taskloom.trunks import MLP
 
 GRADIENT_METHODS = ["mgda", "mgda_ub", "pcgrad", "gradvac", "cagrad", "nashmtl", "imtl_g", "graddrop",
-                    "alignedmtl", "upgrad", "dbmtl"]
+                    "alignedmtl", "upgrad", "dbmtl", "fairgrad", "excessmtl", "config"]
 TASKS = ["a", "b", "c"]
 
 

@@ -9,7 +9,7 @@ from taskloom.balancing import BALANCERS, Balancer
 from taskloom.sharing.hard import MultiTaskModel
 from taskloom.trunks import MLP
 
-LOSS_METHODS = ["uncertainty", "dwa", "rlw", "gls", "gradnorm", "famo"]
+LOSS_METHODS = ["uncertainty", "dwa", "rlw", "gls", "gradnorm", "famo", "stch"]
 TASKS = ["reg", "cls"]
 
 

@@ -17,6 +17,7 @@ from taskloom.balancing.famo import FAMO  # noqa: E402
 from taskloom.balancing.gls import GeometricLossStrategy  # noqa: E402
 from taskloom.balancing.gradnorm import GradNorm  # noqa: E402
 from taskloom.balancing.rlw import RandomLossWeighting  # noqa: E402
+from taskloom.balancing.stch import STCH  # noqa: E402
 from taskloom.balancing.uncertainty import UncertaintyWeighting  # noqa: E402
 
 BALANCERS.add("uncertainty", UncertaintyWeighting, "learned homoscedastic-uncertainty weights (Kendall et al. 2018)")
@@ -25,13 +26,17 @@ BALANCERS.add("rlw", RandomLossWeighting, "random loss weights drawn every step 
 BALANCERS.add("gls", GeometricLossStrategy, "geometric mean of the task losses (Chennupati et al. 2019)")
 BALANCERS.add("gradnorm", GradNorm, "weights that balance last-shared-layer gradient norms (Chen et al. 2018)")
 BALANCERS.add("famo", FAMO, "fast adaptive multitask optimization (Liu et al. 2023)")
+BALANCERS.add("stch", STCH, "smooth Tchebycheff scalarization of the losses (Lin et al. 2024)")
 # --- loss-level methods (end)
 
 # --- gradient-level methods (start)
 from taskloom.balancing.aggregate import AGGREGATORS, aggregate  # noqa: E402
 from taskloom.balancing.alignedmtl import AlignedMTL  # noqa: E402
 from taskloom.balancing.cagrad import CAGrad  # noqa: E402
+from taskloom.balancing.config_grad import ConFIG  # noqa: E402
 from taskloom.balancing.dbmtl import DBMTL  # noqa: E402
+from taskloom.balancing.excessmtl import ExcessMTL  # noqa: E402
+from taskloom.balancing.fairgrad import FairGrad  # noqa: E402
 from taskloom.balancing.graddrop import GradDrop  # noqa: E402
 from taskloom.balancing.gradient import GradientBalancer  # noqa: E402
 from taskloom.balancing.gradvac import GradVac  # noqa: E402
@@ -52,6 +57,9 @@ BALANCERS.add("graddrop", GradDrop, "gradient sign dropout (Chen et al. 2020)")
 BALANCERS.add("alignedmtl", AlignedMTL, "aligned, orthogonal equal-norm components (Senushkin et al. 2023)")
 BALANCERS.add("upgrad", UPGrad, "mean of projections onto the dual cone (Quinton & Rey 2024)")
 BALANCERS.add("dbmtl", DBMTL, "dual balancing of loss scales and gradient norms (Lin et al. 2023)")
+BALANCERS.add("fairgrad", FairGrad, "alpha-fair allocation of the update, G w = w^(-1/alpha) (Ban & Ji 2024)")
+BALANCERS.add("excessmtl", ExcessMTL, "exponentiated weights on estimated excess risks (He et al. 2024)")
+BALANCERS.add("config", ConFIG, "conflict-free: equal cosine with every task gradient (Liu et al. 2024)")
 # --- gradient-level methods (end)
 
 

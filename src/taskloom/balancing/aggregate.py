@@ -1,8 +1,8 @@
 """Every gradient-level method as a pure function of the K x P per-task gradient matrix, by name.
 
 ``aggregate(name, grads, **options)`` returns the P-vector update direction; stateful
-methods (gradvac, nashmtl, dbmtl, graddrop's RNG) take their state as an option object
-(``state=GradVacState()``, ``generator=...``) that carries it from one call to the next.
+methods (gradvac, nashmtl, dbmtl, excessmtl, graddrop's RNG) take their state as an option object
+(``state=GradVacState()``, ``state=ExcessMTLState()``, ``generator=...``) that carries it from one call to the next.
 """
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from torch import Tensor
 
 from taskloom.balancing.alignedmtl import alignedmtl
 from taskloom.balancing.cagrad import cagrad
+from taskloom.balancing.config_grad import config_grad
 from taskloom.balancing.dbmtl import dbmtl
+from taskloom.balancing.excessmtl import excessmtl
+from taskloom.balancing.fairgrad import fairgrad
 from taskloom.balancing.graddrop import graddrop
 from taskloom.balancing.gradvac import gradvac
 from taskloom.balancing.imtl import imtl_g
@@ -34,6 +37,9 @@ AGGREGATORS.add("graddrop", graddrop, "gradient sign dropout (Chen et al. 2020)"
 AGGREGATORS.add("alignedmtl", alignedmtl, "aligned orthogonal components (Senushkin et al. 2023)")
 AGGREGATORS.add("upgrad", upgrad, "unconflicting projection of gradients (Quinton & Rey 2024)")
 AGGREGATORS.add("dbmtl", dbmtl, "dual balancing of log-loss gradients (Lin et al. 2023)")
+AGGREGATORS.add("fairgrad", fairgrad, "alpha-fair resource allocation (Ban & Ji 2024)")
+AGGREGATORS.add("excessmtl", excessmtl, "exponentiated weights on excess risks (He et al. 2024)")
+AGGREGATORS.add("config", config_grad, "conflict-free inverse gradients (Liu et al. 2024)")
 
 
 def aggregate(name: str, grads: Tensor, **options: Any) -> Tensor:
