@@ -37,8 +37,11 @@ from taskloom.balancing.gradient import GradientBalancer  # noqa: E402
 from taskloom.balancing.gradvac import GradVac  # noqa: E402
 from taskloom.balancing.imtl import IMTLG  # noqa: E402
 from taskloom.balancing.mgda import MGDA, MGDAUB  # noqa: E402
+from taskloom.balancing.moco import MoCo  # noqa: E402
+from taskloom.balancing.modo import MoDo  # noqa: E402
 from taskloom.balancing.nashmtl import NashMTL  # noqa: E402
 from taskloom.balancing.pcgrad import PCGrad  # noqa: E402
+from taskloom.balancing.sdmgrad import SDMGrad  # noqa: E402
 from taskloom.balancing.upgrad import UPGrad  # noqa: E402
 
 BALANCERS.add("mgda", MGDA, "min-norm convex combination of task gradients (Sener & Koltun 2018)")
@@ -52,6 +55,9 @@ BALANCERS.add("graddrop", GradDrop, "gradient sign dropout (Chen et al. 2020)")
 BALANCERS.add("alignedmtl", AlignedMTL, "aligned, orthogonal equal-norm components (Senushkin et al. 2023)")
 BALANCERS.add("upgrad", UPGrad, "mean of projections onto the dual cone (Quinton & Rey 2024)")
 BALANCERS.add("dbmtl", DBMTL, "dual balancing of loss scales and gradient norms (Lin et al. 2023)")
+BALANCERS.add("moco", MoCo, "MGDA on tracked (moving-average) gradients (Fernando et al. 2023)")
+BALANCERS.add("modo", MoDo, "MGDA weights from double-sampled gradients (Chen et al. 2023)")
+BALANCERS.add("sdmgrad", SDMGrad, "direction-oriented MGDA pulled toward the mean gradient (Xiao et al. 2023)")
 # --- gradient-level methods (end)
 
 
