@@ -12,6 +12,7 @@ BALANCERS.add("equal", EqualWeighting, "equal weighting: the sum of task losses"
 BALANCERS.add("static", StaticWeighting, "static weights given per task in the config")
 
 # --- loss-level methods (start)
+from taskloom.balancing.autolambda import AutoLambda  # noqa: E402
 from taskloom.balancing.dwa import DynamicWeightAverage  # noqa: E402
 from taskloom.balancing.famo import FAMO  # noqa: E402
 from taskloom.balancing.gls import GeometricLossStrategy  # noqa: E402
@@ -25,6 +26,7 @@ BALANCERS.add("rlw", RandomLossWeighting, "random loss weights drawn every step 
 BALANCERS.add("gls", GeometricLossStrategy, "geometric mean of the task losses (Chennupati et al. 2019)")
 BALANCERS.add("gradnorm", GradNorm, "weights that balance last-shared-layer gradient norms (Chen et al. 2018)")
 BALANCERS.add("famo", FAMO, "fast adaptive multitask optimization (Liu et al. 2023)")
+BALANCERS.add("autolambda", AutoLambda, "weights learned on validation by a lookahead step (Liu et al. 2022)")
 # --- loss-level methods (end)
 
 # --- gradient-level methods (start)
