@@ -83,7 +83,8 @@ def _mse(outputs, targets):
 
 def test_meta_gradient_equals_the_exact_second_order_derivative_on_a_tiny_model():
     model, (x, y), (xv, yv) = Tiny(), _data(1), _data(2)
-    balancer = AutoLambda(["a", "b"], primary=["a"], lookahead_lr=0.3, weight_init=0.75)  # exact in float32, the weights dtype
+    # 0.75 is exact in float32, the weights' dtype, so both sides start from the same lambda
+    balancer = AutoLambda(["a", "b"], primary=["a"], lookahead_lr=0.3, weight_init=0.75)
     balancer.attach_validation(lambda m: _mse(m(xv), yv))
     got = balancer.meta_gradient(_mse(model(x), y), model)
     # exact: differentiate L_val(theta - alpha sum_k lambda_k grad L_k(theta)) in lambda through autograd

@@ -23,7 +23,8 @@ from taskloom.trunks import MLP
 
 NAMES = ["a", "b", "c", "d", "e"]
 REFUSE_CHUNKS = ("dbmtl", "moco", "modo")  # their state is every task's whole gradient
-CHUNKED = [name for name in BALANCERS if issubclass(BALANCERS.get(name), GradientBalancer) and name not in REFUSE_CHUNKS]
+CHUNKED = [name for name in BALANCERS
+           if issubclass(BALANCERS.get(name), GradientBalancer) and name not in REFUSE_CHUNKS]
 CASES = [(name, mode) for name in CHUNKED for mode in MODES if mode in BALANCERS.get(name).modes]
 #: the tasks labelled in each of the three steps (the second misses one)
 STEP_TASKS = [NAMES, ["a", "b", "d", "e"], NAMES]

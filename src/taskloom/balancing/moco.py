@@ -1,4 +1,5 @@
-"""MoCo (Fernando et al., ICLR 2023, "Mitigating gradient bias in multi-objective learning: a provably convergent approach").
+"""MoCo (Fernando et al., ICLR 2023, "Mitigating gradient bias in multi-objective learning: a provably
+convergent approach").
 
 Stochastic MGDA is biased because its weights depend on the same noisy gradients they
 combine. MoCo tracks each task's gradient with a moving average y_k <- y_k - beta (y_k - g_k),
