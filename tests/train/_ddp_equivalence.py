@@ -39,7 +39,7 @@ def cases() -> list[tuple[str, str | None]]:
 def chunked_cases() -> list[tuple[str, str, int]]:
     """Every gradient method that accepts ``task_chunk``, in each mode, with the task-chunked engine."""
     return [(name, mode, TASK_CHUNK) for name, mode in cases()
-            if mode is not None and name != "dbmtl"]  # DB-MTL refuses task_chunk by definition
+            if mode is not None and name not in ("dbmtl", "moco", "modo")]  # they refuse task_chunk by definition
 
 
 def case_key(name: str, mode: str | None, task_chunk: int | None) -> str:
