@@ -83,3 +83,13 @@ def test_state_round_trips_through_a_weights_only_checkpoint():
 def test_bad_options_are_refused_naming_them(options, field):
     with pytest.raises(ValueError, match=rf"balancing\.options\.{field}"):
         MoCo(["a", "b"], **options)
+
+
+def test_tracking_shrinks_alternating_noise_to_beta_over_two_minus_beta():
+    # g_t = g +- e alternately: y - g obeys a <- (1 - beta) a + beta (+-e), whose 2-cycle is +-beta e / (2 - beta);
+    # with beta = 0.5 the tracked gradient is off by e / 3 instead of e.
+    g, e = torch.tensor([[1.0, 2.0]], dtype=torch.float64), torch.tensor([[3.0, -3.0]], dtype=torch.float64)
+    balancer = MoCo(["a"], beta=0.5)
+    for step in range(60):
+        balancer.combine(g + e if step % 2 == 0 else g - e, ["a"])
+    torch.testing.assert_close(balancer.memory - g, -e / 3)  # the last gradient drawn was g - e
