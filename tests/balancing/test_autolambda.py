@@ -146,3 +146,18 @@ def test_without_validation_batches_the_step_is_refused_with_what_to_do():
     model = Scalar()
     with pytest.raises(ValueError, match="validation"):
         AutoLambda(["a"]).backward(model.losses({"a": 1.0}), model)
+
+
+def test_the_head_of_a_task_without_training_labels_gets_no_gradient():
+    from taskloom import MultiTaskModel
+    from taskloom.trunks import MLP
+
+    torch.manual_seed(0)
+    model = MultiTaskModel(MLP(3, hidden=(4,)), heads={"a": nn.Linear(4, 1), "b": nn.Linear(4, 1)})
+    x, y = torch.randn(6, 3), torch.randn(6, 1)
+    balancer = AutoLambda(["a", "b"], primary=["a"])
+    balancer.attach_validation(lambda m: {"a": ((m(x)["a"] - y) ** 2).mean()})
+    balancer.backward({"a": ((model(x)["a"] - y) ** 2).mean()}, model)  # b unlabelled in this batch
+    assert all(p.grad is None for p in model.heads["b"].parameters())
+    assert all(p.grad is not None and p.grad.any() for p in model.heads["a"].parameters())
+    assert all(p.grad is not None for p in model.shared_parameters())

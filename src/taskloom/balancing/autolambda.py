@@ -86,10 +86,19 @@ class AutoLambda(Balancer):
             raise KeyError(f"AutoLambda got losses for unknown tasks {unknown}; it was built for {self.task_names}")
         return [name for name in self.task_names if name in losses]
 
+    def _trained_parameters(self, model: MultiTaskModule, names: list[str]) -> list[Tensor]:
+        """The trainable parameters, less the own parameters of tasks unlabelled in the batch (left without .grad)."""
+        absent = [n for n in self.task_names if n not in names]
+        own = getattr(model, "task_parameters", None)
+        if not absent or not callable(own):
+            return unique(model.parameters())
+        skip = {id(p) for n in absent for p in own(n)}
+        return [p for p in unique(model.parameters()) if id(p) not in skip]
+
     def meta_gradient(self, losses: Mapping[str, Tensor], model: MultiTaskModule) -> dict[str, float]:
         """The meta-gradient of the primary validation loss for each training task (no update made)."""
         names = self._names(losses)
-        parameters = unique(model.parameters())
+        parameters = self._trained_parameters(model, names)
         grads = task_gradients([losses[n] for n in names], parameters, retain_graph=True)
         meta = self._meta_gradient(grads, names, parameters, model)
         return {} if meta is None else dict(zip(names, meta.tolist()))
@@ -128,7 +137,7 @@ class AutoLambda(Balancer):
         names = self._names(losses)
         if not names:
             return
-        parameters = unique(model.parameters())
+        parameters = self._trained_parameters(model, names)
         values = [losses[n] for n in names]
         grads = task_gradients(values, parameters)
         meta = self._meta_gradient(grads, names, parameters, model)
