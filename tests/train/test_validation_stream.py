@@ -60,3 +60,45 @@ def test_fit_without_a_validation_split_is_refused_naming_it():
     data, tasks = make_three_task_data(n=100)
     with pytest.raises(ValueError, match="AutoLambda.*validation split"):
         _trainer(tasks).fit(data)
+
+
+def test_the_stream_skips_the_batches_a_resumed_run_already_drew():
+    data, tasks = make_three_task_data(n=10)
+    make = lambda start: validation_losses(data, {t.name: t for t in tasks}, batch_size=4, seed=0,  # noqa: E731
+                                           device=torch.device("cpu"), autocast=contextlib.nullcontext,
+                                           method="AutoLambda", start=start)
+    straight, resumed = Recorder(), Recorder()
+    losses = make(0)
+    for _ in range(6):  # two passes of 4, 4 and 2 rows
+        losses(straight)
+    losses = make(4)  # the second pass, after its first batch
+    for _ in range(2):
+        losses(resumed)
+    assert all(torch.equal(a, b) for a, b in zip(straight.seen[4:], resumed.seen))
+
+
+def test_a_resumed_autolambda_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
+    data, tasks = make_three_task_data(n=200)
+    train, val = data.subset(range(150)), data.subset(range(150, 200))
+
+    def trainer(run_dir, **options):
+        torch.manual_seed(0)
+        model = MultiTaskModel(MLP(8, (16,)), tasks=tasks)
+        balancer = build_balancer("autolambda", [t.name for t in tasks], primary=["level"], lr=0.05)
+        return Trainer(model, tasks, balancer=balancer, epochs=2, batch_size=40, lr=1e-2, run_dir=run_dir, **options)
+
+    straight = trainer(tmp_path / "straight")
+    straight.fit(train, val)
+
+    def interrupt(record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tmp_path / "resumed", on_epoch_end=interrupt).fit(train, val)
+    second = trainer(tmp_path / "resumed")
+    assert second.resume() and second.start_epoch == 2
+    second.fit(train, val)
+    assert torch.equal(second.balancer.weights, straight.balancer.weights)
+    for a, b in zip(straight.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)

@@ -38,7 +38,9 @@ class AutoLambda(Balancer):
     are kept >= 0. The trainer gives validation batches through :meth:`attach_validation` (it
     checks ``needs_validation``; the test split is never used). A step whose validation batch
     labels no primary task leaves the weights alone; a task absent from the training batch keeps
-    its weight and Adam state. The weights and Adam moments are buffers, saved in checkpoints.
+    its weight and Adam state, and its own parameters get no gradient. The weights, Adam moments and
+    the count of validation batches drawn are buffers, saved in checkpoints (so a resumed run's
+    validation stream continues where it stopped).
     """
 
     needs_validation = True
@@ -70,11 +72,16 @@ class AutoLambda(Balancer):
         self.register_buffer("adam_exp_avg", torch.zeros(k))
         self.register_buffer("adam_exp_avg_sq", torch.zeros(k))
         self.register_buffer("adam_steps", torch.zeros(k))
+        self.register_buffer("draws", torch.zeros((), dtype=torch.long))  # validation batches drawn so far
         self._validation: ValidationLosses | None = None
 
     def attach_validation(self, validation_losses: ValidationLosses) -> None:
         """Where validation losses come from: a function of the model giving the next validation batch's losses."""
         self._validation = validation_losses
+
+    def validation_draws(self) -> int:
+        """How many validation batches this balancer has drawn (saved, so a resumed stream skips them)."""
+        return int(self.draws)
 
     def check_data_parallel(self) -> None:
         """Refused for now: the lookahead would need every rank's validation gradient."""
@@ -117,6 +124,7 @@ class AutoLambda(Balancer):
             with torch.no_grad():
                 write_parameters(parameters, [s.reshape(-1) for s in saved], -step)
             validation = self._validation(model)
+            self.draws += 1
             primary = [validation[n] for n in self.primary if n in validation]
             if not primary:
                 log.debug("autolambda: the validation batch labels no primary task; weights unchanged")

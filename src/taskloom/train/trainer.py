@@ -377,7 +377,8 @@ class Trainer:
         if getattr(self.balancer, "needs_validation", False):  # e.g. Auto-Lambda: learns on validation batches
             self.balancer.attach_validation(validation_losses(val, self.tasks, self.batch_size, self.seed,
                                                               self.device, self._autocast,
-                                                              type(self.balancer).__name__))
+                                                              type(self.balancer).__name__,
+                                                              getattr(self.balancer, "validation_draws", int)()))
         plan = getattr(self.balancer, "plan", None)  # e.g. auxiliary weight schedules (balancing.auxiliary_weighting)
         if callable(plan):
             plan(self.epochs * steps)

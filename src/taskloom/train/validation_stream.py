@@ -21,13 +21,17 @@ SEED_OFFSET = 7919
 
 def validation_losses(val: MultiTaskDataset | Any, tasks: Mapping[str, Any], batch_size: int, seed: int,
                       device: torch.device, autocast: Callable[[], ContextManager[Any]],
-                      method: str) -> Callable[[Any], dict[str, Tensor]]:
-    """A function of the model: the masked task losses of the next validation batch (cycling over ``val``)."""
+                      method: str, start: int = 0) -> Callable[[Any], dict[str, Tensor]]:
+    """A function of the model: the masked task losses of the next validation batch (cycling over ``val``).
+
+    ``start`` batches already drawn (a resumed run's count) are skipped, so a resumed run sees the
+    batches an uninterrupted one would.
+    """
     if val is None:
         raise ValueError(f"balancing method {method} learns from validation batches during training: give the "
                          "trainer a validation split (fit(train, val); in a config, data with a validation split)")
     loader = BatchLoader(val, batch_size, seed=seed + SEED_OFFSET) if isinstance(val, MultiTaskDataset) else val
-    batches = _cycle(loader, method)
+    batches = _cycle(loader, method, start)
 
     def losses(model: Any) -> dict[str, Tensor]:
         batch = next(batches).to(device, non_blocking=True)
@@ -37,15 +41,18 @@ def validation_losses(val: MultiTaskDataset | Any, tasks: Mapping[str, Any], bat
     return losses
 
 
-def _cycle(loader: Any, method: str) -> Iterator[Batch]:
-    epoch = 0
+def _cycle(loader: Any, method: str, start: int) -> Iterator[Batch]:
+    passes, skip = divmod(start, len(loader)) if start and hasattr(loader, "__len__") and len(loader) else (0, 0)
+    epoch = passes
     while True:
         epoch += 1
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         empty = True
-        for batch in loader:
+        for position, batch in enumerate(loader):
             empty = False
+            if epoch == passes + 1 and position < skip:
+                continue
             yield batch
         if empty:
             raise ValueError(f"balancing method {method} needs validation batches, but the validation split is empty")
