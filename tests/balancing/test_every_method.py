@@ -32,7 +32,11 @@ def build(name: str, mode: str | None = None):
     options = dict(OPTIONS.get(name, {}))
     if mode is not None:
         options["mode"] = mode
-    return build_balancer(name, TASKS, **options)
+    balancer = build_balancer(name, TASKS, **options)
+    if getattr(balancer, "needs_validation", False):  # Auto-Lambda: a fixed validation batch, as a trainer would give
+        x, targets = make_data(seed=1)
+        balancer.attach_validation(lambda model: losses_from(model(x), targets))
+    return balancer
 
 
 def train_step(balancer, model, optimizer, x, targets) -> None:

@@ -23,7 +23,7 @@ from taskloom.trunks import MLP
 
 NAMES = ["a", "b", "c", "d", "e"]
 #: the methods that keep a K x P state refuse task_chunk (tested below)
-WHOLE_GRADIENT_STATE = ("dbmtl", "excessmtl")
+WHOLE_GRADIENT_STATE = ("dbmtl", "excessmtl", "moco", "modo")
 CHUNKED = [name for name in BALANCERS
            if issubclass(BALANCERS.get(name), GradientBalancer) and name not in WHOLE_GRADIENT_STATE]
 CASES = [(name, mode) for name in CHUNKED for mode in MODES if mode in BALANCERS.get(name).modes]

@@ -23,6 +23,9 @@ OPTIONS = {"static": {"weights": {name: 1.0 + i for i, name in enumerate(TASKS)}
 def _step(method: str, scale: float | None) -> tuple[list[torch.Tensor], dict[str, float]]:
     model, balancer = make_model(), build_balancer(method, TASKS, **OPTIONS.get(method, {}))
     x, targets = make_data()
+    if getattr(balancer, "needs_validation", False):  # Auto-Lambda: a fixed validation batch
+        xv, tv = make_data(seed=1)
+        balancer.attach_validation(lambda m: losses_from(m(xv), tv))
     outputs = balancer.outputs(model, x) if isinstance(balancer, GradientBalancer) else model(x)
     losses = losses_from(outputs, targets)
     balancer.backward(losses, model, scale=None if scale is None else (lambda t: t * scale))

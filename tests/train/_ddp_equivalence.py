@@ -39,7 +39,7 @@ def cases() -> list[tuple[str, str | None]]:
 def chunked_cases() -> list[tuple[str, str, int]]:
     """Every gradient method that accepts ``task_chunk``, in each mode, with the task-chunked engine."""
     return [(name, mode, TASK_CHUNK) for name, mode in cases()
-            if mode is not None and name not in ("dbmtl", "excessmtl")]  # K x P state: they refuse task_chunk
+            if mode is not None and name not in ("dbmtl", "excessmtl", "moco", "modo")]  # K x P state: they refuse task_chunk
 
 
 def case_key(name: str, mode: str | None, task_chunk: int | None) -> str:

@@ -18,7 +18,8 @@ TOLERANCE = 1e-5
 #: refused under data parallelism, with the reason the error must give
 REFUSED = {"graddrop/representation": "GradDrop does not support data-parallel training in representation mode",
            "graddrop/representation/task_chunk=2":
-               "GradDrop does not support data-parallel training in representation mode"}
+               "GradDrop does not support data-parallel training in representation mode",
+           "autolambda": "autolambda does not support data-parallel training yet"}
 
 
 @pytest.fixture(scope="module")

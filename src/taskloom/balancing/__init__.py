@@ -12,6 +12,7 @@ BALANCERS.add("equal", EqualWeighting, "equal weighting: the sum of task losses"
 BALANCERS.add("static", StaticWeighting, "static weights given per task in the config")
 
 # --- loss-level methods (start)
+from taskloom.balancing.autolambda import AutoLambda  # noqa: E402
 from taskloom.balancing.dwa import DynamicWeightAverage  # noqa: E402
 from taskloom.balancing.famo import FAMO  # noqa: E402
 from taskloom.balancing.gls import GeometricLossStrategy  # noqa: E402
@@ -27,6 +28,7 @@ BALANCERS.add("gls", GeometricLossStrategy, "geometric mean of the task losses (
 BALANCERS.add("gradnorm", GradNorm, "weights that balance last-shared-layer gradient norms (Chen et al. 2018)")
 BALANCERS.add("famo", FAMO, "fast adaptive multitask optimization (Liu et al. 2023)")
 BALANCERS.add("stch", STCH, "smooth Tchebycheff scalarization of the losses (Lin et al. 2024)")
+BALANCERS.add("autolambda", AutoLambda, "weights learned on validation by a lookahead step (Liu et al. 2022)")
 # --- loss-level methods (end)
 
 # --- gradient-level methods (start)
@@ -42,8 +44,11 @@ from taskloom.balancing.gradient import GradientBalancer  # noqa: E402
 from taskloom.balancing.gradvac import GradVac  # noqa: E402
 from taskloom.balancing.imtl import IMTLG  # noqa: E402
 from taskloom.balancing.mgda import MGDA, MGDAUB  # noqa: E402
+from taskloom.balancing.moco import MoCo  # noqa: E402
+from taskloom.balancing.modo import MoDo  # noqa: E402
 from taskloom.balancing.nashmtl import NashMTL  # noqa: E402
 from taskloom.balancing.pcgrad import PCGrad  # noqa: E402
+from taskloom.balancing.sdmgrad import SDMGrad  # noqa: E402
 from taskloom.balancing.upgrad import UPGrad  # noqa: E402
 
 BALANCERS.add("mgda", MGDA, "min-norm convex combination of task gradients (Sener & Koltun 2018)")
@@ -60,6 +65,9 @@ BALANCERS.add("dbmtl", DBMTL, "dual balancing of loss scales and gradient norms 
 BALANCERS.add("fairgrad", FairGrad, "alpha-fair allocation of the update, G w = w^(-1/alpha) (Ban & Ji 2024)")
 BALANCERS.add("excessmtl", ExcessMTL, "exponentiated weights on estimated excess risks (He et al. 2024)")
 BALANCERS.add("config", ConFIG, "conflict-free: equal cosine with every task gradient (Liu et al. 2024)")
+BALANCERS.add("moco", MoCo, "MGDA on tracked (moving-average) gradients (Fernando et al. 2023)")
+BALANCERS.add("modo", MoDo, "MGDA weights from double-sampled gradients (Chen et al. 2023)")
+BALANCERS.add("sdmgrad", SDMGrad, "direction-oriented MGDA pulled toward the mean gradient (Xiao et al. 2023)")
 # --- gradient-level methods (end)
 
 

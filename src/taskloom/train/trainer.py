@@ -41,6 +41,7 @@ from taskloom.train.faults import fault_point
 from taskloom.train.json_files import to_json, write_json_atomically
 from taskloom.train.options import AMP_MODES, OPTIMIZERS, SCHEDULES, check_choice
 from taskloom.train.score import SelectionScore
+from taskloom.train.validation_stream import validation_losses
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +374,11 @@ class Trainer:
                 self.synchronize()
             loader = ShardedLoader(loader, self.communicator)
         steps = self._steps_per_epoch = math.ceil(len(loader) / self.accumulate)  # optimizer steps per epoch
+        if getattr(self.balancer, "needs_validation", False):  # e.g. Auto-Lambda: learns on validation batches
+            self.balancer.attach_validation(validation_losses(val, self.tasks, self.batch_size, self.seed,
+                                                              self.device, self._autocast,
+                                                              type(self.balancer).__name__,
+                                                              getattr(self.balancer, "validation_draws", int)()))
         plan = getattr(self.balancer, "plan", None)  # e.g. auxiliary weight schedules (balancing.auxiliary_weighting)
         if callable(plan):
             plan(self.epochs * steps)
