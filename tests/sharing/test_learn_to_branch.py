@@ -164,7 +164,7 @@ def test_the_temperature_anneals_per_epoch_and_search_epochs_fixes_the_tree():
     assert model.temperature() == 4.0
     assert model.restructure(1) is False and model.temperature() == 2.0
     assert model.restructure(2) is False and model.temperature() == 1.0
-    assert model.restructure(3) is True and model.temperature() == 0.75 and model.final is not None
+    assert model.restructure(3) is True and model.temperature() == 0.75 and model.structure()["fixed_after"] == 3
     assert model.restructure(4) is False
 
 
@@ -217,6 +217,8 @@ def test_a_run_loads_with_its_final_tree(tmp_path):
     assert predictor.model.final is not None and predictor.model.structure() == saved
     state = load_checkpoint(model_dir / "checkpoints" / "last.pt")
     assert decode_tree(state["model"]["_extra_state"])["final"]["heads"] == saved["heads"]
+    report = (tmp_path / "report.html").read_text()
+    assert "Learned branching tree" in report and "fixed after epoch 1" in report and "<svg" in report
 
 
 def test_it_is_listed_and_its_options_are_checked(capsys):

@@ -170,10 +170,11 @@ class LearnToBranch(ReachSplit):
 
     def structure(self) -> dict[str, Any]:
         """The tree and the learned parent distributions as plain data (what ``learn_to_branch.json`` holds)."""
-        tree = self.discrete_tree()
+        tree = {key: value for key, value in self.discrete_tree().items() if key in ("layers", "heads")}
         return {"architecture": "learn_to_branch", "final": self.final is not None, "epochs": self.epochs_done,
+                "fixed_after": None if self.final is None else self.final["fixed_after"],
                 "temperature": self.temperature(), "branches": list(self.branches), **tree,
-                "probabilities": self._recorded_probabilities, "splits": []}
+                "probabilities": self._recorded_probabilities}
 
     @property
     def _recorded_probabilities(self) -> dict[str, Any]:
@@ -189,7 +190,7 @@ class LearnToBranch(ReachSplit):
         """Fix the argmax tree: drop the nodes no task reads and the branching logits; returns the tree."""
         if self.final is not None:
             return copy.deepcopy(self.final)
-        tree = {**self.discrete_tree(), "probabilities": self._recorded_probabilities}
+        tree = {**self.discrete_tree(), "probabilities": self._recorded_probabilities, "fixed_after": self.epochs_done}
         self._apply_final(tree)
         log.info("learn_to_branch: after %d epochs the tree is final: %s", self.epochs_done,
                  [[spec["tasks"] for spec in layer] for layer in tree["layers"]])
