@@ -241,3 +241,18 @@ def test_a_tree_for_another_trunk_or_other_tasks_is_refused():
         build_learn_to_branch(lambda: MLP(2, (2, 2, 2)), TASKS)._apply_final(tree)
     with pytest.raises(ValueError, match="serves tasks"):
         build_learn_to_branch(lambda: MLP(2, (2, 2)), [Task("c", "regression")])._apply_final(tree)
+
+
+def test_the_gumbel_draws_follow_the_seed():
+    def draws(global_seed, seed=None):
+        torch.manual_seed(global_seed)
+        model = build_learn_to_branch(lambda: MLP(2, (2, 2)), TASKS, branches=[2, 2], seed=seed).train()
+        samples = []
+        for _ in range(3):
+            model(_positive())
+            samples.append(model.last_sample["heads"])
+        return torch.stack(samples)
+
+    assert torch.equal(draws(0), draws(0))
+    assert not torch.equal(draws(0), draws(1))  # by default the train seed (torch's global generator) decides
+    assert torch.equal(draws(0, seed=7), draws(1, seed=7))

@@ -62,7 +62,7 @@ class LearnToBranch(ReachSplit):
 
     def __init__(self, trunks: Sequence[nn.Module], tasks: Sequence[Task], branches: Sequence[int],
                  temperature: float = 5.0, min_temperature: float = 0.5, decay: float = 0.8, hard: bool = False,
-                 search_epochs: int | None = 5, seed: int = 0) -> None:
+                 search_epochs: int | None = 5, seed: int | None = None) -> None:
         super().__init__()
         self.stem, first = trunk_blocks(trunks[0])
         layers = [first] + [trunk_blocks(trunk)[1] for trunk in trunks[1:]]
@@ -74,6 +74,8 @@ class LearnToBranch(ReachSplit):
         self.task_names = list(self.tasks)
         self.branches = [int(b) for b in branches]
         self.temperature0, self.min_temperature, self.decay = float(temperature), float(min_temperature), float(decay)
+        if seed is None:  # drawn from torch's global generator, which the trainer seeds with train.seed
+            seed = int(torch.randint(2**31 - 1, (1,)).item())
         self.hard, self.search_epochs, self.seed = bool(hard), search_epochs, int(seed)
         self.nodes = nn.ModuleList([nn.ModuleList([layers[b][d] for b in range(count)])
                                     for d, count in enumerate(self.branches)])
@@ -252,7 +254,7 @@ class LearnToBranch(ReachSplit):
 
 
 def check_options(branches: Sequence[int], depth: int, temperature: float, min_temperature: float, decay: float,
-                  hard: bool, search_epochs: int | None, seed: int) -> None:
+                  hard: bool, search_epochs: int | None, seed: int | None) -> None:
     def whole(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
@@ -273,14 +275,14 @@ def check_options(branches: Sequence[int], depth: int, temperature: float, min_t
     if search_epochs is not None and not (whole(search_epochs) and search_epochs >= 1):
         raise ValueError(f"model.options.search_epochs must be a positive whole number of epochs or null, got "
                          f"{search_epochs!r}")
-    if not whole(seed):
+    if seed is not None and not whole(seed):
         raise ValueError(f"model.options.seed must be a whole number (the Gumbel draws' seed), got {seed!r}")
 
 
 def build_learn_to_branch(trunk_factory: Callable[[], nn.Module], tasks: Sequence[Task],
                           branches: int | Sequence[int] | None = None, temperature: float = 5.0,
                           min_temperature: float = 0.5, decay: float = 0.8, hard: bool = False,
-                          search_epochs: int | None = 5, seed: int = 0) -> LearnToBranch:
+                          search_epochs: int | None = 5, seed: int | None = None) -> LearnToBranch:
     """Learning to branch (Guo, Lee & Ulbricht 2020) from an MLP trunk factory; ``branches`` is the number of
     candidate blocks per layer (one number for all, or a list; default: 1 at the bottom layer, one per task above)."""
     first = trunk_factory()
