@@ -256,3 +256,18 @@ def test_the_gumbel_draws_follow_the_seed():
     assert torch.equal(draws(0), draws(0))
     assert not torch.equal(draws(0), draws(1))  # by default the train seed (torch's global generator) decides
     assert torch.equal(draws(0, seed=7), draws(1, seed=7))
+
+
+def test_a_learned_tree_exports_to_onnx_equal_to_pytorch(tmp_path):
+    pytest.importorskip("onnx")
+    from taskloom.serve.export import export_onnx
+
+    config = parse_config({
+        "data": {"dataset": "synthetic", "options": {"n": 300, "d": 6, "num_tasks": 3}},
+        "model": {"architecture": "learn_to_branch", "trunk": {"name": "mlp", "options": {"hidden": [8, 8]}},
+                  "options": {"branches": [2, 3], "search_epochs": 1}},
+        "train": {"epochs": 1, "batch_size": 64}})
+    run_training(config, tmp_path / "run")
+    predictor = taskloom.load(tmp_path / "run", checkpoint="last")
+    assert predictor.model.final is not None
+    assert export_onnx(predictor, tmp_path / "model.onnx", verify=True).is_file()  # verify: refused if it differs
