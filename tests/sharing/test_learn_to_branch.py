@@ -271,3 +271,22 @@ def test_a_learned_tree_exports_to_onnx_equal_to_pytorch(tmp_path):
     predictor = taskloom.load(tmp_path / "run", checkpoint="last")
     assert predictor.model.final is not None
     assert export_onnx(predictor, tmp_path / "model.onnx", verify=True).is_file()  # verify: refused if it differs
+
+
+def test_a_state_saved_while_searching_loads_into_a_model_whose_tree_is_fixed():
+    """The grid reloads best.pt into the trained model: a best epoch before search_epochs must load back."""
+    model = _tiny()
+    with torch.no_grad():
+        model.logits["layer1"].copy_(torch.tensor([[0.0, 1.0], [2.0, 0.0]]))
+        model.logits["heads"].copy_(torch.tensor([[0.0, 3.0], [2.0, 0.1]]))
+    searching = {k: v.clone() for k, v in model.state_dict().items()}
+    x = _positive()
+    expected = model.eval()(x)
+    model.finalize()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model.load_state_dict(searching)
+    assert model.final is None and len(model.logits) == 2 and [len(layer) for layer in model.nodes] == [2, 2]
+    for name, value in model.eval()(x).items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0)

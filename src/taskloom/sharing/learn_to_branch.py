@@ -236,21 +236,40 @@ class LearnToBranch(ReachSplit):
 
     def set_extra_state(self, state: Any) -> None:
         saved = decode_tree(state)
-        if saved.get("final") is not None and self.final is None:
-            self._apply_final(saved["final"])
+        self._match_tree(saved.get("final"))
         self.epochs_done = int(saved.get("epochs", 0))
         if saved.get("generator"):
             raw = bytearray(base64.b64decode(saved["generator"]))
             self.generator.set_state(torch.frombuffer(raw, dtype=torch.uint8).clone())
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        """Fix the saved tree first (when there is one), so that its nodes' weights find their modules."""
+        """Shape the model as the saved one first (searching, or its fixed tree), so its weights find their modules."""
         saved = state_dict.get(STATE_KEY)
         if saved is not None:
-            final = decode_tree(saved).get("final")
-            if final is not None and self.final is None:
-                self._apply_final(final)
+            self._match_tree(decode_tree(saved).get("final"))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _match_tree(self, final: dict[str, Any] | None) -> None:
+        """Become a searching model (``final`` None) or the fixed tree ``final``; weights are loaded afterwards."""
+        if final == self.final:
+            return
+        if self.final is not None:  # e.g. a best.pt saved while searching, loaded after the tree was fixed
+            self._restore_search()
+        if final is not None:
+            self._apply_final(final)
+
+    def _restore_search(self) -> None:
+        """Every candidate block and the branching logits again (fresh modules shaped as the kept ones)."""
+        self.nodes = nn.ModuleList([nn.ModuleList([copy.deepcopy(layer[0]) for _ in range(count)])
+                                    for layer, count in zip(self.nodes, self.branches)])
+        device = next(self.nodes.parameters()).device
+        for d in range(1, len(self.branches)):
+            if self.branches[d - 1] > 1:
+                self.logits[f"layer{d}"] = nn.Parameter(torch.zeros(self.branches[d], self.branches[d - 1],
+                                                                    device=device))
+        if self.branches[-1] > 1:
+            self.logits[HEADS] = nn.Parameter(torch.zeros(len(self.task_names), self.branches[-1], device=device))
+        self.final = None
 
 
 def check_options(branches: Sequence[int], depth: int, temperature: float, min_temperature: float, decay: float,
