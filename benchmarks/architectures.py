@@ -61,6 +61,7 @@ NUISANCE: dict[str, dict[str, str]] = {
               "model"},
 }
 ROWS = {**{name: name for name in ARCHITECTURES}, "ple2": "ple"}  # row -> registered architecture
+MLP_ONLY = {"branching", "learn_to_branch"}  # architectures that split or copy an mlp trunk's linear layers
 BACKGROUND = 0.3
 
 
@@ -156,6 +157,10 @@ def run_dataset(dataset: str, rows_wanted: list[str], seeds: list[int], epochs: 
     }
     for row in rows_wanted:
         architecture, options = ROWS[row], architecture_options(row, dataset, names)
+        if architecture in MLP_ONLY and SETTINGS[dataset]["trunk"]["name"] != "mlp":
+            rows[row] = {"architecture": architecture, "skipped": f"needs an mlp trunk; {dataset} uses "
+                         f"{SETTINGS[dataset]['trunk']['name']}"}
+            continue
         trained = tasks + [adversary] if row == "adversarial" else tasks
         runs = []
         for seed in seeds:
