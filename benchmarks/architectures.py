@@ -119,8 +119,8 @@ def train_and_test(config: Any, tasks: list, splits: Any, multitask: bool) -> di
     trainer.fit(splits.train)
     seconds = time.perf_counter() - started
     test = trainer.evaluate(splits.test)
-    result = {"test": {t.name: test[t.name][t.main_metric] for t in tasks}, "parameters": count_parameters(trainer.model),
-              "seconds": seconds}
+    result = {"test": {t.name: test[t.name][t.main_metric] for t in tasks},
+              "parameters": count_parameters(trainer.model), "seconds": seconds}
     structure = getattr(trainer.model, "structure", None)  # branching and learn_to_branch: the tasks of each node
     if callable(structure):
         result["tree"] = [[spec["tasks"] for spec in layer] for layer in structure()["layers"]]

@@ -128,7 +128,8 @@ class LearnToBranch(ReachSplit):
     def _tree_forward(self, x: Tensor, tree: dict[str, Any], pruned: bool) -> dict[str, Tensor]:
         below = [x]
         for d, layer in enumerate(tree["layers"]):
-            below = [self.nodes[d][b if pruned else spec["node"]](below[spec["parent"]]) for b, spec in enumerate(layer)]
+            below = [self.nodes[d][b if pruned else spec["node"]](below[spec["parent"]])
+                     for b, spec in enumerate(layer)]
         return {name: self.heads[name](below[tree["heads"][name]]) for name in self.task_names}
 
     def parameter_reach(self) -> Reach:
@@ -221,6 +222,9 @@ class LearnToBranch(ReachSplit):
         if self.final is None and self.search_epochs is not None and epoch >= self.search_epochs:
             self.finalize()
             return True
+        if self.final is None:
+            log.info("learn_to_branch: epoch %d, argmax tree %s, next temperature %.4g", epoch,
+                     [[spec["tasks"] for spec in layer] for layer in self.discrete_tree()["layers"]], self.temperature())
         return False
 
     # -- state ---------------------------------------------------------------------------
