@@ -61,6 +61,7 @@ NUISANCE: dict[str, dict[str, str]] = {
               "model"},
 }
 ROWS = {**{name: name for name in ARCHITECTURES}, "ple2": "ple"}  # row -> registered architecture
+MLP_ONLY = {"branching", "learn_to_branch"}  # architectures that split or copy an mlp trunk's linear layers
 BACKGROUND = 0.3
 
 
@@ -118,8 +119,12 @@ def train_and_test(config: Any, tasks: list, splits: Any, multitask: bool) -> di
     trainer.fit(splits.train)
     seconds = time.perf_counter() - started
     test = trainer.evaluate(splits.test)
-    return {"test": {t.name: test[t.name][t.main_metric] for t in tasks}, "parameters": count_parameters(trainer.model),
-            "seconds": seconds}
+    result = {"test": {t.name: test[t.name][t.main_metric] for t in tasks},
+              "parameters": count_parameters(trainer.model), "seconds": seconds}
+    structure = getattr(trainer.model, "structure", None)  # branching and learn_to_branch: the tasks of each node
+    if callable(structure):
+        result["tree"] = [[spec["tasks"] for spec in layer] for layer in structure()["layers"]]
+    return result
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -152,6 +157,10 @@ def run_dataset(dataset: str, rows_wanted: list[str], seeds: list[int], epochs: 
     }
     for row in rows_wanted:
         architecture, options = ROWS[row], architecture_options(row, dataset, names)
+        if architecture in MLP_ONLY and SETTINGS[dataset]["trunk"]["name"] != "mlp":
+            rows[row] = {"architecture": architecture, "skipped": f"needs an mlp trunk; {dataset} uses "
+                         f"{SETTINGS[dataset]['trunk']['name']}"}
+            continue
         trained = tasks + [adversary] if row == "adversarial" else tasks
         runs = []
         for seed in seeds:
@@ -168,6 +177,9 @@ def run_dataset(dataset: str, rows_wanted: list[str], seeds: list[int], epochs: 
             "parameters": runs[0]["parameters"],
             "seconds": summary([r["seconds"] for r in runs]),
         }
+        if "tree" in runs[0]:  # per seed, each layer's nodes by the tasks they serve (bottom layer first)
+            rows[row]["trees"] = [r["tree"] for r in runs]
+            rows[row]["parameters_per_seed"] = [r["parameters"] for r in runs]
         if row == "adversarial":
             rows[row]["adversary"] = {"task": nuisance, "metric": adversary.main_metric,
                                       "test": summary([r["test"][nuisance] for r in runs]),

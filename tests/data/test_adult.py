@@ -48,3 +48,10 @@ def test_renamed_task_and_small_size():
     splits = load_dataset("adult", tasks=[Task("rich", "binary", target="income")], size=2000)
     assert list(splits.train.targets) == ["rich"]
     assert splits.info["sizes"]["train"] + splits.info["sizes"]["val"] == 2000
+
+
+def test_a_column_made_a_task_is_no_longer_a_feature():
+    splits = load_dataset("adult", tasks=[Task("income", "binary"), Task("sex", "binary", target="sex")], size=500)
+    assert [t.name for t in splits.tasks] == ["income", "sex"]
+    assert not any(n == "sex" or n.startswith("sex=") for n in splits.info["feature_names"])
+    assert "age" in splits.info["feature_names"]

@@ -26,6 +26,8 @@ CASES = [
     ("interaction", {"mode": "features"}),
     ("adversarial", {"adversarial": ["sign"], "strength": 0.5}),
     ("adversarial", {"adversarial": ["level"], "base": "mmoe", "num_experts": 2}),
+    ("learn_to_branch", {}),
+    ("learn_to_branch", {"branches": [2, 3], "temperature": 1.0}),
 ]
 IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CASES)]
 

@@ -489,19 +489,37 @@ def _relative_changes(run: RunData, variants: Mapping[str, Mapping[str, float]],
     return rows, "single-task"
 
 
+TREE_FILES = {  # structure file -> (title, what the boxes mean)
+    "branching.json": ("Branching tree", "split by task affinity (Lu et al. 2017)"),
+    "learn_to_branch.json": ("Learned branching tree", "the argmax parents of the learned branching distributions "
+                             "(Guo, Lee & Ulbricht 2020)"),
+}
+
+
 def _branching_trees(run: RunData) -> str:
-    """Each branching model's tree (its branching.json, in the run directory or a model's directory); "" for none."""
-    found = sorted(p for pattern in ("branching.json", "*/branching.json", "*/*/branching.json")
-                   for p in run.path.glob(pattern))
-    if not found:
-        return ""
-    parts = ["<h3>Branching tree</h3><p class='lead'>Layers from the input (bottom) to the task heads (top); a blue box is shared by "
-             "several tasks, split by task affinity (Lu et al. 2017).</p>"]
-    for path in found:
-        tree = json.loads(path.read_text())
-        name = path.parent.relative_to(run.path).as_posix() if path.parent != run.path else run.path.name
-        parts.append(f"<h4>{html.escape(name)}</h4>{tree_svg(tree)}{splits_table(tree)}")
+    """Each branching model's tree (its branching.json or learn_to_branch.json, in the run directory or a model's
+    directory); "" for none."""
+    parts = []
+    for file, (title, what) in TREE_FILES.items():
+        found = sorted(p for pattern in (file, f"*/{file}", f"*/*/{file}") for p in run.path.glob(pattern))
+        if not found:
+            continue
+        parts.append(f"<h3>{title}</h3><p class='lead'>Layers from the input (bottom) to the task heads (top); a blue "
+                     f"box is shared by several tasks, {what}.</p>")
+        for path in found:
+            tree = json.loads(path.read_text())
+            name = path.parent.relative_to(run.path).as_posix() if path.parent != run.path else run.path.name
+            parts.append(f"<h4>{html.escape(name)}</h4>{tree_svg(tree)}{_tree_note(tree)}")
     return "".join(parts)
+
+
+def _tree_note(tree: dict) -> str:
+    """Branching's split decisions, or whether a learned tree was fixed (and after how many epochs)."""
+    if "splits" in tree:
+        return splits_table(tree)
+    if tree.get("final"):
+        return f"<p class='note'>The tree was fixed after epoch {tree.get('fixed_after')}.</p>"
+    return "<p class='note'>Training ended before the tree was fixed; this is the argmax tree of its last epoch.</p>"
 
 
 def _config_section(run: RunData) -> str:

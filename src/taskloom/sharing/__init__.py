@@ -18,6 +18,7 @@ from taskloom.sharing.cross_stitch import CrossStitchNetwork, CrossStitchUnit, b
 from taskloom.sharing.hard import MultiTaskModel, build_hard, predict
 from taskloom.sharing.hybrid import HybridSharing, build_hybrid
 from taskloom.sharing.interaction import FeatureInteraction, PredictionInteraction, build_interaction
+from taskloom.sharing.learn_to_branch import LearnToBranch, build_learn_to_branch
 from taskloom.sharing.low_level import LowLevelSupervision, build_low_level
 from taskloom.sharing.mmoe import MMoE, build_mmoe
 from taskloom.sharing.parameters import count_parameters
@@ -52,10 +53,13 @@ ARCHITECTURES.add("adversarial", build_adversarial, "tasks behind a gradient-rev
 ARCHITECTURES.add("branching", build_branching, "an MLP trunk split into task branches layer by layer from the top "
                   "by task affinity (Lu, Kumar, Zhai, Cheng, Javidi & Feris 2017, 'Fully-adaptive feature sharing "
                   "in multi-task networks with applications in person attribute classification', CVPR)")
+ARCHITECTURES.add("learn_to_branch", build_learn_to_branch, "candidate MLP blocks per layer, each child's parent "
+                  "drawn by Gumbel-softmax over learned logits, then the argmax tree is fixed (Guo, Lee & Ulbricht "
+                  "2020, 'Learning to branch for multi-task learning', ICML)")
 
 __all__ = [
     "ARCHITECTURES", "BranchingNetwork", "Cascade", "CrossStitchNetwork", "CrossStitchUnit", "FeatureInteraction", "GradientReversal",
-    "GradientReversalLayer", "HybridSharing", "LowLevelSupervision", "MMoE", "MultiTaskModel", "MultiTaskModule",
-    "PLE", "PredictionInteraction", "SoftSharing", "add_task", "build_branching", "count_parameters", "make_adversarial", "predict", "remove_task",
+    "GradientReversalLayer", "HybridSharing", "LearnToBranch", "LowLevelSupervision", "MMoE", "MultiTaskModel", "MultiTaskModule",
+    "PLE", "PredictionInteraction", "SoftSharing", "add_task", "build_branching", "build_learn_to_branch", "count_parameters", "make_adversarial", "predict", "remove_task",
     "reverse_gradient", "tie_penalty",
 ]
