@@ -7,6 +7,7 @@ from torch import nn
 
 from taskloom import MultiTaskDataset, Task
 from taskloom.balancing import build_balancer
+from taskloom.losses import task_losses
 from taskloom.sharing import ARCHITECTURES
 from taskloom.sharing.checkpointing import enable_checkpointing, run_trunk, trunk_segments
 from taskloom.sharing.hard import MultiTaskModel
@@ -43,6 +44,9 @@ def make_trainer(name: str, mode: str | None, tasks: list[Task], checkpointing: 
     if mode is not None:
         options["mode"] = mode
     balancer = build_balancer(name, [t.name for t in tasks], **options)
+    if getattr(balancer, "needs_validation", False):  # Auto-Lambda: a fixed validation batch, as a trainer would give
+        validation = make_data()[0].batch(torch.arange(ROWS))
+        balancer.attach_validation(lambda model: task_losses(model(validation.inputs), validation, tasks))
     return Trainer(model, tasks, balancer, optimizer="sgd", lr=0.05, momentum=0.0, batch_size=ROWS, seed=0,
                    checkpointing=checkpointing)
 
