@@ -16,7 +16,7 @@ from torch import nn
 
 from taskloom.balancing import BALANCERS, build_balancer
 from taskloom.balancing.gradient import GradientBalancer
-from taskloom.balancing.layer_gramian import Capture, layer_gramian, plan_layers
+from taskloom.balancing.layer_gramian import Capture, Layer, _LayerRows, layer_gramian, plan_layers
 from taskloom.config import ConfigError, parse_config
 from taskloom.sharing.base import MultiTaskModule
 from taskloom.sharing.hard import MultiTaskModel
@@ -126,14 +126,19 @@ def test_gramian_equals_j_jt_of_the_explicit_jacobian_on_a_hand_made_network():
 
 
 def test_both_contraction_orders_give_the_same_gramian():
-    """A wide batch picks the weight order, a narrow one the X X^T order: both equal J J^T."""
-    from taskloom.balancing.layer_gramian import _layer_block
-
+    """A short batch contracts through X X^T, a long one through the weight gradients: both equal J J^T."""
     generator = torch.Generator().manual_seed(5)
+    orders = []
     for n in (2, 64):
         x, d = torch.randn(n, 3, generator=generator), torch.randn(4, n, 2, generator=generator)
-        rows = torch.cat([(d.transpose(1, 2) @ x).reshape(4, -1), d.sum(1)], dim=1)
-        torch.testing.assert_close(_layer_block(x, d, True, True), (rows @ rows.T).double(), rtol=1e-6, atol=1e-8)
+        layer = Layer("hand", nn.Linear(3, 2), weight=True, bias=True, calls=[(x, torch.zeros(n, 2), 0, 0)])
+        rows = _LayerRows(layer, 4)
+        for t in range(4):
+            rows.fill(slice(t, t + 1), [d[t:t + 1]])
+        orders.append(rows.by_weights)
+        jacobian = torch.cat([(d.transpose(1, 2) @ x).reshape(4, -1), d.sum(1)], dim=1)
+        torch.testing.assert_close(rows.block(), (jacobian @ jacobian.T).double(), rtol=1e-6, atol=1e-8)
+    assert orders == [False, True]
 
 
 class Normed(nn.Module):

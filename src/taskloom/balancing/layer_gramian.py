@@ -123,14 +123,15 @@ def _keep(layer: Layer, module: nn.Module, inputs: tuple[Tensor, ...], output: T
     layer.calls.append((inputs[0], output, inputs[0]._version, output._version))
 
 
-def output_gradients(values: Sequence[Tensor], outputs: Sequence[Tensor], representation: Tensor | None,
-                     rep_grads: Tensor | None, batched: bool | None,
-                     fallback: VmapFallback | None) -> list[list[Tensor | None]]:
-    """Per task, the gradient of its objective w.r.t. each tensor of ``outputs`` (no weight gradients computed).
+def _task_gradients(values: Sequence[Tensor], outputs: Sequence[Tensor], representation: Tensor | None,
+                    rep_grads: Tensor | None, batched: bool | None, fallback: VmapFallback | None):
+    """Yield (tasks, grads): per-task gradients of the objectives w.r.t. ``outputs``, no weight gradient computed.
 
-    From the representation's per-task gradients ``rep_grads`` when there is a representation
-    (one pass through the trunk per task), else from the objectives themselves. One vmapped pass
-    where :func:`~taskloom.balancing.jacobian.use_vmap` says so (falling back as the full engine does).
+    ``grads[i]`` has a leading task dimension (the tasks ``tasks``) or is None where no task reaches
+    ``outputs[i]``. From the representation's per-task gradients ``rep_grads`` when there is a
+    representation (one pass through the trunk per task), else from the objectives themselves; all
+    K at once in one vmapped pass where :func:`~taskloom.balancing.jacobian.use_vmap` says so
+    (falling back to one task at a time as the full engine does), so only one task's are alive.
     """
     k = len(values)
     outputs = list(outputs)
@@ -149,31 +150,67 @@ def output_gradients(values: Sequence[Tensor], outputs: Sequence[Tensor], repres
         except RuntimeError as error:
             (fallback or VmapFallback()).record(error, k)
         else:
-            return [[None if g is None else g[t] for g in grads] for t in range(k)]
-    if representation is None:
-        return [list(torch.autograd.grad(values[t], outputs, retain_graph=True, allow_unused=True)) for t in range(k)]
-    return [list(torch.autograd.grad(root, outputs, grad_outputs=cotangents[t], retain_graph=True, allow_unused=True))
-            for t in range(k)]
+            yield slice(0, k), grads
+            return
+    for t in range(k):
+        if representation is None:
+            grads = torch.autograd.grad(values[t], outputs, retain_graph=True, allow_unused=True)
+        else:
+            grads = torch.autograd.grad(root, outputs, grad_outputs=cotangents[t], retain_graph=True,
+                                        allow_unused=True)
+        yield slice(t, t + 1), tuple(None if g is None else g.unsqueeze(0) for g in grads)
 
 
-def _layer_block(x: Tensor, d: Tensor, weight: bool, bias: bool) -> Tensor:
-    """J_l J_l^T (K x K, float64) of one Linear from its stacked input X (N x in) and gradients D (K x N x out)."""
-    k, n, width = d.shape
-    fan_in = x.shape[1]
-    block = torch.zeros((k, k), dtype=torch.float64, device=d.device)
-    if weight:
+class _LayerRows:
+    """One layer's per-task factors of its Gramian block, filled task by task.
+
+    The cheaper of two contraction orders: through the weight gradients (rows D_t^T X, K x out x in,
+    cost K N in out + K^2 in out), or through X X^T (rows D_t, K x N x out, cost N^2 in + K N^2 out
+    + K^2 N out). The bias adds the rows sum_i D_t[i] (K x out).
+    """
+
+    def __init__(self, layer: Layer, k: int) -> None:
+        x = layer.calls[0][0]
+        self.dtype = torch.promote_types(layer.calls[0][1].dtype, torch.float32)
+        self.x = torch.cat([c[0].detach().reshape(-1, c[0].shape[-1]).to(self.dtype) for c in layer.calls])
+        self.layer, n, fan_in = layer, self.x.shape[0], self.x.shape[1]
+        width = layer.module.out_features
+        self.shapes = [c[1].shape for c in layer.calls]
         through_inputs = n * n * fan_in + k * n * n * width + k * k * n * width
         through_weights = k * n * fan_in * width + k * k * fan_in * width
-        if through_inputs <= through_weights:
-            products = torch.matmul(x @ x.T, d)  # E_t = (X X^T) D_t, so G[s, t] = <D_s, E_t>
-            block += (d.reshape(k, -1) @ products.reshape(k, -1).T).double()
-        else:
-            rows = (d.transpose(1, 2) @ x).reshape(k, -1)  # this layer's K weight gradients only
-            block += (rows @ rows.T).double()
-    if bias:
-        sums = d.sum(1)
-        block += (sums @ sums.T).double()
-    return block
+        self.by_weights = through_weights < through_inputs
+        device = x.device
+        self.rows = None
+        if layer.weight:
+            shape = (k, width, fan_in) if self.by_weights else (k, n, width)
+            self.rows = torch.zeros(shape, dtype=self.dtype, device=device)
+        self.sums = torch.zeros((k, width), dtype=self.dtype, device=device) if layer.bias else None
+
+    def fill(self, tasks: slice, grads: Sequence[Tensor | None]) -> None:
+        """Store the factors of tasks ``tasks`` from their gradients of each call's output (None: zero)."""
+        count = tasks.stop - tasks.start
+        parts = [torch.zeros((count, *shape), dtype=self.dtype, device=self.x.device) if g is None else g
+                 for g, shape in zip(grads, self.shapes)]
+        d = torch.cat([g.reshape(count, -1, g.shape[-1]).to(self.dtype) for g in parts], dim=1)
+        if self.rows is not None:
+            self.rows[tasks] = d.transpose(1, 2) @ self.x if self.by_weights else d
+        if self.sums is not None:
+            self.sums[tasks] = d.sum(1)
+
+    def block(self) -> Tensor:
+        """This layer's J_l J_l^T (K x K, float64)."""
+        k = (self.rows if self.rows is not None else self.sums).shape[0]
+        block = torch.zeros((k, k), dtype=torch.float64, device=self.x.device)
+        if self.rows is not None:
+            flat = self.rows.reshape(k, -1)
+            if self.by_weights:
+                block += (flat @ flat.T).double()
+            else:  # E_t = (X X^T) D_t, so G[s, t] = <D_s, E_t>
+                products = torch.matmul(self.x @ self.x.T, self.rows).reshape(k, -1)
+                block += (flat @ products.T).double()
+        if self.sums is not None:
+            block += (self.sums @ self.sums.T).double()
+        return block
 
 
 def layer_gramian(values: Sequence[Tensor], layers: Sequence[Layer], representation: Tensor | None = None,
@@ -184,19 +221,18 @@ def layer_gramian(values: Sequence[Tensor], layers: Sequence[Layer], representat
     ``rep_grads`` (K x |z|) are the per-task gradients of ``representation`` when the objectives
     reach the trunk through it (then only the trunk is back-propagated); else the objectives are.
     """
-    outputs = [out for layer in layers for _, out, _, _ in layer.calls]
-    grads = output_gradients(values, outputs, representation, rep_grads, batched, fallback)
     k = len(values)
-    gramian = None
-    position = 0
-    for layer in layers:
-        xs, ds = [], []
-        for x, out, _, _ in layer.calls:
-            dtype = torch.promote_types(out.dtype, torch.float32)
-            xs.append(x.detach().reshape(-1, x.shape[-1]).to(dtype))
-            per_task = [torch.zeros_like(out) if grads[t][position] is None else grads[t][position] for t in range(k)]
-            ds.append(torch.stack(per_task).reshape(k, -1, out.shape[-1]).to(dtype))
-            position += 1
-        block = _layer_block(torch.cat(xs), torch.cat(ds, dim=1), layer.weight, layer.bias)
-        gramian = block if gramian is None else gramian + block
+    rows = [_LayerRows(layer, k) for layer in layers]
+    outputs = [out for layer in layers for _, out, _, _ in layer.calls]
+    for tasks, grads in _task_gradients(values, outputs, representation, rep_grads, batched, fallback):
+        position = 0
+        for layer_rows in rows:
+            calls = len(layer_rows.shapes)
+            layer_rows.fill(tasks, grads[position:position + calls])
+            position += calls
+        del grads
+    gramian = torch.zeros((k, k), dtype=torch.float64, device=rows[0].x.device)
+    for index in range(len(rows)):
+        gramian += rows[index].block()
+        rows[index] = None  # this layer's rows are freed before the next layer's products
     return gramian
