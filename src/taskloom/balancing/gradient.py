@@ -149,8 +149,7 @@ class GradientBalancer(Balancer):
 
     def _layer_gramian_backward(self, values: list[Tensor], names: list[str], model: MultiTaskModule,
                                 representation: Tensor | None, layers: list[layer_gramian.Layer]) -> None:
-        """One step through the layer Gramian engine: heads first, the Gramian, the weighted backward."""
-        shared = list(model.shared_parameters())
+        """One step through the layer Gramian engine: heads first, then the Gramian, the weights and ``w @ J``."""
         rep_grads = None
         if representation is not None:
             own = [model.task_parameters(n) for n in names]
@@ -160,12 +159,12 @@ class GradientBalancer(Balancer):
         else:
             gramian_engine.write_plain_heads(values, model, names)
         try:
-            gramian = layer_gramian.layer_gramian(values, layers, representation, rep_grads, batched=self.batched,
-                                                  fallback=self.vmap_fallback)
+            factors = layer_gramian.LayerGramian(values, layers, representation, rep_grads, batched=self.batched,
+                                                 fallback=self.vmap_fallback)
         finally:
             for layer in layers:
                 layer.calls = []
-        gramian_engine.backward_from_gramian(self, values, names, gramian, representation, shared, None)
+        factors.write_update(gramian_engine.gramian_weights(self, values, names, factors.gramian(), None))
 
     def _chunked_backward(self, values: list[Tensor], names: list[str], model: MultiTaskModule,
                           representation: Tensor | None, factor: Tensor | None) -> None:

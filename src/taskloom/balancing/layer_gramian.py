@@ -10,8 +10,8 @@ its output D_t (N x out), task t's weight gradient is D_t^T X, so
 computed in the cheaper of two orders (N^2 in + K N^2 out + K^2 N out through X X^T, or
 K N in out + K^2 in out through the per-layer weight gradients). The D_t come from K
 backward passes (one vmapped pass on accelerators) that stop at the layers' outputs and
-compute no weight gradient. Then one backward of ``sum_k w_k L_k`` writes the shared update:
-the same update as the full engine (:mod:`~taskloom.balancing.jacobian`), exactly up to
+compute no weight gradient. The update ``w @ J`` is then written layer by layer from the same
+factors (no further backward pass): the same update as the full engine (:mod:`~taskloom.balancing.jacobian`), exactly up to
 rounding. The idea of using the Gramian alone is that of TorchJD (Quinton & Rey 2024,
 "Jacobian Descent for Multi-Objective Optimization"); the per-layer factorisation is the
 per-example-gradient trick of Goodfellow 2015 ("Efficient per-example gradient computations").
@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from taskloom.balancing.jacobian import VmapFallback, use_vmap
+from taskloom.balancing.jacobian import VmapFallback, use_vmap, write_gradients
 
 log = logging.getLogger(__name__)
 
@@ -213,26 +213,55 @@ class _LayerRows:
         return block
 
 
-def layer_gramian(values: Sequence[Tensor], layers: Sequence[Layer], representation: Tensor | None = None,
-                  rep_grads: Tensor | None = None, batched: bool | None = None,
-                  fallback: VmapFallback | None = None) -> Tensor:
-    """G = J J^T (K x K, float64) of the shared parameters of ``layers``, from their captured calls.
+    def update(self, weights: Tensor) -> None:
+        """Add sum_t w_t (task t's gradient) of this layer's shared parameters to their ``.grad``."""
+        module = self.layer.module
+        if self.rows is not None:
+            w = weights.to(self.dtype)
+            if self.by_weights:
+                grad = torch.tensordot(w, self.rows, dims=1)
+            else:
+                grad = torch.tensordot(w, self.rows, dims=1).T @ self.x
+            write_gradients([module.weight], [grad.to(module.weight.dtype)])
+        if self.sums is not None:
+            write_gradients([module.bias], [(weights.to(self.dtype) @ self.sums).to(module.bias.dtype)])
+
+
+class LayerGramian:
+    """The per-layer factors of one step's per-task gradients: their Gramian, and the update for given weights.
 
     ``rep_grads`` (K x |z|) are the per-task gradients of ``representation`` when the objectives
     reach the trunk through it (then only the trunk is back-propagated); else the objectives are.
+    No K x P Jacobian is formed: a layer holds K x min-ish(out x in, N x out) factors (see
+    :class:`_LayerRows`), and the update w @ J is written from them without another backward pass.
     """
-    k = len(values)
-    rows = [_LayerRows(layer, k) for layer in layers]
-    outputs = [out for layer in layers for _, out, _, _ in layer.calls]
-    for tasks, grads in _task_gradients(values, outputs, representation, rep_grads, batched, fallback):
-        position = 0
-        for layer_rows in rows:
-            calls = len(layer_rows.shapes)
-            layer_rows.fill(tasks, grads[position:position + calls])
-            position += calls
-        del grads
-    gramian = torch.zeros((k, k), dtype=torch.float64, device=rows[0].x.device)
-    for index in range(len(rows)):
-        gramian += rows[index].block()
-        rows[index] = None  # this layer's rows are freed before the next layer's products
-    return gramian
+
+    def __init__(self, values: Sequence[Tensor], layers: Sequence[Layer], representation: Tensor | None = None,
+                 rep_grads: Tensor | None = None, batched: bool | None = None,
+                 fallback: VmapFallback | None = None) -> None:
+        k = len(values)
+        self.rows = [_LayerRows(layer, k) for layer in layers]
+        outputs = [out for layer in layers for _, out, _, _ in layer.calls]
+        for tasks, grads in _task_gradients(values, outputs, representation, rep_grads, batched, fallback):
+            position = 0
+            for layer_rows in self.rows:
+                calls = len(layer_rows.shapes)
+                layer_rows.fill(tasks, grads[position:position + calls])
+                position += calls
+            del grads
+
+    def gramian(self) -> Tensor:
+        """G = J J^T (K x K, float64), the sum of the layers' blocks."""
+        return functools.reduce(torch.add, (rows.block() for rows in self.rows))
+
+    def write_update(self, weights: Tensor) -> None:
+        """Add ``weights @ J`` to the shared parameters' ``.grad``, layer by layer."""
+        for rows in self.rows:
+            rows.update(weights.detach())
+
+
+def layer_gramian(values: Sequence[Tensor], layers: Sequence[Layer], representation: Tensor | None = None,
+                  rep_grads: Tensor | None = None, batched: bool | None = None,
+                  fallback: VmapFallback | None = None) -> Tensor:
+    """G = J J^T (K x K, float64) of the shared parameters of ``layers``, from their captured calls."""
+    return LayerGramian(values, layers, representation, rep_grads, batched, fallback).gramian()
