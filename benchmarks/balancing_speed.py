@@ -30,6 +30,7 @@ runs that section alone. Prints JSON.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import statistics
@@ -232,9 +233,9 @@ def run_setting(trunk: str, k: int, batch: int, device: str, warmup: int, steps:
 
 
 def gramian_methods() -> list[str]:
-    """The registered methods whose update is a function of the Gramian and that run in parameter mode."""
-    return [n for n in BALANCERS if issubclass(BALANCERS.get(n), GradientBalancer)
-            and BALANCERS.get(n).weights_from_gram and "parameters" in BALANCERS.get(n).modes]
+    """The registered methods whose update is a function of the Gramian, parameter mode by default (not mgda_ub)."""
+    return [n for n in BALANCERS if issubclass(BALANCERS.get(n), GradientBalancer) and BALANCERS.get(n).weights_from_gram
+            and inspect.signature(BALANCERS.get(n)).parameters["mode"].default == "parameters"]
 
 
 def run_engines(trunk: str, k: int, batch: int, device: str, warmup: int, steps: int) -> dict[str, Any]:

@@ -172,7 +172,8 @@ class _LayerRows:
     def __init__(self, layer: Layer, k: int) -> None:
         x = layer.calls[0][0]
         self.dtype = torch.promote_types(layer.calls[0][1].dtype, torch.float32)
-        self.x = torch.cat([c[0].detach().reshape(-1, c[0].shape[-1]).to(self.dtype) for c in layer.calls])
+        inputs = [c[0].detach().reshape(-1, c[0].shape[-1]).to(self.dtype) for c in layer.calls]
+        self.x = inputs[0] if len(inputs) == 1 else torch.cat(inputs)  # no copy for one call
         self.layer, n, fan_in = layer, self.x.shape[0], self.x.shape[1]
         width = layer.module.out_features
         self.shapes = [c[1].shape for c in layer.calls]
@@ -191,9 +192,14 @@ class _LayerRows:
         count = tasks.stop - tasks.start
         parts = [torch.zeros((count, *shape), dtype=self.dtype, device=self.x.device) if g is None else g
                  for g, shape in zip(grads, self.shapes)]
-        d = torch.cat([g.reshape(count, -1, g.shape[-1]).to(self.dtype) for g in parts], dim=1)
-        if self.rows is not None:
-            self.rows[tasks] = d.transpose(1, 2) @ self.x if self.by_weights else d
+        pieces = [g.reshape(count, -1, g.shape[-1]).to(self.dtype) for g in parts]
+        d = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        if self.rows is not None and self.by_weights and count == 1:  # one task (the sequential path): a plain mm
+            torch.mm(d[0].T, self.x, out=self.rows[tasks.start])
+        elif self.rows is not None and self.by_weights:
+            torch.matmul(d.transpose(1, 2), self.x, out=self.rows[tasks])
+        elif self.rows is not None:
+            self.rows[tasks] = d
         if self.sums is not None:
             self.sums[tasks] = d.sum(1)
 
