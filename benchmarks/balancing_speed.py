@@ -234,7 +234,8 @@ def run_setting(trunk: str, k: int, batch: int, device: str, warmup: int, steps:
 
 def gramian_methods() -> list[str]:
     """The registered methods whose update is a function of the Gramian, parameter mode by default (not mgda_ub)."""
-    return [n for n in BALANCERS if issubclass(BALANCERS.get(n), GradientBalancer) and BALANCERS.get(n).weights_from_gram
+    return [n for n in BALANCERS if issubclass(BALANCERS.get(n), GradientBalancer)
+            and BALANCERS.get(n).weights_from_gram
             and inspect.signature(BALANCERS.get(n)).parameters["mode"].default == "parameters"]
 
 

@@ -32,7 +32,8 @@ STEP_TASKS = [NAMES, ["a", "b", "d", "e"], NAMES]
 
 def make_model(trunk: Callable[[], nn.Module] | None = None) -> MultiTaskModel:
     torch.manual_seed(0)
-    return MultiTaskModel(trunk() if trunk else MLP(4, hidden=(8, 6)), heads={n: nn.Linear(6, 1) for n in NAMES})
+    trunk_module = trunk() if trunk else MLP(4, hidden=(8, 6))
+    return MultiTaskModel(trunk_module, heads={n: nn.Linear(6, 1) for n in NAMES})
 
 
 def make_batches() -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
@@ -154,7 +155,8 @@ class Normed(nn.Module):
 def test_unsupported_layer_falls_back_to_the_full_engine_with_a_log_line(caplog):
     with caplog.at_level(logging.INFO, logger="taskloom.balancing.gradient"):
         got = grads_per_step("upgrad", "auto", trunk=Normed)
-    assert "gradient engine: full Jacobian (shared layer trunk.net.1 is a LayerNorm, not an nn.Linear)" in caplog.text
+    assert ("gradient engine: full Jacobian (shared layer trunk.net.1 is a LayerNorm, not an nn.Linear)"
+            in caplog.text)
     for e_step, g_step in zip(grads_per_step("upgrad", "jacobian", trunk=Normed), got):
         for e, g in zip(e_step, g_step):
             torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-7)

@@ -49,7 +49,8 @@ class DBMTL(GradientBalancer):
     modes = ("parameters",)
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 beta: float = 0.9, sigma: float = 0.5, eps: float = 1e-8, task_chunk: int | None = None, engine: str = "auto") -> None:
+                 beta: float = 0.9, sigma: float = 0.5, eps: float = 1e-8, task_chunk: int | None = None,
+                 engine: str = "auto") -> None:
         if mode not in self.modes and mode in MODES:
             raise ValueError(
                 "dbmtl averages parameter gradients across steps and cannot use representation gradients "

@@ -10,9 +10,9 @@ its output D_t (N x out), task t's weight gradient is D_t^T X, so
 computed in the cheaper of two orders (N^2 in + K N^2 out + K^2 N out through X X^T, or
 K N in out + K^2 in out through the per-layer weight gradients). The D_t come from K
 backward passes (one vmapped pass on accelerators) that stop at the layers' outputs and
-compute no weight gradient. The update ``w @ J`` is then written layer by layer from the same
-factors (no further backward pass): the same update as the full engine (:mod:`~taskloom.balancing.jacobian`), exactly up to
-rounding. The idea of using the Gramian alone is that of TorchJD (Quinton & Rey 2024,
+compute no weight gradient. The update ``w @ J`` is then written layer by layer from the
+same factors (no further backward pass): the same update as the full engine
+(:mod:`~taskloom.balancing.jacobian`), exactly up to rounding. The idea of using the Gramian alone is that of TorchJD (Quinton & Rey 2024,
 "Jacobian Descent for Multi-Objective Optimization"); the per-layer factorisation is the
 per-example-gradient trick of Goodfellow 2015 ("Efficient per-example gradient computations").
 
