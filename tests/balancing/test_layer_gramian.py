@@ -185,6 +185,27 @@ def test_a_plain_forward_falls_back_and_gramian_refuses_it(caplog):
         grads_per_step("upgrad", "gramian", path="plain")
 
 
+def test_a_loss_scale_falls_back_and_gramian_refuses_it(caplog):
+    """fp16 training (a loss scale) is left to the full engine, which the update then equals."""
+    got = {}
+    for engine in ("auto", "jacobian", "gramian"):
+        model = make_model()
+        balancer = build_balancer("upgrad", NAMES, engine=engine)
+        x, targets = make_batches()[0]
+        outputs = balancer.outputs(model, x)
+        losses = {n: F.mse_loss(outputs[n], targets[n]) for n in targets}
+        with caplog.at_level(logging.INFO, logger="taskloom.balancing.gradient"):
+            if engine == "gramian":
+                with pytest.raises(ValueError, match="mixed precision"):
+                    balancer.backward(losses, model, scale=lambda v: v * 8.0)
+                continue
+            balancer.backward(losses, model, scale=lambda v: v * 8.0)
+        got[engine] = [p.grad.clone() for p in model.parameters()]
+    assert "gradient engine: full Jacobian (mixed precision" in caplog.text
+    for e, g in zip(got["jacobian"], got["auto"]):
+        torch.testing.assert_close(g, e)
+
+
 @pytest.mark.parametrize("options,message", [
     ({"engine": "fast"}, "must be one of \\['auto', 'gramian', 'jacobian'\\]"),
     ({"engine": "gramian", "mode": "representation"}, "is for mode 'parameters'"),

@@ -216,7 +216,7 @@ class GradientBalancer(Balancer):
         through the trunk); in representation mode it is required.
         """
         self._capture = None
-        if self._layer_gramian_wanted() and torch.is_grad_enabled():
+        if self._layer_gramian_wanted() and self.communicator is None and torch.is_grad_enabled():
             layers, reason = layer_gramian.plan_layers(model, model.shared_parameters())
             capture = layer_gramian.Capture(layers, reason)
             with capture:

@@ -114,6 +114,8 @@ class Capture:
             for x, out, x_version, out_version in layer.calls:
                 if x._version != x_version or out._version != out_version:
                     return f"the input or output of shared layer {layer.name} was modified in place"
+                if out.dtype != layer.module.weight.dtype or x.dtype != out.dtype:
+                    return "mixed precision (autocast) is not supported by the layer Gramian engine"
                 if not out.requires_grad:
                     return f"the output of shared layer {layer.name} does not require grad"
         return ""
