@@ -185,6 +185,18 @@ def test_a_plain_forward_falls_back_and_gramian_refuses_it(caplog):
         grads_per_step("upgrad", "gramian", path="plain")
 
 
+def test_losses_from_another_forward_are_refused_not_silently_zero():
+    """Without a representation the losses are back-propagated themselves: not reaching the layers is refused."""
+    model, balancer = NoRepresentation(), build_balancer("upgrad", NAMES)
+    x, targets = make_batches()[0]
+    balancer.outputs(model, x)
+    with torch.no_grad():
+        stale = model(x)
+    outputs = {n: out + model.heads[n].bias * 0 for n, out in stale.items()}  # reaches the heads, not the trunk
+    with pytest.raises(ValueError, match="do not depend on the shared layers recorded by balancer.outputs"):
+        balancer.backward({n: F.mse_loss(outputs[n], targets[n]) for n in targets}, model)
+
+
 def test_a_loss_scale_falls_back_and_gramian_refuses_it(caplog):
     """fp16 training (a loss scale) is left to the full engine, which the update then equals."""
     got = {}

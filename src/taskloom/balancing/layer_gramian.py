@@ -250,13 +250,18 @@ class LayerGramian:
         k = len(values)
         self.rows = [_LayerRows(layer, k) for layer in layers]
         outputs = [out for layer in layers for _, out, _, _ in layer.calls]
+        reached = False
         for tasks, grads in _task_gradients(values, outputs, representation, rep_grads, batched, fallback):
+            reached = reached or any(g is not None for g in grads)
             position = 0
             for layer_rows in self.rows:
                 calls = len(layer_rows.shapes)
                 layer_rows.fill(tasks, grads[position:position + calls])
                 position += calls
             del grads
+        if not reached:
+            raise ValueError("the losses do not depend on the shared layers recorded by balancer.outputs: compute "
+                             "them from the outputs that balancer.outputs(model, inputs) returned this step")
 
     def gramian(self) -> Tensor:
         """G = J J^T (K x K, float64), the sum of the layers' blocks."""
