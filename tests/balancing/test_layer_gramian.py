@@ -248,3 +248,40 @@ def test_config_refuses_a_bad_engine_with_its_path(balancing, message):
         parse_config({"balancing": balancing})
     assert message in str(error.value)
     assert parse_config({"balancing": {"method": "upgrad", "options": {"engine": "gramian"}}})
+
+
+class Lines(logging.Handler):
+    """The engine's log lines, kept whatever the trainer does to the root logger's handlers."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_every_architecture_trains_to_the_same_parameters_with_either_engine():
+    """Through the Trainer: auto takes the layer Gramian where it can and falls back elsewhere, never differing."""
+    from sharing.test_roles import CASES, build
+    from sharing.test_with_trainer import train
+
+    logger = logging.getLogger("taskloom.balancing.gradient")
+    level = logger.level
+    used = {}
+    for name, options in CASES:
+        lines = Lines()
+        logger.addHandler(lines)
+        logger.setLevel(logging.INFO)
+        try:
+            auto = train(build(name, options), "upgrad", engine="auto").model
+        finally:
+            logger.removeHandler(lines)
+            logger.setLevel(level)
+        if auto.shared_parameters():  # soft sharing has nothing shared: no engine to choose
+            assert any("gradient engine:" in line for line in lines.lines), name
+        used[name] = any("gradient engine: layer Gramian" in line for line in lines.lines)
+        full = train(build(name, options), "upgrad", engine="jacobian").model
+        for (key, got), expected in zip(auto.named_parameters(), full.parameters()):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=f"{name}: {key}")
+    assert used["hard"] and used["mmoe"] and not used["cascade"], used  # cascade: label embeddings
