@@ -96,10 +96,11 @@ class NoRepresentation(MultiTaskModule):
         return list(self.heads[name].parameters())
 
 
+@pytest.mark.parametrize("batched", [None, True])
 @pytest.mark.parametrize("name", ["upgrad", "mgda", "nashmtl"])
-def test_layer_gramian_engine_without_a_representation(name):
-    assert_same(grads_per_step(name, "jacobian", model=NoRepresentation()),
-                grads_per_step(name, "gramian", model=NoRepresentation()), name)
+def test_layer_gramian_engine_without_a_representation(name, batched):
+    assert_same(grads_per_step(name, "jacobian", model=NoRepresentation(), batched=batched),
+                grads_per_step(name, "gramian", model=NoRepresentation(), batched=batched), name)
 
 
 @pytest.mark.parametrize("name", ["upgrad", "cagrad"])
@@ -195,6 +196,29 @@ def test_losses_from_another_forward_are_refused_not_silently_zero():
     outputs = {n: out + model.heads[n].bias * 0 for n, out in stale.items()}  # reaches the heads, not the trunk
     with pytest.raises(ValueError, match="do not depend on the shared layers recorded by balancer.outputs"):
         balancer.backward({n: F.mse_loss(outputs[n], targets[n]) for n in targets}, model)
+
+
+class OneRank:
+    """A communicator of one process: the sums over the ranks are the tensors themselves."""
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+
+def test_data_parallelism_falls_back_and_gramian_refuses_it(caplog):
+    for engine in ("auto", "gramian"):
+        model, balancer = make_model(), build_balancer("upgrad", NAMES, engine=engine)
+        balancer.communicator = OneRank()
+        x, targets = make_batches()[0]
+        outputs = balancer.outputs(model, x)
+        losses = {n: F.mse_loss(outputs[n], targets[n]) for n in targets}
+        with caplog.at_level(logging.INFO, logger="taskloom.balancing.gradient"):
+            if engine == "gramian":
+                with pytest.raises(ValueError, match="engine: gramian cannot run: data parallelism"):
+                    balancer.backward(losses, model)
+            else:
+                balancer.backward(losses, model)
+    assert "gradient engine: full Jacobian (data parallelism" in caplog.text
 
 
 def test_a_loss_scale_falls_back_and_gramian_refuses_it(caplog):
