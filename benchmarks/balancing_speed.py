@@ -15,15 +15,22 @@ importable, each timed in blocks alternating with taskloom's equal weighting
 source checkout on ``PYTHONPATH``. Its section (``libmtl``, see ``_libmtl.py``) has every
 method it shares with taskloom, in parameter mode and, where LibMTL allows it,
 representation mode (``rep_grad``); a method it cannot run is reported with its error.
-Prints JSON.
+``engines`` runs every Gramian-based method (``weights_from_gram``) in parameter mode with the
+full Jacobian engine (``engine: jacobian``) and the layer Gramian engine (``engine: gramian``)
+side by side: ms per step and ratio to equal weighting (alternating blocks, as above), and the
+peak memory of one step beyond what is live before it (``memory.py``'s measure, CPU profiler
+memory events or the CUDA allocator) with its ratio to equal weighting's. ``--engines-only``
+runs that section alone. Prints JSON.
 
     python benchmarks/balancing_speed.py                      # CPU, K = 4 and 40
+    OMP_NUM_THREADS=1 python benchmarks/balancing_speed.py --engines-only --threads 1
     python benchmarks/balancing_speed.py --device cuda --trunk resnet18
     PYTHONPATH=/path/to/LibMTL python benchmarks/balancing_speed.py   # with LibMTL side by side
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import statistics
@@ -225,6 +232,46 @@ def run_setting(trunk: str, k: int, batch: int, device: str, warmup: int, steps:
     return result
 
 
+def gramian_methods() -> list[str]:
+    """The registered methods whose update is a function of the Gramian, parameter mode by default (not mgda_ub)."""
+    return [n for n in BALANCERS if issubclass(BALANCERS.get(n), GradientBalancer)
+            and BALANCERS.get(n).weights_from_gram
+            and inspect.signature(BALANCERS.get(n)).parameters["mode"].default == "parameters"]
+
+
+def run_engines(trunk: str, k: int, batch: int, device: str, warmup: int, steps: int) -> dict[str, Any]:
+    """Full Jacobian vs layer Gramian engine for every Gramian-based method: ms, peak MB, ratios to EW's."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from memory import measure  # noqa: E402  (peak bytes of one step after two warm-up steps)
+
+    names, build, loss_fn, batches = make_problem(trunk, k, batch, device)
+
+    def make(name: str, **options) -> Callable[[], Callable[[Any], None]]:
+        def make_step() -> Callable[[Any], None]:
+            model = build()
+            balancer = BALANCERS.get(name)(names, **options).to(device)
+            optimizer = torch.optim.AdamW(list(model.parameters()) + list(balancer.parameters()), lr=1e-3)
+            return taskloom_step(model, balancer, optimizer, names, loss_fn)
+        return make_step
+
+    baseline = make("equal")()
+    equal_mb = measure(make("equal"), batches, device, 1)["mb"]
+    rows: dict[str, Any] = {"equal": {"mb": round(equal_mb, 3)}}
+    for name in gramian_methods():
+        rows[name] = {}
+        for engine in ("jacobian", "gramian"):
+            try:
+                mb = measure(make(name, engine=engine), batches, device, 1)["mb"]
+                ms, base = compare(make(name, engine=engine)(), baseline, batches, warmup, steps, device)
+            except Exception as error:  # reported, not fatal
+                rows[name][engine] = {"error": f"{type(error).__name__}: {error}"}
+                continue
+            rows[name][engine] = {"ms": round(ms, 3), "ratio": round(ms / base, 3), "equal_ms": round(base, 3),
+                                  "mb": round(mb, 3), "mb_ratio": round(mb / equal_mb, 3)}
+    return {"trunk": trunk, "tasks": k, "batch": batch, "engines": rows}
+
+
 def run_torchjd(build, names, loss_fn, batches, baseline, device, warmup, steps) -> dict[str, Any]:
     try:
         import torchjd.aggregation as aggregation
@@ -306,14 +353,25 @@ def main() -> None:
                         help="timed steps of LibMTL (default: half of --steps)")
     parser.add_argument("--no-libmtl", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--engines-only", action="store_true",
+                        help="only the full Jacobian vs layer Gramian engine section")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     ks = args.tasks or ([2] if args.trunk == "resnet18" else [4, 40])
     started = time.perf_counter()
+    if args.engines_only:
+        settings = [run_engines(args.trunk, k, args.batch, args.device, args.warmup, args.steps) for k in ks]
+        print(json.dumps({"benchmark": "balancing_speed (engines)", "device": args.device,
+                          "threads": torch.get_num_threads(), "torch": torch.__version__, "steps": args.steps,
+                          "settings": settings, "seconds": round(time.perf_counter() - started, 1)}, indent=1))
+        return
     settings = [run_setting(args.trunk, k, args.batch, args.device, args.warmup, args.steps, not args.no_torchjd,
                             args.torchjd_steps or max(4, args.steps // 2), not args.no_libmtl,
                             args.libmtl_steps or max(4, args.steps // 2)) for k in ks]
+    for setting in settings:
+        setting["engines"] = run_engines(args.trunk, setting["tasks"], args.batch, args.device, args.warmup,
+                                         args.steps)["engines"]
     print(json.dumps({
         "benchmark": "balancing_speed", "device": args.device, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": sys.version.split()[0], "machine": platform.machine(),

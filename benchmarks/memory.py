@@ -2,7 +2,8 @@
 
 The model, data and step are those of ``balancing_speed.py`` (an MLP 64-256-256 trunk with K
 regression heads, batch 256, AdamW, the trainer's forward path); K = 40 and K = 4 by default.
-Each gradient method runs with the full engine (all K per-task gradients held) and with the
+Each gradient method runs with the full engine (all K per-task gradients held; ``engine: jacobian``),
+in parameter mode the Gramian-based ones also with the layer Gramian engine (``engine: gramian``), and with the
 task-chunked one (``balancing.options.task_chunk`` in ``--chunks``). Memory: two warm-up steps
 (so the optimizer's state exists), then the peak of the bytes allocated during one step beyond
 those live before it: on CPU from ``torch.profiler``'s memory events (allocations and frees,
@@ -115,10 +116,17 @@ def run_setting(k: int, chunks: list[int], device: str, batch: int, steps: int,
     rows: dict[str, Any] = {"equal": {"mb": round(equal["mb"], 3), "ms": round(equal["ms"], 2)}}
     for name, mode in gradient_cases(methods):
         engines: dict[str, Any] = {}
-        for task_chunk in [None, *chunks]:
-            key = "full" if task_chunk is None else f"task_chunk={task_chunk}"
+        kind = BALANCERS.get(name)
+        layer = mode == "parameters" and kind.weights_from_gram
+        for task_chunk in [None, *(["layer_gramian"] if layer else []), *chunks]:
+            if task_chunk is None:
+                key, options = "full", {"engine": "jacobian"}
+            elif task_chunk == "layer_gramian":
+                key, options = "layer_gramian", {"engine": "gramian"}
+            else:
+                key, options = f"task_chunk={task_chunk}", {"task_chunk": task_chunk}
             try:
-                figures = measure(factory(name, mode=mode, task_chunk=task_chunk), batches, device, steps)
+                figures = measure(factory(name, mode=mode, **options), batches, device, steps)
             except ValueError as error:  # a method that refuses the engine (DB-MTL) is reported with why
                 engines[key] = {"refused": str(error)}
                 continue

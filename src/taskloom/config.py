@@ -373,7 +373,29 @@ class BalancingConfig(Strict):
             raise FieldError("options.mode", f"{self.method} supports mode {' or '.join(modes)} only, "
                                              f"got {self.options['mode']!r}")
         check_options(method, self.options, "options", f"method {self.method}", {"task_names": "tasks"})
+        if "engine" in self.options:
+            _check_engine(self.method, method, self.options)
         return self
+
+
+def _check_engine(name: str, method: Any, options: Mapping[str, Any]) -> None:
+    """``balancing.options.engine``: a known engine, and ``gramian`` only where the layer Gramian engine applies."""
+    from taskloom.balancing.layer_gramian import ENGINES
+
+    engine = options["engine"]
+    if not isinstance(engine, str) or engine not in ENGINES:
+        raise FieldError("options.engine", f"must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine != "gramian":
+        return
+    if not getattr(method, "weights_from_gram", False):
+        raise FieldError("options.engine", f"{name}'s update is not a function of the task gradients' Gramian, "
+                                           "so it cannot use the layer Gramian engine; use auto or jacobian")
+    mode = options.get("mode", inspect.signature(method).parameters["mode"].default)
+    if mode != "parameters":
+        raise FieldError("options.engine", "gramian is for mode parameters (representation mode already works "
+                                           "on the representation's small Gramian); use auto")
+    if options.get("task_chunk") is not None:
+        raise FieldError("options.engine", "gramian and task_chunk are two different engines; give one of them")
 
 
 class RegularizerConfig(Strict):

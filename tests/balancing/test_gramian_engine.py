@@ -57,7 +57,8 @@ def trajectory(name: str, mode: str, task_chunk: int | None, path: str = "output
                batched: bool | None = None) -> list[torch.Tensor]:
     """The model's parameters, flattened, after each of the three steps."""
     model = make_model()
-    balancer = build_balancer(name, NAMES, mode=mode, task_chunk=task_chunk, batched=batched)
+    engine = "jacobian" if task_chunk is None else "auto"  # the reference is the full engine, not the layer Gramian
+    balancer = build_balancer(name, NAMES, mode=mode, task_chunk=task_chunk, batched=batched, engine=engine)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     after = []
     for x, targets in make_batches():

@@ -221,7 +221,9 @@ class CAGrad(AggregatorBalancer):
     weights_fn = cagrad_weights
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 c: float = 0.4, rescale: bool = False, task_chunk: int | None = None) -> None:
+                 c: float = 0.4, rescale: bool = False, task_chunk: int | None = None,
+                 engine: str = "auto") -> None:
         if not c >= 0:
             raise ValueError(f"balancing.options.c must be a number >= 0, got {c!r}")
-        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, c=c, rescale=rescale)
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, engine=engine, c=c,
+                         rescale=rescale)

@@ -49,14 +49,15 @@ class DBMTL(GradientBalancer):
     modes = ("parameters",)
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 beta: float = 0.9, sigma: float = 0.5, eps: float = 1e-8, task_chunk: int | None = None) -> None:
+                 beta: float = 0.9, sigma: float = 0.5, eps: float = 1e-8, task_chunk: int | None = None,
+                 engine: str = "auto") -> None:
         if mode not in self.modes and mode in MODES:
             raise ValueError(
                 "dbmtl averages parameter gradients across steps and cannot use representation gradients "
                 "(they are per sample, of a different batch each step): set balancing.options.mode to "
                 "'parameters' (the default) or pick a method that allows it, such as mgda_ub"
             )
-        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk)
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, engine=engine)
         self.beta, self.sigma, self.eps = beta, sigma, eps
         k = len(self.task_names)
         self.register_buffer("_buffer", torch.zeros((k, 0)))  # K x P, sized at the first step

@@ -142,8 +142,8 @@ class GradDrop(GradientBalancer):
     combines_representation = True
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 leak: float = 0.0, seed: int = 0, task_chunk: int | None = None) -> None:
-        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk)
+                 leak: float = 0.0, seed: int = 0, task_chunk: int | None = None, engine: str = "auto") -> None:
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, engine=engine)
         if not 0 <= leak <= 1:
             raise ValueError(f"balancing.options.leak must be in [0, 1], got {leak!r}")
         self.leak = leak

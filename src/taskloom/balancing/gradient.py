@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from taskloom.balancing import gramian_engine
+from taskloom.balancing import gramian_engine, layer_gramian
 from taskloom.balancing.base import Balancer, LossScale
 from taskloom.balancing.jacobian import (
     VmapFallback,
@@ -43,7 +43,11 @@ class GradientBalancer(Balancer):
     run, this balancer goes sequential from then on (its own ``vmap_fallback``, no global flag).
     ``task_chunk`` (B) bounds the memory with many tasks: per-task gradients are held B tasks at
     a time, twice, and recomputed (see :mod:`~taskloom.balancing.gramian_engine`); None (default)
-    holds all K at once.
+    holds all K at once. ``engine`` picks how parameter mode gets the per-task gradients: ``auto``
+    (default) uses the layer Gramian engine (:mod:`~taskloom.balancing.layer_gramian`: the K x K
+    Gramian layer by layer, never the K x P Jacobian) for a Gramian-based method on a trunk of
+    Linear layers and the full engine otherwise, logging which and why; ``gramian`` insists
+    (refusing what it cannot run); ``jacobian`` always takes the full engine.
     """
 
     needs_task_gradients = True
@@ -56,7 +60,7 @@ class GradientBalancer(Balancer):
     weights_from_gram: bool = False
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 task_chunk: int | None = None) -> None:
+                 task_chunk: int | None = None, engine: str = "auto") -> None:
         super().__init__(task_names)
         if mode not in MODES:
             raise ValueError(f"balancing.options.mode must be one of {list(MODES)}, got {mode!r}")
@@ -65,7 +69,12 @@ class GradientBalancer(Balancer):
         self.task_chunk = gramian_engine.check_task_chunk(task_chunk, type(self).__name__)
         if self.task_chunk is not None:
             self.check_task_chunk()
+        self.engine = layer_gramian.check_engine(engine, type(self).__name__)
+        if self.engine == "gramian":
+            self._check_gramian_engine()
         self._engine_logged = False
+        self._engine_choice: tuple[str, str] | None = None
+        self._capture: layer_gramian.Capture | None = None
         self.vmap_fallback = VmapFallback()
         self._representation: Tensor | None = None
         self._weights: tuple[list[str], Tensor] | None = None
@@ -93,13 +102,77 @@ class GradientBalancer(Balancer):
                 f"{type(self).__name__} cannot use balancing.options.task_chunk: its update is not a function of "
                 "the task gradients' Gramian, so it needs all of them at once; remove task_chunk")
 
+    def _check_gramian_engine(self) -> None:
+        """Refuse, naming the method, ``engine: gramian`` where the layer Gramian engine cannot apply."""
+        method = type(self).__name__
+        if not self.weights_from_gram:
+            raise ValueError(f"{method} cannot use balancing.options.engine: gramian: its update is not a function of "
+                             "the task gradients' Gramian; use engine: auto or jacobian")
+        if self.mode != "parameters":
+            raise ValueError(f"balancing.options.engine: gramian is for mode 'parameters' ({method} has mode "
+                             f"{self.mode!r}, whose Gramian is already the small one of the representation); "
+                             "use engine: auto")
+        if self.task_chunk is not None:
+            raise ValueError(f"{method}: balancing.options.engine: gramian and task_chunk are two different engines; "
+                             "give one of them")
+
+    def _layer_gramian_wanted(self) -> bool:
+        """True when this step may take the layer Gramian engine (the model's layers decide the rest)."""
+        return (self.engine != "jacobian" and self.mode == "parameters" and self.weights_from_gram
+                and self.task_chunk is None)
+
+    def _choose_engine(self, model: MultiTaskModule, capture: "layer_gramian.Capture | None",
+                       scale: LossScale | None) -> list[layer_gramian.Layer] | None:
+        """The layers for the layer Gramian engine this step, or None for the full engine (logged on change)."""
+        reason = ""
+        if not self._layer_gramian_wanted():
+            reason = ("asked for (engine: jacobian)" if self.engine == "jacobian" else
+                      "representation mode" if self.mode != "parameters" else
+                      "task_chunk" if self.task_chunk is not None else
+                      "the method's update is not a function of the Gramian")
+        elif self.communicator is not None:
+            reason = "data parallelism is not supported by the layer Gramian engine"
+        elif capture is None:
+            reason = "the forward did not go through balancer.outputs (torch.compile or a plain model(inputs))"
+        elif not capture.layers:
+            reason = capture.reason
+        else:
+            reason = capture.problem(scale)
+        if reason and self.engine == "gramian":
+            raise ValueError(f"{type(self).__name__}: balancing.options.engine: gramian cannot run: {reason}; "
+                             "use engine: auto (falls back to the full engine) or jacobian")
+        choice = ("full Jacobian", reason) if reason else ("layer Gramian", f"{len(capture.layers)} Linear layers")
+        if choice != self._engine_choice:
+            self._engine_choice = choice
+            log.info("%s: gradient engine: %s (%s)", type(self).__name__, *choice)
+        return None if reason else capture.layers
+
+    def _layer_gramian_backward(self, values: list[Tensor], names: list[str], model: MultiTaskModule,
+                                representation: Tensor | None, layers: list[layer_gramian.Layer]) -> None:
+        """One step through the layer Gramian engine: heads first, then the Gramian, the weights and ``w @ J``."""
+        rep_grads = None
+        if representation is not None:
+            own = [model.task_parameters(n) for n in names]
+            rep_grads, head_grads = head_gradients(values, representation, own)
+            for params, grads in zip(own, head_grads):
+                write_gradients(params, grads)
+        else:
+            gramian_engine.write_plain_heads(values, model, names)
+        try:
+            factors = layer_gramian.LayerGramian(values, layers, representation, rep_grads, batched=self.batched,
+                                                 fallback=self.vmap_fallback)
+        finally:
+            for layer in layers:
+                layer.calls = []
+        factors.write_update(gramian_engine.gramian_weights(self, values, names, factors.gramian(), None))
+
     def _chunked_backward(self, values: list[Tensor], names: list[str], model: MultiTaskModule,
                           representation: Tensor | None, factor: Tensor | None) -> None:
         """One step with per-task gradients held ``task_chunk`` tasks at a time (the Gramian engine)."""
         gramian_engine.gramian_backward(self, values, names, model, representation, factor)
 
     def _log_engine(self, k: int) -> None:
-        if self._engine_logged:
+        if self._engine_logged or (self.task_chunk is None and self.mode == "parameters"):
             return
         self._engine_logged = True
         if self.task_chunk is None:
@@ -142,6 +215,17 @@ class GradientBalancer(Balancer):
         In parameter mode this enables the fast path (heads first, then one batched pass
         through the trunk); in representation mode it is required.
         """
+        self._capture = None
+        if self._layer_gramian_wanted() and self.communicator is None and torch.is_grad_enabled():
+            layers, reason = layer_gramian.plan_layers(model, model.shared_parameters())
+            capture = layer_gramian.Capture(layers, reason)
+            with capture:
+                result = self._forward(model, inputs)
+            self._capture = capture
+            return result
+        return self._forward(model, inputs)
+
+    def _forward(self, model: MultiTaskModule, inputs: Any) -> dict[str, Tensor]:
         if not getattr(model, "has_representation", False):
             if self.mode == "representation":
                 self._check_representation(model)
@@ -164,6 +248,7 @@ class GradientBalancer(Balancer):
         names = list(losses)
         representation = representation if representation is not None else self._representation
         self._representation = None
+        capture, self._capture = self._capture, None
         if not names:
             return
         if self.mode == "representation":
@@ -182,6 +267,11 @@ class GradientBalancer(Balancer):
         if self.task_chunk is not None:
             self._chunked_backward(values, names, model, representation, factor)
             return
+        if self.mode == "parameters" and model.shared_parameters():
+            layers = self._choose_engine(model, capture, scale)
+            if layers is not None:
+                self._layer_gramian_backward(values, names, model, representation, layers)
+                return
         if representation is not None:
             own = [model.task_parameters(n) for n in names]
             rep_grads, head_grads = head_gradients(values, representation, own)
@@ -277,8 +367,8 @@ class AggregatorBalancer(GradientBalancer):
     weights_from_gram = True
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 task_chunk: int | None = None, **options: Any) -> None:
-        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk)
+                 task_chunk: int | None = None, engine: str = "auto", **options: Any) -> None:
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, engine=engine)
         self.options = options
 
     def combine(self, grads: Tensor, names: Sequence[str]) -> tuple[Tensor, Tensor | None]:

@@ -98,8 +98,9 @@ class GradVac(GradientBalancer):
     weights_from_gram = True
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 beta: float = 0.01, seed: int = 0, shuffle: bool = True, task_chunk: int | None = None) -> None:
-        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk)
+                 beta: float = 0.01, seed: int = 0, shuffle: bool = True, task_chunk: int | None = None,
+                 engine: str = "auto") -> None:
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, engine=engine)
         if not 0 <= beta <= 1:
             raise ValueError(f"balancing.options.beta must be in [0, 1], got {beta!r}")
         self.beta = beta

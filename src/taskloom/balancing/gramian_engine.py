@@ -300,13 +300,23 @@ def gramian_backward(balancer: Any, values: Sequence[Tensor], names: Sequence[st
     if balancer.communicator is not None and not rows.shared:
         balancer.check_data_parallel()
         gramian = balancer.communicator.all_reduce_sum(gramian)
+    weights = gramian_weights(balancer, values, names, gramian, factor)
+    weighted_backward(values, weights, representation, rows.shared)
+
+
+def gramian_weights(balancer: Any, values: Sequence[Tensor], names: Sequence[str], gramian: Tensor,
+                    factor: Tensor | None) -> Tensor:
+    """The method's task weights from the K x K ``gramian`` of the unscaled rows (kept for :meth:`last_weights`).
+
+    Shared by the chunked engine and the layer Gramian engine (:mod:`~taskloom.balancing.layer_gramian`).
+    A non-finite Gramian under a loss scale gives NaN weights (the scaler skips the step).
+    """
     dtype = torch.promote_types(values[0].dtype, torch.float32)
     if factor is not None and not bool(torch.isfinite(gramian).all()):
-        weights = torch.full((len(values),), float("nan"), dtype=dtype, device=gramian.device)
-    else:
-        _, weights = balancer.combine(gramian_factor(gramian, dtype), names)
-        if weights is None:
-            raise ValueError(f"{type(balancer).__name__} returned no task weights; it cannot use "
-                             "balancing.options.task_chunk")
-        balancer._weights = (list(names), weights.detach())
-    weighted_backward(values, weights, representation, rows.shared)
+        return torch.full((len(values),), float("nan"), dtype=dtype, device=gramian.device)
+    _, weights = balancer.combine(gramian_factor(gramian, dtype), names)
+    if weights is None:
+        raise ValueError(f"{type(balancer).__name__} returned no task weights; it cannot use a Gramian "
+                         "engine (balancing.options.task_chunk or engine: gramian)")
+    balancer._weights = (list(names), weights.detach())
+    return weights

@@ -132,6 +132,6 @@ class MGDAUB(MGDA):
     """MGDA-UB (Sener & Koltun 2018): MGDA on the gradients of the shared representation."""
 
     def __init__(self, task_names: Sequence[str], mode: str = "representation", batched: bool | None = None,
-                 task_chunk: int | None = None,
+                 task_chunk: int | None = None, engine: str = "auto",
                  **options) -> None:
-        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, **options)
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, engine=engine, **options)

@@ -72,8 +72,8 @@ class NashMTL(GradientBalancer):
     weights_from_gram = True
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 max_iter: int = 50, tol: float = 1e-10, task_chunk: int | None = None) -> None:
-        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk)
+                 max_iter: int = 50, tol: float = 1e-10, task_chunk: int | None = None, engine: str = "auto") -> None:
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, engine=engine)
         self.max_iter, self.tol = max_iter, tol
         self.state = NashMTLState()
 

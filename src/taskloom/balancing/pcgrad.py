@@ -75,8 +75,8 @@ class PCGrad(GradientBalancer):
     weights_from_gram = True
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 seed: int = 0, shuffle: bool = True, task_chunk: int | None = None) -> None:
-        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk)
+                 seed: int = 0, shuffle: bool = True, task_chunk: int | None = None, engine: str = "auto") -> None:
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, engine=engine)
         self.shuffle = shuffle
         self.random = SeededGenerator(seed)
 

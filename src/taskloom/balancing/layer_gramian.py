@@ -1,0 +1,280 @@
+"""The layer Gramian engine: the K x K Gramian of the per-task gradients, layer by layer, never the K x P Jacobian.
+
+For a method whose update is ``w @ J`` with w a function of G = J J^T (``weights_from_gram``),
+parameter mode needs only G. The Jacobian of the shared parameters splits by layer,
+G = sum_l J_l J_l^T, and for an ``nn.Linear`` with input X (N x in) and task t's gradient of
+its output D_t (N x out), task t's weight gradient is D_t^T X, so
+
+    G_l[s, t] = <D_s^T X, D_t^T X> = sum((D_s D_t^T) * (X X^T))   (+ sum(D_s) . sum(D_t) for the bias)
+
+computed in the cheaper of two orders (N^2 in + K N^2 out + K^2 N out through X X^T, or
+K N in out + K^2 in out through the per-layer weight gradients). The D_t come from K
+backward passes (one vmapped pass on accelerators) that stop at the layers' outputs and
+compute no weight gradient. The update ``w @ J`` is then written layer by layer from the
+same factors (no further backward pass): the same update as the full engine
+(:mod:`~taskloom.balancing.jacobian`), exactly up to rounding. The idea of using the Gramian alone is that of TorchJD (Quinton & Rey 2024,
+"Jacobian Descent for Multi-Objective Optimization"); the per-layer factorisation is the
+per-example-gradient trick of Goodfellow 2015 ("Efficient per-example gradient computations").
+
+Supported: every shared parameter belongs to an ``nn.Linear`` whose plain forward computes
+it (called any number of times; rows of every call are stacked). Anything else (a norm with
+affine parameters, a convolution, an embedding, a tied parameter), mixed precision (a loss
+scale or autocast), data parallelism, or a forward that did not go through
+``balancer.outputs`` falls back to the full engine with the reason logged, or is refused when
+``engine: gramian`` was asked for.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from taskloom.balancing.jacobian import VmapFallback, use_vmap, write_gradients
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "gramian", "jacobian")
+
+
+def check_engine(engine: Any, method: str) -> str:
+    """``engine`` as one of :data:`ENGINES`, else a ValueError naming the option and the method."""
+    if not isinstance(engine, str) or engine not in ENGINES:
+        raise ValueError(f"balancing.options.engine of {method} must be one of {list(ENGINES)} (auto picks the "
+                         f"layer Gramian engine where it applies), got {engine!r}")
+    return engine
+
+
+@dataclass
+class Layer:
+    """One shared ``nn.Linear``: which of its parameters are shared, and the calls of the current forward."""
+
+    name: str
+    module: nn.Linear
+    weight: bool
+    bias: bool
+    calls: list[tuple[Tensor, Tensor, int, int]] = field(default_factory=list)
+
+
+def plan_layers(model: nn.Module, shared: Sequence[Tensor]) -> tuple[list[Layer], str]:
+    """The shared Linear layers of ``model`` and "" , or no layers and the reason the engine cannot run."""
+    wanted = {id(p) for p in shared}
+    owners: dict[int, list[str]] = {}
+    layers: list[Layer] = []
+    for name, module in model.named_modules():
+        own = [(pname, p) for pname, p in module.named_parameters(recurse=False) if id(p) in wanted]
+        if not own:
+            continue
+        for _, parameter in own:
+            owners.setdefault(id(parameter), []).append(name)
+        if type(module).forward is not nn.Linear.forward:
+            return [], f"shared layer {name or '<model>'} is a {type(module).__name__}, not an nn.Linear"
+        names = {pname for pname, _ in own}
+        layers.append(Layer(name, module, "weight" in names, "bias" in names))
+    tied = [names for names in owners.values() if len(names) > 1]
+    if tied:
+        return [], f"a shared parameter is tied between layers {', '.join(tied[0])}"
+    if len(owners) != len(wanted):
+        return [], "a shared parameter belongs to no module"
+    return layers, ""
+
+
+class Capture:
+    """Forward hooks on the planned layers that keep each call's input and output (for one step)."""
+
+    def __init__(self, layers: list[Layer], reason: str = "") -> None:
+        self.layers = layers
+        self.reason = reason
+        self.autocast = False
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "Capture":
+        self.autocast = torch.is_autocast_enabled()
+        for layer in self.layers:
+            layer.calls = []
+            self._handles.append(layer.module.register_forward_hook(functools.partial(_keep, layer)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def problem(self, scale: Any) -> str:
+        """Why this capture cannot give the Gramian ("" when it can)."""
+        if self.autocast or scale is not None:
+            return "mixed precision (autocast or a loss scale) is not supported by the layer Gramian engine"
+        for layer in self.layers:
+            if not layer.calls:
+                return f"shared layer {layer.name} was not called in the forward (or its parameters are used " \
+                       "outside its forward)"
+            for x, out, x_version, out_version in layer.calls:
+                if x._version != x_version or out._version != out_version:
+                    return f"the input or output of shared layer {layer.name} was modified in place"
+                if out.dtype != layer.module.weight.dtype or x.dtype != out.dtype:
+                    return "mixed precision (autocast) is not supported by the layer Gramian engine"
+                if not out.requires_grad:
+                    return f"the output of shared layer {layer.name} does not require grad"
+        return ""
+
+
+def _keep(layer: Layer, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+    layer.calls.append((inputs[0], output, inputs[0]._version, output._version))
+
+
+def _task_gradients(values: Sequence[Tensor], outputs: Sequence[Tensor], representation: Tensor | None,
+                    rep_grads: Tensor | None, batched: bool | None, fallback: VmapFallback | None):
+    """Yield (tasks, grads): per-task gradients of the objectives w.r.t. ``outputs``, no weight gradient computed.
+
+    ``grads[i]`` has a leading task dimension (the tasks ``tasks``) or is None where no task reaches
+    ``outputs[i]``. From the representation's per-task gradients ``rep_grads`` when there is a
+    representation (one pass through the trunk per task), else from the objectives themselves; all
+    K at once in one vmapped pass where :func:`~taskloom.balancing.jacobian.use_vmap` says so
+    (falling back to one task at a time as the full engine does), so only one task's are alive.
+    """
+    k = len(values)
+    outputs = list(outputs)
+    if representation is not None:
+        root = representation
+        cotangents = rep_grads.reshape(k, *representation.shape).to(representation.dtype)
+    else:
+        root = torch.stack([v.reshape(()) for v in values])
+        cotangents = torch.eye(k, dtype=root.dtype, device=root.device)
+    if use_vmap(root, k, batched, fallback):
+        try:
+            grads = torch.autograd.grad(root, outputs, grad_outputs=cotangents, is_grads_batched=True,
+                                        retain_graph=True, allow_unused=True)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as error:
+            (fallback or VmapFallback()).record(error, k)
+        else:
+            yield slice(0, k), grads
+            return
+    for t in range(k):
+        if representation is None:
+            grads = torch.autograd.grad(values[t], outputs, retain_graph=True, allow_unused=True)
+        else:
+            grads = torch.autograd.grad(root, outputs, grad_outputs=cotangents[t], retain_graph=True,
+                                        allow_unused=True)
+        yield slice(t, t + 1), tuple(None if g is None else g.unsqueeze(0) for g in grads)
+
+
+class _LayerRows:
+    """One layer's per-task factors of its Gramian block, filled task by task.
+
+    The cheaper of two contraction orders: through the weight gradients (rows D_t^T X, K x out x in,
+    cost K N in out + K^2 in out), or through X X^T (rows D_t, K x N x out, cost N^2 in + K N^2 out
+    + K^2 N out). The bias adds the rows sum_i D_t[i] (K x out).
+    """
+
+    def __init__(self, layer: Layer, k: int) -> None:
+        x = layer.calls[0][0]
+        self.dtype = torch.promote_types(layer.calls[0][1].dtype, torch.float32)
+        inputs = [c[0].detach().reshape(-1, c[0].shape[-1]).to(self.dtype) for c in layer.calls]
+        self.x = inputs[0] if len(inputs) == 1 else torch.cat(inputs)  # no copy for one call
+        self.layer, n, fan_in = layer, self.x.shape[0], self.x.shape[1]
+        width = layer.module.out_features
+        self.shapes = [c[1].shape for c in layer.calls]
+        through_inputs = n * n * fan_in + k * n * n * width + k * k * n * width
+        through_weights = k * n * fan_in * width + k * k * fan_in * width
+        self.by_weights = through_weights < through_inputs
+        device = x.device
+        self.rows = None
+        if layer.weight:
+            shape = (k, width, fan_in) if self.by_weights else (k, n, width)
+            self.rows = torch.zeros(shape, dtype=self.dtype, device=device)
+        self.sums = torch.zeros((k, width), dtype=self.dtype, device=device) if layer.bias else None
+
+    def fill(self, tasks: slice, grads: Sequence[Tensor | None]) -> None:
+        """Store the factors of tasks ``tasks`` from their gradients of each call's output (None: zero)."""
+        count = tasks.stop - tasks.start
+        parts = [torch.zeros((count, *shape), dtype=self.dtype, device=self.x.device) if g is None else g
+                 for g, shape in zip(grads, self.shapes)]
+        pieces = [g.reshape(count, -1, g.shape[-1]).to(self.dtype) for g in parts]
+        d = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        if self.rows is not None and self.by_weights and count == 1:  # one task (the sequential path): a plain mm
+            torch.mm(d[0].T, self.x, out=self.rows[tasks.start])
+        elif self.rows is not None and self.by_weights:
+            torch.matmul(d.transpose(1, 2), self.x, out=self.rows[tasks])
+        elif self.rows is not None:
+            self.rows[tasks] = d
+        if self.sums is not None:
+            self.sums[tasks] = d.sum(1)
+
+    def block(self) -> Tensor:
+        """This layer's J_l J_l^T (K x K, float64)."""
+        k = (self.rows if self.rows is not None else self.sums).shape[0]
+        block = torch.zeros((k, k), dtype=torch.float64, device=self.x.device)
+        if self.rows is not None:
+            flat = self.rows.reshape(k, -1)
+            if self.by_weights:
+                block += (flat @ flat.T).double()
+            else:  # E_t = (X X^T) D_t, so G[s, t] = <D_s, E_t>
+                products = torch.matmul(self.x @ self.x.T, self.rows).reshape(k, -1)
+                block += (flat @ products.T).double()
+        if self.sums is not None:
+            block += (self.sums @ self.sums.T).double()
+        return block
+
+
+    def update(self, weights: Tensor) -> None:
+        """Add sum_t w_t (task t's gradient) of this layer's shared parameters to their ``.grad``."""
+        module = self.layer.module
+        if self.rows is not None:
+            w = weights.to(self.dtype)
+            if self.by_weights:
+                grad = torch.tensordot(w, self.rows, dims=1)
+            else:
+                grad = torch.tensordot(w, self.rows, dims=1).T @ self.x
+            write_gradients([module.weight], [grad.to(module.weight.dtype)])
+        if self.sums is not None:
+            write_gradients([module.bias], [(weights.to(self.dtype) @ self.sums).to(module.bias.dtype)])
+
+
+class LayerGramian:
+    """The per-layer factors of one step's per-task gradients: their Gramian, and the update for given weights.
+
+    ``rep_grads`` (K x |z|) are the per-task gradients of ``representation`` when the objectives
+    reach the trunk through it (then only the trunk is back-propagated); else the objectives are.
+    No K x P Jacobian is formed: a layer holds K x min-ish(out x in, N x out) factors (see
+    :class:`_LayerRows`), and the update w @ J is written from them without another backward pass.
+    """
+
+    def __init__(self, values: Sequence[Tensor], layers: Sequence[Layer], representation: Tensor | None = None,
+                 rep_grads: Tensor | None = None, batched: bool | None = None,
+                 fallback: VmapFallback | None = None) -> None:
+        k = len(values)
+        self.rows = [_LayerRows(layer, k) for layer in layers]
+        outputs = [out for layer in layers for _, out, _, _ in layer.calls]
+        reached = False
+        for tasks, grads in _task_gradients(values, outputs, representation, rep_grads, batched, fallback):
+            reached = reached or any(g is not None for g in grads)
+            position = 0
+            for layer_rows in self.rows:
+                calls = len(layer_rows.shapes)
+                layer_rows.fill(tasks, grads[position:position + calls])
+                position += calls
+            del grads
+        if not reached:
+            raise ValueError("the losses do not depend on the shared layers recorded by balancer.outputs: compute "
+                             "them from the outputs that balancer.outputs(model, inputs) returned this step")
+
+    def gramian(self) -> Tensor:
+        """G = J J^T (K x K, float64), the sum of the layers' blocks."""
+        return functools.reduce(torch.add, (rows.block() for rows in self.rows))
+
+    def write_update(self, weights: Tensor) -> None:
+        """Add ``weights @ J`` to the shared parameters' ``.grad``, layer by layer."""
+        for rows in self.rows:
+            rows.update(weights.detach())
+
+
+def layer_gramian(values: Sequence[Tensor], layers: Sequence[Layer], representation: Tensor | None = None,
+                  rep_grads: Tensor | None = None, batched: bool | None = None,
+                  fallback: VmapFallback | None = None) -> Tensor:
+    """G = J J^T (K x K, float64) of the shared parameters of ``layers``, from their captured calls."""
+    return LayerGramian(values, layers, representation, rep_grads, batched, fallback).gramian()
