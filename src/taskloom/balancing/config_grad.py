@@ -51,5 +51,6 @@ class ConFIG(AggregatorBalancer):
     weights_fn = config_weights
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 task_chunk: int | None = None) -> None:
-        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk)
+                 task_chunk: int | None = None,
+                 engine: str = "auto") -> None:
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, engine=engine)

@@ -87,7 +87,8 @@ class ExcessMTL(GradientBalancer):
     modes = ("parameters",)
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 eta: float = 0.01, normalize: bool = True, eps: float = 1e-8, task_chunk: int | None = None) -> None:
+                 eta: float = 0.01, normalize: bool = True, eps: float = 1e-8, task_chunk: int | None = None,
+                 engine: str = "auto") -> None:
         if mode not in self.modes and mode in MODES:
             raise ValueError(
                 "excessmtl accumulates each shared parameter's squared gradient across steps and cannot use "
@@ -99,7 +100,7 @@ class ExcessMTL(GradientBalancer):
             raise ValueError(f"balancing.options.eps of excessmtl must be a finite number >= 0, got {eps!r}")
         if not isinstance(normalize, bool):
             raise ValueError(f"balancing.options.normalize of excessmtl must be true or false, got {normalize!r}")
-        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk)
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, engine=engine)
         self.eta, self.normalize, self.eps = float(eta), normalize, float(eps)
         k = len(self.task_names)
         self.register_buffer("squares", torch.zeros((k, 0), dtype=torch.float64))  # K x P, sized at the first step

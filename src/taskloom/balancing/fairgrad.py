@@ -95,7 +95,9 @@ class FairGrad(AggregatorBalancer):
     weights_fn = fairgrad_weights
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 alpha: float = 1.0, task_chunk: int | None = None) -> None:
+                 alpha: float = 1.0, task_chunk: int | None = None,
+                 engine: str = "auto") -> None:
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
             raise ValueError(f"balancing.options.alpha of fairgrad must be a finite number > 0, got {alpha!r}")
-        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, alpha=float(alpha))
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, engine=engine,
+                         alpha=float(alpha))

@@ -58,9 +58,10 @@ class GradientMemory(GradientBalancer):
     modes = ("parameters",)
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 task_chunk: int | None = None) -> None:
+                 task_chunk: int | None = None,
+                 engine: str = "auto") -> None:
         refuse_representation(type(self).__name__.lower(), mode)
-        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk)
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, engine=engine)
         k = len(self.task_names)
         self.register_buffer("weights", torch.full((k,), 1.0 / k))
         self.register_buffer("memory", torch.zeros((k, 0)))
@@ -118,14 +119,15 @@ class MoCo(GradientMemory):
     """
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 beta: float = 0.5, gamma: float = 0.1, rho: float = 0.0, task_chunk: int | None = None) -> None:
+                 beta: float = 0.5, gamma: float = 0.1, rho: float = 0.0, task_chunk: int | None = None,
+                 engine: str = "auto") -> None:
         if not 0 < beta <= 1:
             raise ValueError(f"balancing.options.beta must be in (0, 1], got {beta!r}")
         if not gamma > 0:
             raise ValueError(f"balancing.options.gamma must be positive, got {gamma!r}")
         if not rho >= 0:
             raise ValueError(f"balancing.options.rho must be >= 0, got {rho!r}")
-        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk)
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, engine=engine)
         self.beta, self.gamma, self.rho = float(beta), float(gamma), float(rho)
 
     def combine(self, grads: Tensor, names: Sequence[str]) -> tuple[Tensor, Tensor | None]:

@@ -35,12 +35,13 @@ class MoDo(GradientMemory):
     """
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
-                 gamma: float = 0.1, rho: float = 0.0, task_chunk: int | None = None) -> None:
+                 gamma: float = 0.1, rho: float = 0.0, task_chunk: int | None = None,
+                 engine: str = "auto") -> None:
         if not gamma > 0:
             raise ValueError(f"balancing.options.gamma must be positive, got {gamma!r}")
         if not rho >= 0:
             raise ValueError(f"balancing.options.rho must be >= 0, got {rho!r}")
-        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk)
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, engine=engine)
         self.gamma, self.rho = float(gamma), float(rho)
 
     def combine(self, grads: Tensor, names: Sequence[str]) -> tuple[Tensor, Tensor | None]:

@@ -58,14 +58,15 @@ class SDMGrad(GradientBalancer):
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
                  lmbda: float = 0.3, gamma: float = 0.1, iterations: int = 20,
-                 task_chunk: int | None = None) -> None:
+                 task_chunk: int | None = None,
+                 engine: str = "auto") -> None:
         if not lmbda >= 0:
             raise ValueError(f"balancing.options.lmbda must be >= 0, got {lmbda!r}")
         if not gamma > 0:
             raise ValueError(f"balancing.options.gamma must be positive, got {gamma!r}")
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"balancing.options.iterations must be an integer >= 1, got {iterations!r}")
-        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk)
+        super().__init__(task_names, mode=mode, batched=batched, task_chunk=task_chunk, engine=engine)
         self.lmbda, self.gamma, self.iterations = float(lmbda), float(gamma), iterations
         k = len(self.task_names)
         self.register_buffer("lambdas", torch.full((k,), 1.0 / k, dtype=torch.float64))
