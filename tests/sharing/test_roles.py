@@ -26,6 +26,11 @@ CASES = [
     ("interaction", {"mode": "features"}),
     ("adversarial", {"adversarial": ["sign"], "strength": 0.5}),
     ("adversarial", {"adversarial": ["level"], "base": "mmoe", "num_experts": 2}),
+    ("mtan", {}),
+    ("mtan", {"depths": [5]}),
+    ("dselect_k", {}),
+    ("dselect_k", {"num_experts": 2, "k": 1, "gate": "input"}),
+    ("dselect_k", {"entropy": 0.1}),
 ]
 IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CASES)]
 
@@ -37,7 +42,7 @@ def build(name, options, task_list=None):
 
 def test_every_architecture_is_registered():
     expected = {"hard", "soft", "hybrid", "cross_stitch", "mmoe", "ple", "low_level", "cascade", "interaction",
-                "adversarial"}
+                "adversarial", "mtan", "dselect_k"}
     assert expected <= set(ARCHITECTURES)
 
 
