@@ -67,13 +67,15 @@ class DSelectGate(nn.Module):
         z, _ = self.logits(inputs)
         return selector_weights(z, self.codes, self.gamma)
 
-    def forward(self, inputs: Any) -> Tensor:
-        """Weights over the experts, (N, E): sum_c softmax(alpha)_c r(z_c)."""
+    def weights(self, inputs: Any = None) -> Tensor:
+        """sum_c softmax(alpha)_c r(z_c): (E,) for the static gate, (N, E) per example."""
         z, alpha = self.logits(inputs)
-        weights = (torch.softmax(alpha, dim=-1).unsqueeze(-1) * selector_weights(z, self.codes, self.gamma)).sum(-2)
-        if weights.dim() == 1:
-            weights = weights.expand(_batch_size(inputs), -1)
-        return weights
+        return (torch.softmax(alpha, dim=-1).unsqueeze(-1) * selector_weights(z, self.codes, self.gamma)).sum(-2)
+
+    def forward(self, inputs: Any) -> Tensor:
+        """Weights over the experts for each example, (N, E)."""
+        weights = self.weights(inputs)
+        return weights.expand(_batch_size(inputs), -1) if weights.dim() == 1 else weights
 
     def entropy(self) -> Tensor:
         """Sum over the k selectors of the entropy of r(z_c) (the static gate's regularizer, section 4)."""
@@ -107,7 +109,7 @@ class DSelectK(ReachSplit):
 
     def forward(self, inputs: Any) -> dict[str, Tensor]:
         outputs = [expert(inputs) for expert in self.experts]
-        return {n: self.heads[n](mix(self.gates[n](inputs), outputs)) for n in self.task_names}
+        return {n: self.heads[n](mix(self.gates[n].weights(inputs), outputs)) for n in self.task_names}
 
     def regularization(self) -> Tensor | None:
         """entropy * the summed selector entropies of the static gates (pushes each selector to one expert)."""
