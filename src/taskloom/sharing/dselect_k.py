@@ -121,6 +121,21 @@ class DSelectK(ReachSplit):
         groups: Reach = [(params(self.experts), frozenset(self.task_names))]
         return groups + [(params(self.gates[n], self.heads[n]), frozenset([n])) for n in self.task_names]
 
+    def attach_task(self, task: Task) -> None:
+        """A new gate (same num_experts, k, gamma and kind) over the existing experts and a head for ``task``."""
+        gate = next(iter(self.gates.values()))
+        width = None if gate.linear is None else gate.linear.in_features
+        self.gates[task.name] = DSelectGate(len(self.experts), gate.k, gate.gamma, width)
+        self.heads[task.name] = task.build_head(output_width(self.experts[0], "dselect_k"))
+        self.task_names.append(task.name)
+
+    def detach_task(self, name: str) -> None:
+        """Drop a task's gate and head; the experts and the other gates are untouched."""
+        self.check_removable(name)
+        del self.gates[name]
+        del self.heads[name]
+        self.task_names.remove(name)
+
 
 def build_dselect_k(trunk_factory: Callable[[], nn.Module], tasks: Sequence[Task], num_experts: int = 4, k: int = 2,
                     gamma: float = 1.0, gate: str = "static", entropy: float = 0.0,

@@ -66,6 +66,8 @@ class MTAN(ReachSplit):
         self.adapters = nn.ModuleDict({n: nn.ModuleList(list(adapters[n])) for n in masks})
         self.heads = nn.ModuleDict({n: heads[n] for n in masks})
         self.task_names = list(self.masks)
+        self.shapes: list[tuple[int, ...]] = []  # per-example shapes at the attention points (set by build_mtan)
+        self.head_width = 0
 
     def attention(self, inputs: Any) -> tuple[list[Tensor], dict[str, list[Tensor]], dict[str, list[Tensor]]]:
         """The shared features at each attention point, every task's masks there, and its attended features."""
@@ -97,6 +99,33 @@ class MTAN(ReachSplit):
         groups: Reach = [(params(self.stages, self.top), frozenset(self.task_names))]
         return groups + [(params(self.masks[n], self.adapters[n], self.heads[n]), frozenset([n]))
                          for n in self.task_names]
+
+    def attach_task(self, task: Task) -> None:
+        """New attention masks, adapters and a head for ``task`` over the existing shared stages."""
+        if not self.shapes:
+            raise ValueError("add_task: this MTAN was not built by build_mtan and does not know its block shapes")
+        self.masks[task.name] = nn.ModuleList(attention_masks(self.shapes))
+        self.adapters[task.name] = nn.ModuleList(adapters(self.shapes))
+        self.heads[task.name] = task.build_head(self.head_width)
+        self.task_names.append(task.name)
+
+    def detach_task(self, name: str) -> None:
+        """Drop a task's masks, adapters and head; the shared stages and the other tasks are untouched."""
+        self.check_removable(name)
+        del self.masks[name]
+        del self.adapters[name]
+        del self.heads[name]
+        self.task_names.remove(name)
+
+
+def attention_masks(shapes: Sequence[tuple[int, ...]]) -> list[AttentionMask]:
+    """One task's masks: the first reads the shared features, later ones those and the adapted task features."""
+    return [AttentionMask(s[0] if j == 0 else 2 * s[0], s[0], len(s) == 3) for j, s in enumerate(shapes)]
+
+
+def adapters(shapes: Sequence[tuple[int, ...]]) -> list[Adapter]:
+    """One task's adapters from each attention point's shape to the next one's."""
+    return [Adapter(a, b) for a, b in zip(shapes, shapes[1:])]
 
 
 def _shapes(layers: nn.Sequential, depths: Sequence[int], trunk: nn.Module) -> list[tuple[int, ...]]:
@@ -146,17 +175,15 @@ def build_mtan(trunk_factory: Callable[[], nn.Module], tasks: Sequence[Task], de
     if not kinds <= {1, 3} or len(kinds) > 1:
         raise ValueError(f"model.options.depths: the features at {depths} have per-example shapes {shapes}; "
                          "attention needs all conv maps (C, H, W) or all flat features (F,): pick depths of one kind")
-    spatial = kinds == {3}
     stages = cut(layers, depths)
     top = stages.pop() if len(stages) > len(depths) else nn.Identity()
-    masks, adapters = {}, {}
-    for t in tasks:
-        masks[t.name] = [AttentionMask(s[0] if j == 0 else 2 * s[0], s[0], spatial) for j, s in enumerate(shapes)]
-        adapters[t.name] = [Adapter(a, b) for a, b in zip(shapes, shapes[1:])]
     was_training = layers.training
     layers.eval()
     with torch.no_grad():
         width = math.prod(top(torch.zeros(1, *shapes[-1])).shape[1:])
     layers.train(was_training)
     heads = {t.name: t.build_head(int(width)) for t in tasks}
-    return MTAN(stages, top, masks, adapters, heads)
+    model = MTAN(stages, top, {t.name: attention_masks(shapes) for t in tasks},
+                 {t.name: adapters(shapes) for t in tasks}, heads)
+    model.shapes, model.head_width = [tuple(s) for s in shapes], int(width)
+    return model
