@@ -53,6 +53,8 @@ class MTAN(ReachSplit):
     Task t's features at attention point j are a_t^j * s_j, with s_j the shared features there and
     a_t^j = mask_t^j([s_j, f_t^{j-1}(task t's features at point j-1)]) (only s_1 at the first point).
     Layers above the last point are shared and run on each task's attended features before its head.
+    Two simplifications of the paper: the mask reads and multiplies the same block output (the paper reads
+    the block's middle features), and g and h have no batch norm, so every mask is a pure function of its input.
     """
 
     adversarial_input = None
