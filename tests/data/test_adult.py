@@ -48,3 +48,10 @@ def test_renamed_task_and_small_size():
     splits = load_dataset("adult", tasks=[Task("rich", "binary", target="income")], size=2000)
     assert list(splits.train.targets) == ["rich"]
     assert splits.info["sizes"]["train"] + splits.info["sizes"]["val"] == 2000
+
+
+def test_a_feature_column_made_a_task_leaves_the_features():
+    splits = load_dataset("adult", tasks=[Task("income", "binary"), Task("sex", "binary", target="sex")], size=500)
+    names = splits.info["feature_names"]
+    assert not any(n == "sex" or n.startswith("sex=") for n in names)
+    assert "age" in names and set(splits.train.targets) == {"income", "sex"}
