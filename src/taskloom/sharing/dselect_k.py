@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from taskloom.sharing.checkpointing import run_trunk
 from taskloom.sharing.layers import input_width, output_width
 from taskloom.sharing.mmoe import mix
 from taskloom.sharing.parameters import Reach, ReachSplit, params
@@ -97,6 +98,7 @@ class DSelectK(ReachSplit):
     """Shared experts; task t's head reads sum_i w_t(x)_i f_i(x) with w_t a DSelect-k gate (Hazimeh et al. 2021)."""
 
     adversarial_input = "heads"
+    checkpointable = True
 
     def __init__(self, experts: Sequence[nn.Module], gates: dict[str, DSelectGate], heads: dict[str, nn.Module],
                  entropy: float = 0.0) -> None:
@@ -108,7 +110,7 @@ class DSelectK(ReachSplit):
         self.entropy = entropy
 
     def forward(self, inputs: Any) -> dict[str, Tensor]:
-        outputs = [expert(inputs) for expert in self.experts]
+        outputs = [run_trunk(expert, inputs, self.checkpointing) for expert in self.experts]
         return {n: self.heads[n](mix(self.gates[n].weights(inputs), outputs)) for n in self.task_names}
 
     def regularization(self) -> Tensor | None:
