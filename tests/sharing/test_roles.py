@@ -31,6 +31,7 @@ CASES = [
     ("dselect_k", {}),
     ("dselect_k", {"num_experts": 2, "k": 1, "gate": "input"}),
     ("dselect_k", {"entropy": 0.1}),
+    ("adversarial", {"adversarial": ["level"], "base": "dselect_k"}),
 ]
 IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CASES)]
 
