@@ -61,8 +61,9 @@ ARCHITECTURES.add("dselect_k", build_dselect_k, "shared experts, per task k bina
                   "applications to multi-task learning', NeurIPS); options num_experts, k, gamma, gate, entropy")
 
 __all__ = [
-    "ARCHITECTURES", "BranchingNetwork", "Cascade", "CrossStitchNetwork", "CrossStitchUnit", "DSelectK", "MTAN", "FeatureInteraction", "GradientReversal",
-    "GradientReversalLayer", "HybridSharing", "LowLevelSupervision", "MMoE", "MultiTaskModel", "MultiTaskModule",
-    "PLE", "PredictionInteraction", "SoftSharing", "add_task", "build_branching", "build_dselect_k", "build_mtan", "count_parameters", "make_adversarial", "predict", "remove_task",
-    "reverse_gradient", "smooth_step", "tie_penalty",
+    "ARCHITECTURES", "BranchingNetwork", "Cascade", "CrossStitchNetwork", "CrossStitchUnit", "DSelectK",
+    "FeatureInteraction", "GradientReversal", "GradientReversalLayer", "HybridSharing", "LowLevelSupervision", "MMoE",
+    "MTAN", "MultiTaskModel", "MultiTaskModule", "PLE", "PredictionInteraction", "SoftSharing", "add_task",
+    "build_branching", "build_dselect_k", "build_mtan", "count_parameters", "make_adversarial", "predict",
+    "remove_task", "reverse_gradient", "smooth_step", "tie_penalty",
 ]

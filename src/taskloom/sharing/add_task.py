@@ -50,7 +50,8 @@ def add_task(model: MultiTaskModule, task: Task, **options: Any) -> MultiTaskMod
         model.attach_task(task, **options)
     else:
         raise TypeError(
-            f"add_task: {type(model).__name__} cannot take a new task; use hard, low_level, soft, hybrid, mmoe, mtan or dselect_k"
+            f"add_task: {type(model).__name__} cannot take a new task; use hard, low_level, soft, hybrid, mmoe, "
+            "mtan or dselect_k"
         )
     for p in existing:
         p.requires_grad_(False)

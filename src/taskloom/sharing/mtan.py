@@ -20,7 +20,7 @@ def _pointwise(in_channels: int, out_channels: int, spatial: bool) -> nn.Module:
 
 
 class AttentionMask(nn.Module):
-    """a = sigmoid(h(relu(g(input)))): the task's soft mask over one block's shared features (Liu et al. 2019, eq. 1)."""
+    """a = sigmoid(h(relu(g(input)))): a task's soft mask over one block's shared features (Liu et al. 2019)."""
 
     def __init__(self, in_channels: int, channels: int, spatial: bool) -> None:
         super().__init__()
