@@ -112,3 +112,12 @@ def test_bad_depths_are_refused_naming_the_option():
         build(LeNet(), {"depths": [99]})
     with pytest.raises(ValueError, match=r"model\.options\.depths.*non-empty"):
         build(LeNet(), {"depths": []})
+
+
+def test_a_trunk_ending_on_conv_maps_feeds_the_heads_flattened():
+    trunk = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3),
+                                torch.nn.ReLU())
+    trunk.example_shape = (1, 6, 6)
+    model = build(trunk)
+    assert [tuple(a.shape) for a in model.attention(torch.rand(3, 1, 6, 6))[1]["left"]] == [(3, 4, 6, 6), (3, 2, 4, 4)]
+    assert model(torch.rand(3, 1, 6, 6))["left"].shape == (3, 10) and model.heads["left"].in_features == 2 * 4 * 4

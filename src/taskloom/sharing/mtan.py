@@ -182,8 +182,11 @@ def build_mtan(trunk_factory: Callable[[], nn.Module], tasks: Sequence[Task], de
     was_training = layers.training
     layers.eval()
     with torch.no_grad():
-        width = math.prod(top(torch.zeros(1, *shapes[-1])).shape[1:])
+        top_shape = top(torch.zeros(1, *shapes[-1])).shape[1:]
     layers.train(was_training)
+    if len(top_shape) > 1:  # the trunk ends on conv maps: the heads read them flattened
+        top = nn.Sequential(top, nn.Flatten())
+    width = math.prod(top_shape)
     heads = {t.name: t.build_head(int(width)) for t in tasks}
     model = MTAN(stages, top, {t.name: attention_masks(shapes) for t in tasks},
                  {t.name: adapters(shapes) for t in tasks}, heads)
