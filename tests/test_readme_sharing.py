@@ -23,7 +23,7 @@ def test_the_section_follows_balancing_methods():
     assert titles.index(TITLE[3:]) == titles.index("Balancing methods") + 1
     text = section()
     for name in ("hard", "soft", "hybrid", "cross_stitch", "mmoe", "ple", "low_level", "cascade", "interaction",
-                 "adversarial", "branching", "learn_to_branch", "l21", "l1inf", "trace", "mean", "cluster", "trl"):
+                 "adversarial", "branching", "learn_to_branch", "mtan", "dselect_k", "l21", "l1inf", "trace", "mean", "cluster", "trl"):
         assert f"| `{name}` |" in text, f"{name} is not in the README's tables"
     assert "MultiTaskLinear" in text and "petrogold" in text and "tagging" in text
 

@@ -24,6 +24,8 @@ TABLE_ARCHITECTURES = {
     "ple": {"num_levels": 2, "shared_experts": 1, "task_experts": 1},
     "cross_stitch": {},
     "cascade": {"order": ["segment", "churn", "spend"], "embedding_dim": 4},
+    "mtan": {},
+    "dselect_k": {"num_experts": 4, "k": 2},
 }
 
 

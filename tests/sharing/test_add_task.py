@@ -7,7 +7,7 @@ from torch import nn
 
 from sharing._helpers import batch, mlp, tasks, total_loss
 from taskloom.sharing import (
-    MultiTaskModel, add_task, build_cross_stitch, build_hard, build_hybrid, build_low_level, build_mmoe, build_soft,
+    MultiTaskModel, add_task, build_cross_stitch, build_dselect_k, build_hard, build_hybrid, build_low_level, build_mmoe, build_mtan, build_soft,
     remove_task,
 )
 from taskloom.task import Task
@@ -29,6 +29,9 @@ BUILDERS = {
     "soft": lambda: build_soft(mlp, OLD, strength=0.1),
     "hybrid": lambda: build_hybrid(mlp, OLD, strength=0.1),
     "mmoe": lambda: build_mmoe(mlp, OLD, num_experts=2),
+    "mtan": lambda: build_mtan(mlp, OLD),
+    "dselect_k": lambda: build_dselect_k(mlp, OLD, num_experts=2, k=2),
+    "dselect_k_input": lambda: build_dselect_k(mlp, OLD, gate="input"),
 }
 
 
@@ -76,6 +79,8 @@ def test_removing_a_soft_task_leaves_the_others_untouched():
 REMOVABLE = {
     "hybrid": lambda: build_hybrid(mlp, tasks(), strength=0.1),
     "mmoe": lambda: build_mmoe(mlp, tasks(), num_experts=2),
+    "mtan": lambda: build_mtan(mlp, tasks()),
+    "dselect_k": lambda: build_dselect_k(mlp, tasks()),
     "low_level": lambda: build_low_level(mlp, tasks(), depths={"sign": 3, "quadrant": 3}),
 }
 

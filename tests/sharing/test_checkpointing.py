@@ -149,6 +149,7 @@ def test_no_checkpointing_in_evaluation_or_without_gradients():
 @pytest.mark.parametrize("architecture,options", [
     ("hard", {}), ("hybrid", {"split": 3}), ("low_level", {"depths": {"a": 3, "b": 5}}),
     ("cascade", {}), ("mmoe", {"num_experts": 2}), ("adversarial", {"adversarial": ["b"]}),
+    ("dselect_k", {"num_experts": 2}), ("dselect_k", {"gate": "input"}),
 ])
 def test_every_architecture_with_a_shared_trunk_gives_the_same_gradients(architecture, options):
     tasks = [Task("a", "regression"), Task("b", "binary")]
@@ -170,7 +171,7 @@ def test_every_architecture_with_a_shared_trunk_gives_the_same_gradients(archite
     torch.testing.assert_close(gradients(True), gradients(False), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("architecture", ["soft", "cross_stitch", "interaction", "ple"])
+@pytest.mark.parametrize("architecture", ["soft", "cross_stitch", "interaction", "ple", "mtan"])
 def test_architectures_without_a_shared_trunk_are_refused(architecture):
     tasks = [Task("a", "regression"), Task("b", "regression")]
     model = ARCHITECTURES.get(architecture)(lambda: MLP(6, hidden=(8, 8)), tasks)

@@ -15,6 +15,7 @@ CASES = [
     ("hard", {}), ("soft", {}), ("hybrid", {}), ("cross_stitch", {}), ("mmoe", {"num_experts": 2}), ("ple", {}),
     ("ple", {"num_levels": 2}), ("low_level", {"depths": {"left": 8}}), ("cascade", {"depths": {"left": 8}}),
     ("interaction", {}), ("adversarial", {"adversarial": ["right"]}),
+    ("mtan", {}), ("mtan", {"depths": [4]}), ("dselect_k", {"num_experts": 2}), ("dselect_k", {"gate": "input"}),
 ]
 
 

@@ -28,6 +28,12 @@ CASES = [
     ("adversarial", {"adversarial": ["level"], "base": "mmoe", "num_experts": 2}),
     ("learn_to_branch", {}),
     ("learn_to_branch", {"branches": [2, 3], "temperature": 1.0}),
+    ("mtan", {}),
+    ("mtan", {"depths": [5]}),
+    ("dselect_k", {}),
+    ("dselect_k", {"num_experts": 2, "k": 1, "gate": "input"}),
+    ("dselect_k", {"entropy": 0.1}),
+    ("adversarial", {"adversarial": ["level"], "base": "dselect_k"}),
 ]
 IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CASES)]
 
@@ -39,7 +45,7 @@ def build(name, options, task_list=None):
 
 def test_every_architecture_is_registered():
     expected = {"hard", "soft", "hybrid", "cross_stitch", "mmoe", "ple", "low_level", "cascade", "interaction",
-                "adversarial"}
+                "adversarial", "mtan", "dselect_k"}
     assert expected <= set(ARCHITECTURES)
 
 

@@ -49,7 +49,8 @@ def test_representation_mode_runs_where_there_is_one_shared_representation(name)
     assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
-@pytest.mark.parametrize("name", ["soft", "cross_stitch", "mmoe", "low_level", "cascade", "interaction"])
+@pytest.mark.parametrize("name", ["soft", "cross_stitch", "mmoe", "low_level", "cascade", "interaction", "mtan",
+                                  "dselect_k"])
 def test_architectures_without_one_representation_say_so_in_representation_mode(name):
     model = build(name, {})
     assert not model.has_representation

@@ -14,6 +14,7 @@ from taskloom.sharing.adversarial import GradientReversal, GradientReversalLayer
 from taskloom.sharing.base import MultiTaskModule
 from taskloom.sharing.branching import BranchingNetwork, build_branching
 from taskloom.sharing.cascade import Cascade, build_cascade
+from taskloom.sharing.dselect_k import DSelectK, build_dselect_k, smooth_step
 from taskloom.sharing.cross_stitch import CrossStitchNetwork, CrossStitchUnit, build_cross_stitch
 from taskloom.sharing.hard import MultiTaskModel, build_hard, predict
 from taskloom.sharing.hybrid import HybridSharing, build_hybrid
@@ -21,6 +22,7 @@ from taskloom.sharing.interaction import FeatureInteraction, PredictionInteracti
 from taskloom.sharing.learn_to_branch import LearnToBranch, build_learn_to_branch
 from taskloom.sharing.low_level import LowLevelSupervision, build_low_level
 from taskloom.sharing.mmoe import MMoE, build_mmoe
+from taskloom.sharing.mtan import MTAN, build_mtan
 from taskloom.sharing.parameters import count_parameters
 from taskloom.sharing.ple import PLE, build_ple
 from taskloom.sharing.soft import SoftSharing, build_soft, tie_penalty
@@ -56,10 +58,17 @@ ARCHITECTURES.add("branching", build_branching, "an MLP trunk split into task br
 ARCHITECTURES.add("learn_to_branch", build_learn_to_branch, "candidate MLP blocks per layer, each child's parent "
                   "drawn by Gumbel-softmax over learned logits, then the argmax tree is fixed (Guo, Lee & Ulbricht "
                   "2020, 'Learning to branch for multi-task learning', ICML)")
+ARCHITECTURES.add("mtan", build_mtan, "shared trunk blocks with per-task soft-attention masks (Liu, Johns & Davison "
+                  "2019, 'End-to-end multi-task learning with attention', CVPR); option depths")
+ARCHITECTURES.add("dselect_k", build_dselect_k, "shared experts, per task k binary-code selectors with a smooth step "
+                  "(Hazimeh et al. 2021, 'DSelect-k: differentiable selection in the mixture of experts with "
+                  "applications to multi-task learning', NeurIPS); options num_experts, k, gamma, gate, entropy")
 
 __all__ = [
-    "ARCHITECTURES", "BranchingNetwork", "Cascade", "CrossStitchNetwork", "CrossStitchUnit", "FeatureInteraction", "GradientReversal",
-    "GradientReversalLayer", "HybridSharing", "LearnToBranch", "LowLevelSupervision", "MMoE", "MultiTaskModel", "MultiTaskModule",
-    "PLE", "PredictionInteraction", "SoftSharing", "add_task", "build_branching", "build_learn_to_branch", "count_parameters", "make_adversarial", "predict", "remove_task",
-    "reverse_gradient", "tie_penalty",
+    "ARCHITECTURES", "BranchingNetwork", "Cascade", "CrossStitchNetwork", "CrossStitchUnit", "DSelectK",
+    "FeatureInteraction", "GradientReversal", "GradientReversalLayer", "HybridSharing", "LearnToBranch",
+    "LowLevelSupervision", "MMoE", "MTAN", "MultiTaskModel", "MultiTaskModule", "PLE", "PredictionInteraction",
+    "SoftSharing", "add_task", "build_branching", "build_dselect_k", "build_learn_to_branch", "build_mtan",
+    "count_parameters", "make_adversarial", "predict", "remove_task", "reverse_gradient", "smooth_step",
+    "tie_penalty",
 ]

@@ -30,7 +30,8 @@ def freeze(model: nn.Module) -> None:
 def add_task(model: MultiTaskModule, task: Task, **options: Any) -> MultiTaskModule:
     """Freeze ``model`` and add ``task`` (in place; returns ``model``).
 
-    Hard sharing and MMoE get a new head (MMoE also a gate); low-level supervision a head at
+    Hard sharing, MMoE and DSelect-k get a new head (MMoE and DSelect-k also a gate), MTAN new attention masks
+    and a head; low-level supervision a head at
     ``depth``; soft and hybrid sharing a new tower (``tower=``, default a copy of an existing
     trained tower) and head. Optimize ``[p for p in model.parameters() if p.requires_grad]``.
     """
@@ -49,7 +50,8 @@ def add_task(model: MultiTaskModule, task: Task, **options: Any) -> MultiTaskMod
         model.attach_task(task, **options)
     else:
         raise TypeError(
-            f"add_task: {type(model).__name__} cannot take a new task; use hard, low_level, soft, hybrid or mmoe"
+            f"add_task: {type(model).__name__} cannot take a new task; use hard, low_level, soft, hybrid, mmoe, "
+            "mtan or dselect_k"
         )
     for p in existing:
         p.requires_grad_(False)

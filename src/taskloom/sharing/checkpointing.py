@@ -31,11 +31,14 @@ NO_SHARED_TRUNK = {
     "FeatureInteraction": "each task has its own tower, there is no shared trunk to checkpoint",
     "PredictionInteraction": "each task has its own tower, there is no shared trunk to checkpoint",
     "PLE": "its experts are called level by level through gates; checkpointing them is not implemented",
+    "MTAN": "its trunk is cut into stages whose outputs the attention masks read; checkpointing them is not "
+            "implemented",
 }
 
 #: the same, by registered architecture name (what a config is checked against)
 UNCHECKPOINTED = {"soft": NO_SHARED_TRUNK["SoftSharing"], "cross_stitch": NO_SHARED_TRUNK["CrossStitchNetwork"],
-                  "interaction": NO_SHARED_TRUNK["FeatureInteraction"], "ple": NO_SHARED_TRUNK["PLE"]}
+                  "interaction": NO_SHARED_TRUNK["FeatureInteraction"], "ple": NO_SHARED_TRUNK["PLE"],
+                  "mtan": NO_SHARED_TRUNK["MTAN"]}
 
 
 class buffers_kept:
@@ -132,7 +135,7 @@ def run_layer_outputs(trunk: nn.Module, x: Any, enabled: bool) -> list[Tensor]:
 def enable_checkpointing(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Turn activation checkpointing of ``model``'s shared trunk on (or off); returns ``model``.
 
-    Applies to architectures that declare ``checkpointable`` (hard, hybrid, low-level, cascade, MMoE and
+    Applies to architectures that declare ``checkpointable`` (hard, hybrid, low-level, cascade, MMoE, DSelect-k and
     their adversarial variants); any other is refused, naming it and why.
     """
     if not getattr(model, "checkpointable", False):

@@ -100,8 +100,9 @@ def load_adult(
         test_file = test_file.iloc[np.sort(rng.permutation(len(test_file))[:n_test])].reset_index(drop=True)
     frame = pd.concat([train_file, test_file], ignore_index=True)
     check_columns(frame, chosen)
-    labels = {str(task.target) for task in chosen}  # a column a task predicts (e.g. sex) is never an input
-    choice = infer_features(frame, chosen, [c for c in FEATURE_COLUMNS if c not in labels], None, source="UCI Adult")
+    labels = {t.target for t in chosen}  # a column made a task (such as sex) leaves the features
+    features = [c for c in FEATURE_COLUMNS if c not in labels]
+    choice = infer_features(frame, chosen, features, None, source="UCI Adult")
     n_train_file = len(train_file)
 
     def name_row(i: int) -> str:
