@@ -153,3 +153,12 @@ def test_a_resume_changes_only_the_options_it_names(tmp_path):
     assert all(isinstance(note, str) for note in auto["importances"].get("notes", []))
     with pytest.raises(ValueError, match="unknown options \\['budget'\\]"):
         run_auto(None, {"budget": 3}, tmp_path / "auto", trials=1, resume=True, final=False)
+
+
+def test_tpe_models_the_results_after_a_third_of_the_trials():
+    """Optuna's fixed 10 random start-up trials would make a search of 10 trials random throughout."""
+    from taskloom.auto.search import open_study, startup_trials
+    assert [startup_trials(n) for n in (1, 6, 10, 12, 30, 100)] == [2, 2, 3, 4, 10, 10]
+    assert startup_trials(None) == 10  # a budget alone
+    study = open_study("sqlite:///:memory:", 0, optuna.pruners.NopPruner(), startup=3)
+    assert study.sampler._n_startup_trials == 3

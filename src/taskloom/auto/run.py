@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 from taskloom.auto.final import final_config, final_spec, recommend, winner_variant
 from taskloom.auto.search import (
     STUDY_NAME, Objective, build_pruner, check_architectures, open_study, require_optuna, run_study, search_baselines,
+    startup_trials,
 )
 from taskloom.auto.space import SearchSpace, default_space
 from taskloom.config import Config, ConfigError, dump_config, load_config
@@ -194,7 +195,7 @@ def run_auto(config: Config | None, space: SearchSpace | Mapping[str, Any] | Non
         baselines = search_baselines(config, splits, callbacks)
         write_json_atomically(baselines_file, baselines)
     auto["search_baselines"] = baselines
-    study = open_study(storage, config.train.seed, pruner)
+    study = open_study(storage, config.train.seed, pruner, startup=startup_trials(trials))
     left = None if budget is None else budget - (time.monotonic() - started)
     if left is not None and left <= 0:
         log.warning("the budget of %gs was spent before the first trial (data and single-task validation models); "

@@ -75,12 +75,27 @@ def _after_startup(optuna: Any, inner: Any, startup: int) -> Any:
     return AfterStartup()
 
 
-def open_study(storage: str, seed: int, pruner: Any, study_name: str = STUDY_NAME) -> Any:
+#: TPE's random start-up trials (Optuna's default) when no trial count bounds the search
+STARTUP_TRIALS = 10
+
+
+def startup_trials(trials: int | None) -> int:
+    """Random trials before TPE models the results: a third of ``trials`` (2 to 10), 10 under a budget alone.
+
+    With Optuna's fixed 10, a search of 10 or fewer trials would be random search throughout.
+    """
+    if trials is None:
+        return STARTUP_TRIALS
+    return max(2, min(STARTUP_TRIALS, trials // 3))
+
+
+def open_study(storage: str, seed: int, pruner: Any, study_name: str = STUDY_NAME,
+               startup: int = STARTUP_TRIALS) -> Any:
     """Create or join the study in ``storage`` (any URL Optuna supports); TPE seeded per start so a resume differs."""
     optuna = require_optuna()
     probe = optuna.load_study(study_name=study_name, storage=storage) if _exists(optuna, storage, study_name) else None
     done = len(probe.trials) if probe is not None else 0
-    sampler = optuna.samplers.TPESampler(seed=seed + done)
+    sampler = optuna.samplers.TPESampler(seed=seed + done, n_startup_trials=startup)
     return optuna.create_study(study_name=study_name, storage=storage, direction="maximize", sampler=sampler,
                                pruner=pruner, load_if_exists=True)
 
