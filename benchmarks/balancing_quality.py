@@ -279,7 +279,8 @@ def main() -> None:
         libmtl_methods = [m for m in methods if m in wanted]
         libmtl_note = (f"LibMTL's implementation beside taskloom's for {', '.join(libmtl_methods) or 'no method'} "
                        "(methods.<name>.libmtl): same model, batches, optimizer, epochs, seeds and evaluation; "
-                       "LibMTL's default hyper-parameters")
+                       "LibMTL's default hyper-parameters, taskloom run with them where its own differ "
+                       "(methods.<name>.options; --taskloom-defaults keeps taskloom's)")
     args.matched = [] if args.taskloom_defaults else [m for m in libmtl_methods if m in LIBMTL_MATCHED]
     started = time.perf_counter()
     splits = load_data(make_config(args, args.seeds[0]))
