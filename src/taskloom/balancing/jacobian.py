@@ -148,6 +148,25 @@ def head_gradients(
     return rows, own
 
 
+def vmapped_grads(root: Tensor, inputs: Sequence[Tensor], cotangents: Tensor, batched: bool | None,
+                  fallback: "VmapFallback | None") -> tuple[Tensor | None, ...] | None:
+    """One vmapped vector-Jacobian product of ``root`` with K ``cotangents``, or None to go sequential.
+
+    None where :func:`use_vmap` declines or vmap fails (the failure is recorded in ``fallback``).
+    """
+    k = cotangents.shape[0]
+    if not use_vmap(root, k, batched, fallback):
+        return None
+    try:
+        return torch.autograd.grad(root, list(inputs), grad_outputs=cotangents, is_grads_batched=True,
+                                   retain_graph=True, allow_unused=True)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        (fallback or VmapFallback()).record(error, k)
+        return None
+
+
 def chain_gradients(
     representation: Tensor, inputs: Sequence[Tensor], rep_grads: Tensor, batched: bool | None = None,
     fallback: VmapFallback | None = None, retain_graph: bool = False,
@@ -161,16 +180,9 @@ def chain_gradients(
     inputs = list(inputs)
     k = rep_grads.shape[0]
     cotangents = rep_grads.reshape(k, *representation.shape).to(representation.dtype)
-    if use_vmap(representation, k, batched, fallback):
-        try:
-            grads = torch.autograd.grad(representation, inputs, grad_outputs=cotangents, is_grads_batched=True,
-                                        retain_graph=True, allow_unused=True)
-        except torch.OutOfMemoryError:
-            raise
-        except RuntimeError as error:
-            (fallback or VmapFallback()).record(error, k)
-        else:
-            return _flatten(grads, inputs, k)
+    grads = vmapped_grads(representation, inputs, cotangents, batched, fallback)
+    if grads is not None:
+        return _flatten(grads, inputs, k)
     rows = _sequential_rows(k, inputs)
     for index in range(k):
         grads = torch.autograd.grad(representation, inputs, grad_outputs=cotangents[index],

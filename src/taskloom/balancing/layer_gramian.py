@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from taskloom.balancing.jacobian import VmapFallback, use_vmap, write_gradients
+from taskloom.balancing.jacobian import VmapFallback, vmapped_grads, write_gradients
 
 log = logging.getLogger(__name__)
 
@@ -143,17 +143,10 @@ def _task_gradients(values: Sequence[Tensor], outputs: Sequence[Tensor], represe
     else:
         root = torch.stack([v.reshape(()) for v in values])
         cotangents = torch.eye(k, dtype=root.dtype, device=root.device)
-    if use_vmap(root, k, batched, fallback):
-        try:
-            grads = torch.autograd.grad(root, outputs, grad_outputs=cotangents, is_grads_batched=True,
-                                        retain_graph=True, allow_unused=True)
-        except torch.OutOfMemoryError:
-            raise
-        except RuntimeError as error:
-            (fallback or VmapFallback()).record(error, k)
-        else:
-            yield slice(0, k), grads
-            return
+    grads = vmapped_grads(root, outputs, cotangents, batched, fallback)
+    if grads is not None:
+        yield slice(0, k), grads
+        return
     for t in range(k):
         if representation is None:
             grads = torch.autograd.grad(values[t], outputs, retain_graph=True, allow_unused=True)
