@@ -301,12 +301,21 @@ def command_auto(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
         console.print(f"trial {number}: {shown}", highlight=False)
 
+    def on_trial_end(number: int, state: str, value: float | None, last_epoch: int | None) -> None:
+        if state == "complete":
+            outcome = f"validation score {value:.4g}"
+        elif state == "pruned":
+            outcome = f"pruned after epoch {last_epoch}" if last_epoch is not None else "pruned"
+        else:
+            outcome = f"{state} (no finite validation score)"
+        console.print(f"trial {number}: {outcome}", highlight=False)
+
     require_optuna()  # before its log level is set: importing optuna sets it
     logging.getLogger("optuna").setLevel(logging.INFO if args.verbose else logging.WARNING)
     with _progress() as progress:
         auto = run_auto(config, space, run_dir, trials=args.trials, budget=budget, seeds=args.seeds,
                         storage=args.storage, resume=bool(args.resume), pruner=args.pruner,
-                        final=not args.search_only, on_trial=on_trial,
+                        final=not args.search_only, on_trial=on_trial, on_trial_end=on_trial_end,
                         callbacks=ProgressCallbacks(progress, args.verbose))
     counts = ", ".join(f"{n} {state}" for state, n in auto["counts"].items())
     console.print(f"search: {len(auto['trials'])} trials in the study ({counts})", highlight=False)

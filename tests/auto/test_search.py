@@ -162,3 +162,10 @@ def test_tpe_models_the_results_after_a_third_of_the_trials():
     assert startup_trials(None) == 10  # a budget alone
     study = open_study("sqlite:///:memory:", 0, optuna.pruners.NopPruner(), startup=3)
     assert study.sampler._n_startup_trials == 3
+
+
+def test_each_trial_end_is_reported_with_the_state_and_value_the_study_records(tmp_path):
+    ended = []
+    auto = run_auto(tiny_config(tmp_path), SearchSpace(**SPACE), tmp_path / "auto", trials=3, final=False,
+                    on_trial_end=lambda number, state, value, epoch: ended.append((number, state, value)))
+    assert ended == [(t["number"], t["state"], t["value"]) for t in auto["trials"]]

@@ -146,6 +146,7 @@ def run_auto(config: Config | None, space: SearchSpace | Mapping[str, Any] | Non
              storage: str | None = None,
              resume: bool = False, pruner: str | Any = "halving", final: bool = True,
              on_trial: Callable[[int, dict[str, Any]], None] | None = None,
+             on_trial_end: Callable[[int, str, float | None, int | None], None] | None = None,
              callbacks: Mapping[str, Callable[..., None]] | None = None) -> dict[str, Any]:
     """Search (``trials`` and/or ``budget`` seconds, whichever ends first), then the final stage; returns auto.json.
 
@@ -201,7 +202,8 @@ def run_auto(config: Config | None, space: SearchSpace | Mapping[str, Any] | Non
         log.warning("the budget of %gs was spent before the first trial (data and single-task validation models); "
                     "no trial ran", budget)
     else:
-        run_study(study, Objective(config, splits, space, baselines, on_trial, callbacks), trials, left)
+        run_study(study, Objective(config, splits, space, baselines, on_trial, callbacks), trials, left,
+                  on_trial_end)
     auto.update(summarize(study))
     write_json_atomically(run_dir / AUTO_FILE, auto)
     if not final or auto["winner"] is None:

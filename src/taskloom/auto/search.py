@@ -248,8 +248,14 @@ class Objective:
         return float(score(by_task))
 
 
-def run_study(study: Any, objective: Objective, trials: int | None, seconds: float | None) -> None:
-    """Run trials until ``trials`` have run in this call or ``seconds`` have passed (whichever comes first)."""
+def run_study(study: Any, objective: Objective, trials: int | None, seconds: float | None,
+              on_trial_end: Callable[[int, str, float | None, int | None], None] | None = None) -> None:
+    """Run trials until ``trials`` have run in this call or ``seconds`` have passed (whichever comes first).
+
+    ``on_trial_end(number, state, value, last_epoch)`` hears how each trial ended (complete, pruned, fail).
+    """
     if trials is None and seconds is None:
         raise ConfigError("taskloom auto needs --trials N or --budget TIME (or both)")
-    study.optimize(objective, n_trials=trials, timeout=seconds, catch=(TrainingDiverged,))
+    ended = [] if on_trial_end is None else [
+        lambda _, trial: on_trial_end(trial.number, trial.state.name.lower(), trial.value, trial.last_step)]
+    study.optimize(objective, n_trials=trials, timeout=seconds, catch=(TrainingDiverged,), callbacks=ended)
