@@ -1,14 +1,13 @@
 """taskloom auto end to end: the winner, hard+equal and single-task models over seeds, judged on test."""
 from __future__ import annotations
 
-import io
 import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
-from rich.console import Console
+from cli_output import run_cli
 
 optuna = pytest.importorskip("optuna")
 
@@ -28,15 +27,10 @@ def cli_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("auto")
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**RAW, "output_dir": str(tmp_path / "runs")}))
-    buffer, console = io.StringIO(), cli.console
-    cli.console = Console(file=buffer, width=200)
-    try:
-        code = cli.main(["auto", str(config), "--trials", "2", "--seeds", "2", "--architectures", "hard",
+    code, out = run_cli(["auto", str(config), "--trials", "2", "--seeds", "2", "--architectures", "hard",
                          "--methods", "equal,pcgrad", "--pruner", "none", "--run-dir", str(tmp_path / "run")])
-    finally:
-        cli.console = console
     assert code == 0
-    return tmp_path / "run", buffer.getvalue()
+    return tmp_path / "run", out
 
 
 def test_the_final_stage_compares_the_winner_with_hard_equal_and_single_task_models(cli_run):

@@ -1,15 +1,13 @@
 """The compare grid end to end on tiny generated data: tables, compare.json, resume, groups, affinity CLI."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import pytest
 import yaml
-from rich.console import Console
+from cli_output import run_cli
 
-from taskloom import cli
 from taskloom.cli import main
 from taskloom.config import ConfigError, parse_config
 from taskloom.evaluate.verdict import compare_variants, load_replicates
@@ -41,16 +39,9 @@ def _run_dir(out: str) -> Path:
 def compared(tmp_path_factory):
     """One grid: ew and pcgrad on hard sharing, 2 seeds, conflict + affinity logged, TAG groups for 2 networks."""
     tmp_path = tmp_path_factory.mktemp("grid")
-    buffer = io.StringIO()
-    console = cli.console
-    cli.console = Console(file=buffer, width=200)  # wide enough that no column is cut
-    try:
-        code = main(["compare", str(_config(tmp_path)), "--methods", "ew,pcgrad", "--architectures", "hard",
-                     "--seeds", "2", "--track", "conflict,affinity", "--groups", "2"])
-    finally:
-        cli.console = console
+    code, out = run_cli(["compare", str(_config(tmp_path)), "--methods", "ew,pcgrad", "--architectures", "hard",
+                         "--seeds", "2", "--track", "conflict,affinity", "--groups", "2"])  # 200 columns: none cut
     assert code == 0
-    out = buffer.getvalue()
     return _run_dir(out), out
 
 

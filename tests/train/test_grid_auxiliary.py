@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -11,11 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from rich.console import Console
+from cli_output import run_cli
 from scipy import stats
 
-from taskloom import cli
-from taskloom.cli import main
 from taskloom.config import parse_config
 from taskloom.train.grid import GridSpec, cell_config, options_for_tasks, plan_cells, spec_from_config
 
@@ -49,14 +46,7 @@ def _config(tmp_path, table):
 
 
 def _main(args):
-    buffer = io.StringIO()
-    console = cli.console
-    cli.console = Console(file=buffer, width=100)
-    try:
-        code = main(args)
-    finally:
-        cli.console = console
-    return code, buffer.getvalue()
+    return run_cli(args, width=100)
 
 
 def _run_dir(out: str) -> Path:

@@ -1,7 +1,6 @@
 """The grid's verdicts end to end: undefined tasks left out of delta-m, references, splits, failed runs."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -9,10 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from rich.console import Console
+from cli_output import run_cli
 
-from taskloom import cli
-from taskloom.cli import main
 from taskloom.train.trainer import Trainer
 
 
@@ -44,14 +41,7 @@ def _config(tmp_path, table, **extra):
 
 
 def _main(args):
-    buffer = io.StringIO()
-    console = cli.console
-    cli.console = Console(file=buffer, width=80)
-    try:
-        code = main(args)
-    finally:
-        cli.console = console
-    return code, buffer.getvalue()
+    return run_cli(args, width=80)
 
 
 def test_undefined_tasks_are_named_and_left_out_of_delta_m(tmp_path, table, caplog):
