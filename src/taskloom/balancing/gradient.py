@@ -149,13 +149,17 @@ class GradientBalancer(Balancer):
 
     def _layer_gramian_backward(self, values: list[Tensor], names: list[str], model: MultiTaskModule,
                                 representation: Tensor | None, layers: list[layer_gramian.Layer]) -> None:
-        """One step through the layer Gramian engine: heads first, then the Gramian, the weights and ``w @ J``."""
+        """One step through the layer Gramian engine: each task's head and trunk factors (one task at a time where
+        the trunk pass is sequential, so the K x |z| gradients of z are never held), then the weights and ``w @ J``."""
         rep_grads = None
         if representation is not None:
-            own = [model.task_parameters(n) for n in names]
-            rep_grads, head_grads = head_gradients(values, representation, own)
-            for params, grads in zip(own, head_grads):
-                write_gradients(params, grads)
+            own = [list(model.task_parameters(n)) for n in names]
+
+            def rep_grads(t: int) -> Tensor:  # task t's row of z's gradients; its head's gradient written on the way
+                grads = torch.autograd.grad(values[t], [representation, *own[t]], retain_graph=True,
+                                            allow_unused=True)
+                write_gradients(own[t], grads[1:])
+                return torch.zeros_like(representation) if grads[0] is None else grads[0]
         else:
             gramian_engine.write_plain_heads(values, model, names)
         try:

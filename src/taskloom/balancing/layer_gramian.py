@@ -28,12 +28,12 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from taskloom.balancing.jacobian import VmapFallback, vmapped_grads, write_gradients
+from taskloom.balancing.jacobian import VmapFallback, use_vmap, vmapped_grads, write_gradients
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,11 @@ def _keep(layer: Layer, module: nn.Module, inputs: tuple[Tensor, ...], output: T
     layer.calls.append((inputs[0], output, inputs[0]._version, output._version))
 
 
+RepGrads = Union[Tensor, Callable[[int], Tensor]]
+
+
 def _task_gradients(values: Sequence[Tensor], outputs: Sequence[Tensor], representation: Tensor | None,
-                    rep_grads: Tensor | None, batched: bool | None, fallback: VmapFallback | None):
+                    rep_grads: RepGrads | None, batched: bool | None, fallback: VmapFallback | None):
     """Yield (tasks, grads): per-task gradients of the objectives w.r.t. ``outputs``, no weight gradient computed.
 
     ``grads[i]`` has a leading task dimension (the tasks ``tasks``) or is None where no task reaches
@@ -134,16 +137,21 @@ def _task_gradients(values: Sequence[Tensor], outputs: Sequence[Tensor], represe
     representation (one pass through the trunk per task), else from the objectives themselves; all
     K at once in one vmapped pass where :func:`~taskloom.balancing.jacobian.use_vmap` says so
     (falling back to one task at a time as the full engine does), so only one task's are alive.
+    ``rep_grads`` may be a function of the task index giving that task's row: then the rows are
+    made one at a time (the K x |z| matrix is never held) unless the pass is vmapped.
     """
     k = len(values)
     outputs = list(outputs)
     if representation is not None:
         root = representation
-        cotangents = rep_grads.reshape(k, *representation.shape).to(representation.dtype)
+        if callable(rep_grads) and use_vmap(root, k, batched, fallback):
+            rep_grads = torch.stack([rep_grads(t).reshape(-1) for t in range(k)])
+        row = rep_grads if callable(rep_grads) else rep_grads.__getitem__
+        cotangents = None if callable(rep_grads) else rep_grads.reshape(k, *root.shape).to(root.dtype)
     else:
         root = torch.stack([v.reshape(()) for v in values])
         cotangents = torch.eye(k, dtype=root.dtype, device=root.device)
-    grads = vmapped_grads(root, outputs, cotangents, batched, fallback)
+    grads = None if cotangents is None else vmapped_grads(root, outputs, cotangents, batched, fallback)
     if grads is not None:
         yield slice(0, k), grads
         return
@@ -151,7 +159,8 @@ def _task_gradients(values: Sequence[Tensor], outputs: Sequence[Tensor], represe
         if representation is None:
             grads = torch.autograd.grad(values[t], outputs, retain_graph=True, allow_unused=True)
         else:
-            grads = torch.autograd.grad(root, outputs, grad_outputs=cotangents[t], retain_graph=True,
+            cotangent = row(t).reshape(root.shape).to(root.dtype)
+            grads = torch.autograd.grad(root, outputs, grad_outputs=cotangent, retain_graph=True,
                                         allow_unused=True)
         yield slice(t, t + 1), tuple(None if g is None else g.unsqueeze(0) for g in grads)
 
@@ -238,7 +247,7 @@ class LayerGramian:
     """
 
     def __init__(self, values: Sequence[Tensor], layers: Sequence[Layer], representation: Tensor | None = None,
-                 rep_grads: Tensor | None = None, batched: bool | None = None,
+                 rep_grads: RepGrads | None = None, batched: bool | None = None,
                  fallback: VmapFallback | None = None) -> None:
         k = len(values)
         self.rows = [_LayerRows(layer, k) for layer in layers]
@@ -267,7 +276,7 @@ class LayerGramian:
 
 
 def layer_gramian(values: Sequence[Tensor], layers: Sequence[Layer], representation: Tensor | None = None,
-                  rep_grads: Tensor | None = None, batched: bool | None = None,
+                  rep_grads: RepGrads | None = None, batched: bool | None = None,
                   fallback: VmapFallback | None = None) -> Tensor:
     """G = J J^T (K x K, float64) of the shared parameters of ``layers``, from their captured calls."""
     return LayerGramian(values, layers, representation, rep_grads, batched, fallback).gramian()
