@@ -19,7 +19,10 @@ representation mode (``rep_grad``); a method it cannot run is reported with its 
 full Jacobian engine (``engine: jacobian``) and the layer Gramian engine (``engine: gramian``)
 side by side: ms per step and ratio to equal weighting (alternating blocks, as above), and the
 peak memory of one step beyond what is live before it (``memory.py``'s measure, CPU profiler
-memory events or the CUDA allocator) with its ratio to equal weighting's. ``--engines-only``
+memory events or the CUDA allocator) with its ratio to equal weighting's; on the MLP also ``floor``
+(``_gramian_floor.py``): the multiply-adds of equal weighting's step and the least an exact Gramian
+step needs (K activation backward passes and the layers' factors), their ratio, and the bytes an
+exact Gramian must hold at once, as a ratio to equal weighting's measured peak. ``--engines-only``
 runs that section alone. Prints JSON.
 
     python benchmarks/balancing_speed.py                      # CPU, K = 4 and 40
@@ -49,7 +52,8 @@ from taskloom.sharing.hard import MultiTaskModel
 from taskloom.trunks import MLP
 
 HERE = Path(__file__).resolve().parent
-NEEDS_OPTIONS = {"static"}  # methods that cannot be built from task names alone
+NEEDS_OPTIONS = {"static"}
+MLP_WIDTHS = (64, 256, 256)  # the CPU MLP trunk: input, hidden layers  # methods that cannot be built from task names alone
 
 
 class BasicBlock(nn.Module):
@@ -99,12 +103,13 @@ def make_problem(trunk: str, k: int, batch: int, device: str, n_batches: int = 4
         def loss_fn(out: Tensor, i: int, target: Tensor) -> Tensor:
             return F.cross_entropy(out, target[i])
     else:
-        x = torch.randn(n_batches, batch, 64, generator=generator)
+        x = torch.randn(n_batches, batch, MLP_WIDTHS[0], generator=generator)
         y = torch.randn(n_batches, k, batch, 1, generator=generator)
 
         def build() -> MultiTaskModel:
             torch.manual_seed(0)
-            return MultiTaskModel(MLP(64, (256, 256)), heads={n: nn.Linear(256, 1) for n in names}).to(device)
+            return MultiTaskModel(MLP(MLP_WIDTHS[0], tuple(MLP_WIDTHS[1:])),
+                                  heads={n: nn.Linear(MLP_WIDTHS[-1], 1) for n in names}).to(device)
 
         def loss_fn(out: Tensor, i: int, target: Tensor) -> Tensor:
             return F.mse_loss(out, target[i])
@@ -269,7 +274,13 @@ def run_engines(trunk: str, k: int, batch: int, device: str, warmup: int, steps:
                 continue
             rows[name][engine] = {"ms": round(ms, 3), "ratio": round(ms / base, 3), "equal_ms": round(base, 3),
                                   "mb": round(mb, 3), "mb_ratio": round(mb / equal_mb, 3)}
-    return {"trunk": trunk, "tasks": k, "batch": batch, "engines": rows}
+    setting = {"trunk": trunk, "tasks": k, "batch": batch, "engines": rows}
+    if trunk == "mlp":  # what no exact engine can go below here (see _gramian_floor.py)
+        from _gramian_floor import gramian_floor  # noqa: E402
+        floor = gramian_floor(MLP_WIDTHS, batch, k)
+        floor["factor_mb_ratio"] = round(floor["factor_bytes"] / 2**20 / equal_mb, 3)
+        setting["floor"] = floor
+    return setting
 
 
 def run_torchjd(build, names, loss_fn, batches, baseline, device, warmup, steps) -> dict[str, Any]:
