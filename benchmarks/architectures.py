@@ -49,7 +49,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "data": {"dataset": "multimnist", "val_fraction": 0.1, "test_fraction": 0.2},
         "trunk": {"name": "mlp", "options": {"hidden": [256, 128]}},
         "train": {"batch_size": 256},
-        "optimizer": {"name": "adamw", "lr": 0.001},
+        "optimizer": {"name": "adamw", "lr": 0.002},
         "low_level_depth": 3,  # the first hidden layer
     },
     "adult": {
