@@ -34,12 +34,12 @@ its Trainer draws them, two half-size training batches (inner: the lookahead ste
 whose gradient moves the weights), taken in order from a second shuffled order of the training
 split in half-size batches (seed + ``HALF_SEED_OFFSET``), then one full-size training batch (the
 same stream of shuffled batches as the other rows), on which the model steps; an epoch is half as
-many steps as there are half-size batches (27 here against 28 full batches). taskloom's
-``autolambda`` learns its weights on VALIDATION batches (the paper's setting; its trainer gets the
+many steps as there are half-size batches (55 on the 7000 training composites, as many as full
+batches). taskloom's ``autolambda`` learns its weights on VALIDATION batches (the paper's setting; its trainer gets the
 validation split, the model after the last epoch is still the one evaluated), its lookahead step
 taken with the update batch's own per-task gradients; it runs with LibMTL's values where the two
 share an option (``lookahead_lr`` = the optimizer's learning rate, LibMTL's inner step;
-``weight_init`` 1/K, LibMTL's softmax weights at the start; ``lr`` 1e-3 = ``outer_lr`` and Adam
+``weight_init`` 1/2 = 1/K, LibMTL's softmax weights at the start; ``lr`` 1e-3 = ``outer_lr`` and Adam
 agree already). They differ in substance: LibMTL's weights are a softmax of logits (summing to 1)
 moved by Adam on the logits, taskloom's are the weights themselves (>= 0, free sum) moved by Adam;
 LibMTL estimates the mixed derivative by finite differences, taskloom takes it exactly; LibMTL's
