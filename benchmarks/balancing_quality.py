@@ -92,6 +92,8 @@ LIBMTL_MATCHED: dict[str, dict[str, Any]] = {"modo": {"gamma": 1e-3, "rho": 0.1}
                                               "autolambda": {"weight_init": 0.5}}
 #: taskloom options set to the optimizer's learning rate in side-by-side runs (LibMTL's Auto-Lambda inner step)
 LIBMTL_MATCHED_LR: dict[str, str] = {"autolambda": "lookahead_lr"}
+#: methods whose last task weights each run prints (``last_weights``): the weights they learned
+RECORD_WEIGHTS = ("autolambda",)
 #: the seed offset of the half-size training batches LibMTL's Auto-Lambda draws (its second shuffled loader)
 HALF_SEED_OFFSET = 1
 IDX_NAMES = ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz", "train-images.idx3-ubyte",
@@ -146,8 +148,8 @@ def make_config(args: argparse.Namespace, seed: int, method: str = "equal") -> C
 
 
 def train_once(config: Config, splits: DataSplits, task_names: list[str],
-               multitask: bool, outer: str = "validation") -> tuple[dict[str, float], float]:
-    """Test accuracy per task of one trained model, and the seconds it took to train.
+               multitask: bool, outer: str = "validation") -> tuple[dict[str, float], float, dict[str, float]]:
+    """Test accuracy per task of one trained model, the seconds it took to train, and its last task weights.
 
     A method that learns from validation batches (``needs_validation``: Auto-Lambda) gets the
     validation split, or the training split when ``outer`` is ``"train"``; the others none.
@@ -162,7 +164,7 @@ def train_once(config: Config, splits: DataSplits, task_names: list[str],
     trainer.fit(splits.train, val)
     seconds = time.perf_counter() - started
     results = trainer.evaluate(splits.test)
-    return {name: float(results[name]["accuracy"]) for name in task_names}, seconds
+    return {name: float(results[name]["accuracy"]) for name in task_names}, seconds, trainer.balancer.last_weights()
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -200,8 +202,10 @@ def libmtl_setting(method: str) -> tuple[str, bool]:
     return weighting, bool(only)
 
 
-def train_libmtl(config: Config, splits: DataSplits, method: str) -> tuple[dict[str, float], float]:
-    """Test accuracy per task of the model trained by LibMTL's implementation of ``method``, and the seconds taken.
+def train_libmtl(config: Config, splits: DataSplits,
+                 method: str) -> tuple[dict[str, float], float, dict[str, float]]:
+    """Test accuracy per task of the model trained by LibMTL's implementation of ``method``, the seconds taken,
+    and the last task weights where LibMTL keeps them in one place (Auto-Lambda's softmax weights; else empty).
 
     Same model construction and seed, batches, optimizer (the method's own parameters without
     weight decay, as taskloom's trainer does), epochs and evaluation as :func:`train_once`.
@@ -259,7 +263,8 @@ def train_libmtl(config: Config, splits: DataSplits, method: str) -> tuple[dict[
                 runner.step(inner, outer, sample(stream))
         seconds = time.perf_counter() - started
         results = evaluate_model(model, splits.test, tasks, max(config.train.batch_size, 512), device)
-        return {name: float(results[name]["accuracy"]) for name in names}, seconds
+        weights = dict(zip(runner.task_names, runner.task_weights().tolist()))
+        return {name: float(results[name]["accuracy"]) for name in names}, seconds, weights
     runner.begin(config.train.epochs)
     for epoch in range(config.train.epochs):
         runner.set_epoch(epoch)
@@ -270,7 +275,7 @@ def train_libmtl(config: Config, splits: DataSplits, method: str) -> tuple[dict[
         runner.end_epoch()
     seconds = time.perf_counter() - started
     results = evaluate_model(model, splits.test, tasks, max(config.train.batch_size, 512), device)
-    return {name: float(results[name]["accuracy"]) for name in names}, seconds
+    return {name: float(results[name]["accuracy"]) for name in names}, seconds, {}
 
 
 def run_libmtl(args: argparse.Namespace, splits: DataSplits, method: str, baselines: dict[int, dict[str, float]],
@@ -287,7 +292,7 @@ def run_libmtl(args: argparse.Namespace, splits: DataSplits, method: str, baseli
     entry["libmtl"] = out
     for seed in args.seeds:
         try:
-            accuracy, seconds = train_libmtl(make_config(args, seed, method), splits, method)
+            accuracy, seconds, weights = train_libmtl(make_config(args, seed, method), splits, method)
         except Exception as error:  # LibMTL failing on a method is reported, the others still run
             message = (str(error).strip().splitlines() or [""])[0]
             out["runs"].append({"seed": seed, "error": f"{type(error).__name__}: {message}"})
@@ -295,6 +300,8 @@ def run_libmtl(args: argparse.Namespace, splits: DataSplits, method: str, baseli
         out["runs"].append({"seed": seed, **{t: round(accuracy[t], 4) for t in TASKS},
                             "delta_m": round(delta_m(accuracy, baselines[seed], higher), 3),
                             "seconds": round(seconds, 1)})
+        if weights:
+            out["runs"][-1]["last_weights"] = {t: round(w, 4) for t, w in weights.items()}
         save()
     done = [r for r in out["runs"] if "error" not in r]
     if done:
@@ -310,14 +317,16 @@ def run_taskloom(args: argparse.Namespace, splits: DataSplits, method: str, base
     runs = entry["runs"]
     for seed in args.seeds:
         try:
-            accuracy, seconds = train_once(make_config(args, seed, method), splits, list(TASKS), multitask=True,
-                                           outer=outer)
+            accuracy, seconds, weights = train_once(make_config(args, seed, method), splits, list(TASKS),
+                                                    multitask=True, outer=outer)
         except Exception as error:  # a method that fails is reported, the others still run
             runs.append({"seed": seed, "error": f"{type(error).__name__}: {error}"})
             continue
         runs.append({"seed": seed, **{t: round(accuracy[t], 4) for t in TASKS},
                      "delta_m": round(delta_m(accuracy, baselines[seed], higher), 3),
                      "seconds": round(seconds, 1)})
+        if weights and method in RECORD_WEIGHTS:
+            runs[-1]["last_weights"] = {t: round(w, 4) for t, w in weights.items()}
         save()
     done = [r for r in runs if "error" not in r]
     if done:
@@ -393,7 +402,7 @@ def main() -> None:
     for seed in args.seeds:
         baselines[seed] = {}
         for task in TASKS:
-            accuracy, seconds = train_once(make_config(args, seed), splits, [task], multitask=False)
+            accuracy, seconds, _ = train_once(make_config(args, seed), splits, [task], multitask=False)
             baselines[seed][task] = accuracy[task]
             result["baselines"].setdefault(task, {"runs": []})["runs"].append(
                 {"seed": seed, "accuracy": round(accuracy[task], 4), "seconds": round(seconds, 1)})
