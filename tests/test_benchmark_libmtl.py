@@ -1,4 +1,6 @@
-"""The benchmarks' LibMTL harness (benchmarks/_libmtl.py) feeds MoDo its three batches as LibMTL's Trainer does.
+"""The benchmarks' LibMTL harness (benchmarks/_libmtl.py, _libmtl_bilevel.py) steps as LibMTL's Trainer does.
+
+MoDo gets its three batches; Auto-Lambda its inner, outer and full batches in LibMTL's own bilevel step.
 
 Skipped unless a LibMTL source checkout (and its imports) is on PYTHONPATH.
 """
