@@ -19,7 +19,8 @@ forward for ``update_w``. What the new methods need, as the Trainer supplies it:
   by 3 through ``self.decoders`` (the taskloom heads). SDMGrad's simplex projection calls
   ``np.alltrue``, gone from NumPy 2: it is aliased to ``np.all`` (same meaning) when missing.
 
-The hyper-parameters are LibMTL's own defaults (its ``config.prepare_args``)
+Auto-Lambda, which LibMTL runs in its Trainer's bilevel loop rather than as a weighting class, is
+driven by ``_libmtl_bilevel.py``. The hyper-parameters are LibMTL's own defaults (its ``config.prepare_args``)
 unless overridden. Needs a LibMTL source checkout on ``PYTHONPATH`` (the PyPI release does not
 import); :func:`libmtl_unavailable` says why when it is not there.
 """

@@ -25,10 +25,28 @@ keeps taskloom's. FairGrad (alpha 1), STCH (mu 1), ExcessMTL (step 0.01) and MoC
 rho 0) share the defaults. Options LibMTL has and taskloom does not (STCH's 4 warm-up epochs, MoCo's
 step-size decays) stay LibMTL's on its side. LibMTL's MoDo and SDMGrad take three batches per step (its
 Trainer's sampling): they are drawn in order from the same shuffled batches, which restart (next epoch's
-order) when used up, so those runs see three times the batches in the same number of steps. Auto-Lambda
-is not driven: LibMTL runs it in its Trainer (``train_bilevel``: half-size batches, a deep copy of the
-model and a finite-difference Hessian per step), not as a weighting class, and its default
-``inner_step`` 5 fails its own ``assert inner_step == 1``.
+order) when used up, so those runs see three times the batches in the same number of steps.
+
+Auto-Lambda: LibMTL runs it in its Trainer (``train_bilevel``), not as a weighting class; its own
+step (``bacth_forward_AutoLambda``) runs on the taskloom model through ``_libmtl_bilevel.py``, with
+``inner_step`` 1 (its default 5 fails its own assert) and its ``outer_lr`` 1e-3. Per step it sees, as
+its Trainer draws them, two half-size training batches (inner: the lookahead step; outer: the loss
+whose gradient moves the weights), taken in order from a second shuffled order of the training
+split in half-size batches (seed + ``HALF_SEED_OFFSET``), then one full-size training batch (the
+same stream of shuffled batches as the other rows), on which the model steps; an epoch is half as
+many steps as there are half-size batches (55 on the 7000 training composites, as many as full
+batches). taskloom's ``autolambda`` learns its weights on VALIDATION batches (the paper's setting; its trainer gets the
+validation split, the model after the last epoch is still the one evaluated), its lookahead step
+taken with the update batch's own per-task gradients; it runs with LibMTL's values where the two
+share an option (``lookahead_lr`` = the optimizer's learning rate, LibMTL's inner step;
+``weight_init`` 1/2 = 1/K, LibMTL's softmax weights at the start; ``lr`` 1e-3 = ``outer_lr`` and Adam
+agree already). They differ in substance: LibMTL's weights are a softmax of logits (summing to 1)
+moved by Adam on the logits, taskloom's are the weights themselves (>= 0, free sum) moved by Adam;
+LibMTL estimates the mixed derivative by finite differences, taskloom takes it exactly; LibMTL's
+outer batches come from the training split. The variant ``methods.autolambda.outer_from_train``
+gives taskloom's trainer the training split in place of the validation split (the public
+``fit(train, val)``; outer batches then full-size training batches in an order of their own): the
+batches' source matched, not the three-batch sampling, which taskloom's method has no option for.
 LibMTL's PyPI release is stale and does not import: put a source checkout on ``PYTHONPATH``;
 ``--no-libmtl`` turns it off. Prints JSON; ``--partial PATH`` also rewrites the results so
 far after every run.
@@ -68,9 +86,16 @@ TASKS = ("left", "right")
 HERE = Path(__file__).resolve().parent
 #: LibMTL side by side by default: the most used methods (``--libmtl-methods all``: every shared one)
 LIBMTL_DEFAULT = ("equal", "uncertainty", "dwa", "gradnorm", "mgda", "pcgrad", "cagrad", "nashmtl", "imtl_g",
-                  "fairgrad", "stch", "excessmtl", "moco", "modo", "sdmgrad")
+                  "fairgrad", "stch", "excessmtl", "moco", "modo", "sdmgrad", "autolambda")
 #: taskloom options set to LibMTL's values in side-by-side runs (where LibMTL's defaults differ)
-LIBMTL_MATCHED: dict[str, dict[str, Any]] = {"modo": {"gamma": 1e-3, "rho": 0.1}, "sdmgrad": {"gamma": 5.0}}
+LIBMTL_MATCHED: dict[str, dict[str, Any]] = {"modo": {"gamma": 1e-3, "rho": 0.1}, "sdmgrad": {"gamma": 5.0},
+                                              "autolambda": {"weight_init": 0.5}}
+#: taskloom options set to the optimizer's learning rate in side-by-side runs (LibMTL's Auto-Lambda inner step)
+LIBMTL_MATCHED_LR: dict[str, str] = {"autolambda": "lookahead_lr"}
+#: methods whose last task weights each run prints (``last_weights``): the weights they learned
+RECORD_WEIGHTS = ("autolambda",)
+#: the seed offset of the half-size training batches LibMTL's Auto-Lambda draws (its second shuffled loader)
+HALF_SEED_OFFSET = 1
 IDX_NAMES = ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz", "train-images.idx3-ubyte",
              "train-images.idx3-ubyte.gz")
 
@@ -101,6 +126,8 @@ def method_options(args: argparse.Namespace, method: str) -> dict[str, Any]:
     options = dict(METHOD_OPTIONS.get(method, {}))
     if method in getattr(args, "matched", ()):
         options.update(LIBMTL_MATCHED.get(method, {}))
+        if method in LIBMTL_MATCHED_LR:
+            options[LIBMTL_MATCHED_LR[method]] = args.lr
     return options
 
 
@@ -121,16 +148,23 @@ def make_config(args: argparse.Namespace, seed: int, method: str = "equal") -> C
 
 
 def train_once(config: Config, splits: DataSplits, task_names: list[str],
-               multitask: bool) -> tuple[dict[str, float], float]:
-    """Test accuracy per task of one trained model, and the seconds it took to train."""
+               multitask: bool, outer: str = "validation") -> tuple[dict[str, float], float, dict[str, float]]:
+    """Test accuracy per task of one trained model, the seconds it took to train, and its last task weights.
+
+    A method that learns from validation batches (``needs_validation``: Auto-Lambda) gets the
+    validation split, or the training split when ``outer`` is ``"train"``; the others none.
+    """
     tasks = [t for t in splits.tasks if t.name in task_names]
     trainer = build_trainer(config, tasks, splits, None, "multitask" if multitask else f"single-{tasks[0].name}",
                             balancing=multitask)
+    val = None
+    if getattr(trainer.balancer, "needs_validation", False):
+        val = splits.train if outer == "train" else splits.val
     started = time.perf_counter()
-    trainer.fit(splits.train)
+    trainer.fit(splits.train, val)
     seconds = time.perf_counter() - started
     results = trainer.evaluate(splits.test)
-    return {name: float(results[name]["accuracy"]) for name in task_names}, seconds
+    return {name: float(results[name]["accuracy"]) for name in task_names}, seconds, trainer.balancer.last_weights()
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -147,14 +181,31 @@ def libmtl_module():
     return _libmtl
 
 
+def libmtl_bilevel():
+    """The benchmarks' adapter of LibMTL's bilevel Trainer step (``_libmtl_bilevel.py`` beside this file)."""
+    libmtl_module()
+    import _libmtl_bilevel
+
+    return _libmtl_bilevel
+
+
+def libmtl_shared() -> list[str]:
+    """The methods LibMTL also implements: its weighting classes and its Trainer's Auto-Lambda."""
+    return list(libmtl_module().METHODS) + list(libmtl_bilevel().BILEVEL)
+
+
 def libmtl_setting(method: str) -> tuple[str, bool]:
     """LibMTL's weighting class for ``method`` and its mode: its only one, else parameters as taskloom's default."""
+    if method in libmtl_bilevel().BILEVEL:
+        return libmtl_bilevel().BILEVEL[method], False
     weighting, only = libmtl_module().METHODS[method]
     return weighting, bool(only)
 
 
-def train_libmtl(config: Config, splits: DataSplits, method: str) -> tuple[dict[str, float], float]:
-    """Test accuracy per task of the model trained by LibMTL's implementation of ``method``, and the seconds taken.
+def train_libmtl(config: Config, splits: DataSplits,
+                 method: str) -> tuple[dict[str, float], float, dict[str, float]]:
+    """Test accuracy per task of the model trained by LibMTL's implementation of ``method``, the seconds taken,
+    and the last task weights where LibMTL keeps them in one place (Auto-Lambda's softmax weights; else empty).
 
     Same model construction and seed, batches, optimizer (the method's own parameters without
     weight decay, as taskloom's trainer does), epochs and evaluation as :func:`train_once`.
@@ -175,10 +226,14 @@ def train_libmtl(config: Config, splits: DataSplits, method: str) -> tuple[dict[
             optimizer.add_param_group({"params": own, "weight_decay": 0.0})
         return optimizer
 
-    runner = libmtl_module().LibMTLMethod(model, weighting, rep_grad=rep_grad, make_optimizer=make_optimizer)
+    bilevel = method in libmtl_bilevel().BILEVEL
+    if bilevel:
+        runner = libmtl_bilevel().LibMTLAutoLambda(model, make_optimizer=make_optimizer)
+    else:
+        runner = libmtl_module().LibMTLMethod(model, weighting, rep_grad=rep_grad, make_optimizer=make_optimizer)
     loader = BatchLoader(splits.train, config.train.batch_size, seed=config.train.seed)
 
-    def batches():  # LibMTL's _process_data: the next batch, restarting the loader when used up
+    def batches(loader=loader):  # LibMTL's _process_data: the next batch, restarting the loader when used up
         shuffle = 1  # taskloom's trainer counts epochs from 1: the same batches
         while True:
             loader.set_epoch(shuffle)
@@ -197,6 +252,19 @@ def train_libmtl(config: Config, splits: DataSplits, method: str) -> tuple[dict[
     stream = batches()
     steps = len(loader)
     started = time.perf_counter()
+    if bilevel:  # LibMTL's train_bilevel: inner and outer from half-size batches, the update on a full one
+        half = BatchLoader(splits.train, config.train.batch_size // 2, seed=config.train.seed + HALF_SEED_OFFSET)
+        halves = batches(half)
+        for _ in range(config.train.epochs):
+            model.train()
+            for _ in range(len(half) // 2):
+                inner = sample(halves)
+                outer = sample(halves)
+                runner.step(inner, outer, sample(stream))
+        seconds = time.perf_counter() - started
+        results = evaluate_model(model, splits.test, tasks, max(config.train.batch_size, 512), device)
+        weights = dict(zip(runner.task_names, runner.task_weights().tolist()))
+        return {name: float(results[name]["accuracy"]) for name in names}, seconds, weights
     runner.begin(config.train.epochs)
     for epoch in range(config.train.epochs):
         runner.set_epoch(epoch)
@@ -207,19 +275,24 @@ def train_libmtl(config: Config, splits: DataSplits, method: str) -> tuple[dict[
         runner.end_epoch()
     seconds = time.perf_counter() - started
     results = evaluate_model(model, splits.test, tasks, max(config.train.batch_size, 512), device)
-    return {name: float(results[name]["accuracy"]) for name in names}, seconds
+    return {name: float(results[name]["accuracy"]) for name in names}, seconds, {}
 
 
 def run_libmtl(args: argparse.Namespace, splits: DataSplits, method: str, baselines: dict[int, dict[str, float]],
                higher: dict[str, bool], entry: dict[str, Any], save) -> dict[str, Any]:
     """LibMTL's implementation of ``method`` over the seeds, summarized like taskloom's runs."""
     weighting, rep_grad = libmtl_setting(method)
-    out: dict[str, Any] = {"implementation": f"LibMTL {weighting}", "rep_grad": rep_grad,
-                           "options": libmtl_module().libmtl_defaults(weighting), "runs": []}
+    if method in libmtl_bilevel().BILEVEL:
+        options = {**libmtl_module().libmtl_defaults(weighting), "inner_step": libmtl_bilevel().INNER_STEP,
+                   "inner_lr": f"the optimizer's lr ({args.lr})"}
+        implementation = f"LibMTL Trainer.bacth_forward_{weighting}"
+    else:
+        options, implementation = libmtl_module().libmtl_defaults(weighting), f"LibMTL {weighting}"
+    out: dict[str, Any] = {"implementation": implementation, "rep_grad": rep_grad, "options": options, "runs": []}
     entry["libmtl"] = out
     for seed in args.seeds:
         try:
-            accuracy, seconds = train_libmtl(make_config(args, seed, method), splits, method)
+            accuracy, seconds, weights = train_libmtl(make_config(args, seed, method), splits, method)
         except Exception as error:  # LibMTL failing on a method is reported, the others still run
             message = (str(error).strip().splitlines() or [""])[0]
             out["runs"].append({"seed": seed, "error": f"{type(error).__name__}: {message}"})
@@ -227,6 +300,8 @@ def run_libmtl(args: argparse.Namespace, splits: DataSplits, method: str, baseli
         out["runs"].append({"seed": seed, **{t: round(accuracy[t], 4) for t in TASKS},
                             "delta_m": round(delta_m(accuracy, baselines[seed], higher), 3),
                             "seconds": round(seconds, 1)})
+        if weights:
+            out["runs"][-1]["last_weights"] = {t: round(w, 4) for t, w in weights.items()}
         save()
     done = [r for r in out["runs"] if "error" not in r]
     if done:
@@ -234,6 +309,30 @@ def run_libmtl(args: argparse.Namespace, splits: DataSplits, method: str, baseli
         out["delta_m"] = summary([r["delta_m"] for r in done])
         out["seconds_per_run"] = round(statistics.fmean(r["seconds"] for r in done), 1)
     return out
+
+
+def run_taskloom(args: argparse.Namespace, splits: DataSplits, method: str, baselines: dict[int, dict[str, float]],
+                 higher: dict[str, bool], entry: dict[str, Any], save, outer: str = "validation") -> None:
+    """taskloom's ``method`` over the seeds: its runs and their summary added to ``entry``."""
+    runs = entry["runs"]
+    for seed in args.seeds:
+        try:
+            accuracy, seconds, weights = train_once(make_config(args, seed, method), splits, list(TASKS),
+                                                    multitask=True, outer=outer)
+        except Exception as error:  # a method that fails is reported, the others still run
+            runs.append({"seed": seed, "error": f"{type(error).__name__}: {error}"})
+            continue
+        runs.append({"seed": seed, **{t: round(accuracy[t], 4) for t in TASKS},
+                     "delta_m": round(delta_m(accuracy, baselines[seed], higher), 3),
+                     "seconds": round(seconds, 1)})
+        if weights and method in RECORD_WEIGHTS:
+            runs[-1]["last_weights"] = {t: round(w, 4) for t, w in weights.items()}
+        save()
+    done = [r for r in runs if "error" not in r]
+    if done:
+        entry.update({t: summary([r[t] for r in done]) for t in TASKS})
+        entry["delta_m"] = summary([r["delta_m"] for r in done])
+        entry["seconds_per_run"] = round(statistics.fmean(r["seconds"] for r in done), 1)
 
 
 def main() -> None:
@@ -271,7 +370,7 @@ def main() -> None:
     elif (reason := libmtl_module().libmtl_unavailable()) is not None:
         libmtl_note = reason + ": no side-by-side LibMTL figures in this run"
     else:
-        shared = list(libmtl_module().METHODS)
+        shared = libmtl_shared()
         wanted = shared if args.libmtl_methods == ["all"] else args.libmtl_methods
         unknown = [m for m in wanted if m not in shared]
         if unknown:
@@ -303,7 +402,7 @@ def main() -> None:
     for seed in args.seeds:
         baselines[seed] = {}
         for task in TASKS:
-            accuracy, seconds = train_once(make_config(args, seed), splits, [task], multitask=False)
+            accuracy, seconds, _ = train_once(make_config(args, seed), splits, [task], multitask=False)
             baselines[seed][task] = accuracy[task]
             result["baselines"].setdefault(task, {"runs": []})["runs"].append(
                 {"seed": seed, "accuracy": round(accuracy[task], 4), "seconds": round(seconds, 1)})
@@ -312,30 +411,20 @@ def main() -> None:
         result["baselines"][task]["accuracy"] = summary([baselines[s][task] for s in args.seeds])
     higher = {task: True for task in TASKS}
     for method in methods:
-        runs = []
-        for seed in args.seeds:
-            try:
-                accuracy, seconds = train_once(make_config(args, seed, method), splits, list(TASKS), multitask=True)
-            except Exception as error:  # a method that fails is reported, the others still run
-                runs.append({"seed": seed, "error": f"{type(error).__name__}: {error}"})
-                continue
-            runs.append({"seed": seed, **{t: round(accuracy[t], 4) for t in TASKS},
-                         "delta_m": round(delta_m(accuracy, baselines[seed], higher), 3),
-                         "seconds": round(seconds, 1)})
-            result["methods"][method] = {"runs": runs}
-            save()
-        done = [r for r in runs if "error" not in r]
-        entry: dict[str, Any] = {"options": method_options(args, method), "runs": runs}
+        entry: dict[str, Any] = {"options": method_options(args, method), "runs": []}
+        result["methods"][method] = entry
+        run_taskloom(args, splits, method, baselines, higher, entry, save)
         if method in args.matched:
             defaults = inspect.signature(BALANCERS.get(method)).parameters
-            entry["taskloom_defaults"] = {key: defaults[key].default for key in LIBMTL_MATCHED[method]}
+            matched = [*LIBMTL_MATCHED[method], *([LIBMTL_MATCHED_LR[method]] if method in LIBMTL_MATCHED_LR else [])]
+            entry["taskloom_defaults"] = {key: defaults[key].default for key in matched}
             entry["note"] = "taskloom run with LibMTL's values where its defaults differ"
-        if done:
-            entry.update({t: summary([r[t] for r in done]) for t in TASKS})
-            entry["delta_m"] = summary([r["delta_m"] for r in done])
-            entry["seconds_per_run"] = round(statistics.fmean(r["seconds"] for r in done), 1)
-        result["methods"][method] = entry
         save()
+        if method in libmtl_methods and getattr(BALANCERS.get(method), "needs_validation", False):
+            variant: dict[str, Any] = {"outer": "training split given as the validation split", "runs": []}
+            entry["outer_from_train"] = variant
+            run_taskloom(args, splits, method, baselines, higher, variant, save, outer="train")
+            save()
         if method in libmtl_methods:
             entry["libmtl"] = run_libmtl(args, splits, method, baselines, higher, entry, save)
             save()

@@ -1,4 +1,6 @@
-"""The benchmarks' LibMTL harness (benchmarks/_libmtl.py) feeds MoDo its three batches as LibMTL's Trainer does.
+"""The benchmarks' LibMTL harness (benchmarks/_libmtl.py, _libmtl_bilevel.py) steps as LibMTL's Trainer does.
+
+MoDo gets its three batches; Auto-Lambda its inner, outer and full batches in LibMTL's own bilevel step.
 
 Skipped unless a LibMTL source checkout (and its imports) is on PYTHONPATH.
 """
@@ -63,3 +65,43 @@ def test_a_three_batch_method_refuses_one_batch():
     runner = _libmtl.LibMTLMethod(make_model(), "SDMGrad")
     with pytest.raises(ValueError, match="SDMGrad takes 3 batch"):
         runner.step(*samples(1))
+
+
+def flat_gradients(model: MultiTaskModel, x, losses_of) -> torch.Tensor:
+    """One row per task: the gradient of its loss over every parameter of the model (trunk and heads)."""
+    parameters = list(model.parameters())
+    rows = []
+    for loss in losses_of(model(x)):
+        grads = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                               for g, p in zip(grads, parameters)]))
+    return torch.stack(rows)
+
+
+def test_autolambda_takes_libmtls_bilevel_step_on_inner_outer_and_full_batches():
+    bilevel = pytest.importorskip("_libmtl_bilevel")
+    model = make_model()
+    inner, outer, full = (samples(seed) for seed in (1, 2, 3))
+    lr, outer_lr = 0.5, 0.1
+    theta = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+    g_inner = flat_gradients(model, *inner)
+    g_full = flat_gradients(model, *full)
+    # the lookahead: one SGD step on the inner batch's loss, softmax weights (1/2, 1/2) at the start
+    lookahead = make_model()
+    torch.nn.utils.vector_to_parameters(theta - lr * 0.5 * g_inner.sum(0), lookahead.parameters())
+    g_outer = flat_gradients(lookahead, *outer).sum(0)
+    aligned = g_inner @ g_outer  # d outer loss / d lambda_k = -lr * aligned_k (Liu et al. 2022, eq. 3)
+    # through the softmax at (1/2, 1/2): d lambda / d logits = [[1/4, -1/4], [-1/4, 1/4]]
+    logit_gradient = -lr * 0.25 * (aligned[0] - aligned[1]) * torch.tensor([1.0, -1.0])
+    logits = 0.5 - outer_lr * torch.sign(logit_gradient)  # Adam's first step: lr times the sign
+    weights = torch.softmax(logits, dim=0)
+    expected = theta - lr * (weights @ g_full)  # SGD on the full batch's weighted loss
+
+    runner = bilevel.LibMTLAutoLambda(model, kwargs={"outer_lr": outer_lr},
+                                      make_optimizer=lambda params, own: torch.optim.SGD(params, lr=lr))
+    assert runner.options["inner_step"] == 1
+    runner.step(inner, outer, full)
+    after = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert torch.allclose(runner.tw.weights.detach(), logits, atol=1e-5)
+    assert torch.allclose(runner.task_weights(), weights, atol=1e-5)
+    assert torch.allclose(after, expected, atol=1e-5)
