@@ -153,6 +153,12 @@ def tiny_networks() -> dict[str, tuple[list[nn.Module], Callable[[torch.Tensor],
     evaluated.running_var.uniform_(0.5, 2)
     nn.init.uniform_(evaluated.weight, 0.5, 1.5)
 
+    sequence, tail = nn.BatchNorm1d(2), nn.LayerNorm(25, bias=False)
+    nn.init.uniform_(sequence.weight, 0.5, 1.5)
+
+    def sequences(x):  # BatchNorm1d over (N, C, L), then a LayerNorm without bias over L
+        return tail(torch.tanh(sequence(x.flatten(2)))) * x.flatten(2)
+
     def convs(x):  # the first convolution called twice: its calls add up
         return second(torch.tanh(first(torch.tanh(first(x)[:, :2]))))
 
@@ -163,10 +169,10 @@ def tiny_networks() -> dict[str, tuple[list[nn.Module], Callable[[torch.Tensor],
         return second(torch.tanh(evaluated(first(x))))
 
     return {"convs": ([first, second], convs), "norms": ([first, norm, second, group, layer], normed),
-            "bn_eval": ([first, evaluated, second], evaluation)}
+            "bn_eval": ([first, evaluated, second], evaluation), "sequences": ([sequence, tail], sequences)}
 
 
-@pytest.mark.parametrize("network", ["convs", "norms", "bn_eval"])
+@pytest.mark.parametrize("network", ["convs", "norms", "bn_eval", "sequences"])
 def test_gramian_equals_j_jt_of_the_explicit_jacobian(network):
     """K = 3 losses of a tiny network; the Jacobian built by hand from autograd, one task at a time."""
     modules, forward = tiny_networks()[network]

@@ -175,7 +175,7 @@ class ConvRows(_WeightRows):
 
 
 class NormRows(_WeightRows):
-    """An affine normalization layer: weight gradient sum D_t * x_hat, bias gradient sum D_t, over all but the affine dims.
+    """An affine norm layer: weight gradient sum D_t * x_hat, bias gradient sum D_t, over all but the affine dims.
 
     x_hat is recomputed from the captured input with the statistics the forward used: BatchNorm's
     batch mean and biased variance over all dims but the channels (training, or no running
@@ -238,7 +238,8 @@ def kind_of(module: nn.Module, name: str) -> tuple[type | None, str]:
         return LinearRows, ""
     if forward is nn.Conv2d.forward:
         if module.groups != 1:
-            return None, f"shared layer {label} is an nn.Conv2d with groups={module.groups} (only groups=1 is supported)"
+            return None, (f"shared layer {label} is an nn.Conv2d with groups={module.groups} (only groups=1 is "
+                          "supported)")
         if module.padding_mode != "zeros":
             return None, (f"shared layer {label} is an nn.Conv2d with padding_mode={module.padding_mode!r} (only "
                           "'zeros' is supported)")
