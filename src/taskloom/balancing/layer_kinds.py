@@ -185,10 +185,8 @@ class NormRows(_WeightRows):
 
     def __init__(self, layer: "Layer", k: int) -> None:
         super().__init__(layer, k)
-        module = layer.module
-        self.channels_last = isinstance(module, nn.LayerNorm)  # the affine dims are the trailing ones
-        self.hats = [_normalized(module, x.detach().to(self.dtype), state) if self.rows is not None else None
-                     for (x, *_), state in zip(layer.calls, layer.states)]
+        self.channels_last = isinstance(layer.module, nn.LayerNorm)  # the affine dims are the trailing ones
+        self.inputs = [(x.detach(), state) for (x, *_), state in zip(layer.calls, layer.states)]
 
     def _reduce(self, t: Tensor) -> Tensor:
         """(tasks, *call shape) summed down to (tasks, |affine|)."""
@@ -200,12 +198,12 @@ class NormRows(_WeightRows):
 
     def fill(self, tasks: slice, grads: Sequence[Tensor | None]) -> None:
         """Add the factors of tasks ``tasks`` from their gradients of each call's output (None: zero)."""
-        for hat, g in zip(self.hats, grads):
+        for (x, state), g in zip(self.inputs, grads):
             if g is None:
                 continue
             g = g.to(self.dtype)
-            if self.rows is not None:
-                self.rows[tasks] += self._reduce(g * hat)
+            if self.rows is not None:  # x_hat recomputed for each fill, not held: it is as large as the input
+                self.rows[tasks] += self._reduce(g * _normalized(self.layer.module, x.to(self.dtype), state))
             if self.sums is not None:
                 self.sums[tasks] += self._reduce(g)
 
