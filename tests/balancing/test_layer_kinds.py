@@ -16,13 +16,17 @@ from torch import nn
 
 from balancing.test_layer_gramian import GRAMIAN_METHODS, NAMES, STEP_TASKS, assert_same
 from taskloom.balancing import build_balancer
-from taskloom.balancing.layer_gramian import Capture, layer_gramian, plan_layers
+from taskloom.balancing import layer_kinds
+from taskloom.balancing.layer_gramian import Capture, _LayerRows, layer_gramian, plan_layers
 from taskloom.cli import default_run_config
 from taskloom.sharing.hard import MultiTaskModel
 from taskloom.trunks import TRUNKS
 
 GRADIENT_LOG = "taskloom.balancing.gradient"
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel lengths")
+
+
+ORDERS = {"weights": layer_kinds.ConvRows, "patches": layer_kinds.ConvPatchRows}
 
 
 class Trunk(nn.Module):
@@ -41,6 +45,12 @@ def conv_trunk() -> Trunk:
                  nn.Conv2d(3, 4, (2, 3), padding="same"), nn.Tanh(),
                  nn.Conv2d(4, 4, 3, stride=(1, 2), padding=2, dilation=2, bias=False), nn.Tanh(),
                  nn.Flatten(), nn.Linear(60, 6), nn.Tanh())
+
+
+def deep_conv_trunk() -> Trunk:
+    """A deep layer on a 1 x 1 output map (few positions, many weights): its Gramian goes through the patches."""
+    return Trunk(nn.Conv2d(2, 8, 3, stride=3), nn.Tanh(), nn.Conv2d(8, 16, (2, 3), padding="same"), nn.Tanh(),
+                 nn.Conv2d(16, 6, 3), nn.Flatten())
 
 
 def norm_mlp() -> Trunk:
@@ -93,7 +103,7 @@ def grads_per_step(name: str, engine: str, trunk: Callable[[], nn.Module], eval_
     return steps, model
 
 
-TRUNKS_UNDER_TEST = {"conv": (conv_trunk, False), "norm_mlp": (norm_mlp, False),
+TRUNKS_UNDER_TEST = {"conv": (conv_trunk, False), "deep_conv": (deep_conv_trunk, False), "norm_mlp": (norm_mlp, False),
                      "conv_bn_eval": (conv_norm_trunk, True), "conv_bn_train": (conv_norm_trunk, False)}
 
 
@@ -107,9 +117,11 @@ def test_layer_engine_writes_the_full_engines_gradients(name, trunk, caplog):
     assert_same(grads_per_step(name, "jacobian", build, eval_norms)[0], got, f"{name} on {trunk}")
 
 
+@pytest.mark.parametrize("order", ["weights", "patches"])
 @pytest.mark.parametrize("trunk", list(TRUNKS_UNDER_TEST))
-def test_layer_engine_vmapped_writes_the_full_engines_gradients(trunk):
-    """All tasks in one vmapped pass: a convolution's tasks are folded into its output channels."""
+def test_layer_engine_vmapped_writes_the_full_engines_gradients(trunk, order, monkeypatch):
+    """All tasks in one vmapped pass (a convolution's tasks folded into its output channels), either order."""
+    monkeypatch.setattr(layer_kinds, "conv_rows", ORDERS[order])
     build, eval_norms = TRUNKS_UNDER_TEST[trunk]
     assert_same(grads_per_step("upgrad", "jacobian", build, eval_norms, batched=True)[0],
                 grads_per_step("upgrad", "gramian", build, eval_norms, batched=True)[0], trunk)
@@ -124,6 +136,16 @@ def test_layer_engine_is_exact_in_double_precision(trunk):
     for e_step, g_step in zip(expected, got):
         for e, g in zip(e_step, g_step):
             torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+
+
+def test_the_cheaper_convolution_order_is_chosen():
+    """Many positions and few weights: through the weight gradients; one position, many weights: the patches."""
+    model = make_model(deep_conv_trunk)
+    layers, reason = plan_layers(model, model.shared_parameters())
+    with Capture(layers):
+        model.trunk(make_batches()[0][0])
+    assert reason == "" and [type(_LayerRows(layer, 5)).__name__ for layer in layers] == \
+        ["ConvRows", "ConvRows", "ConvPatchRows"]
 
 
 def test_batchnorm_running_stats_move_once_per_step():
@@ -172,9 +194,11 @@ def tiny_networks() -> dict[str, tuple[list[nn.Module], Callable[[torch.Tensor],
             "bn_eval": ([first, evaluated, second], evaluation), "sequences": ([sequence, tail], sequences)}
 
 
+@pytest.mark.parametrize("order", ["weights", "patches"])
 @pytest.mark.parametrize("network", ["convs", "norms", "bn_eval", "sequences"])
-def test_gramian_equals_j_jt_of_the_explicit_jacobian(network):
+def test_gramian_equals_j_jt_of_the_explicit_jacobian(network, order, monkeypatch):
     """K = 3 losses of a tiny network; the Jacobian built by hand from autograd, one task at a time."""
+    monkeypatch.setattr(layer_kinds, "conv_rows", ORDERS[order])
     modules, forward = tiny_networks()[network]
     x = torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(6))
     params = [p for m in modules for p in m.parameters()]

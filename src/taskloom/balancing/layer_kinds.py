@@ -10,7 +10,7 @@ LayerNorm, Ba et al. 2016; GroupNorm, Wu & He 2018).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,13 +37,14 @@ class LinearRows:
     rows sum_i D_t[i] (K x out).
     """
 
-    def __init__(self, layer: "Layer", k: int) -> None:
+    def __init__(self, layer: "Layer", k: int, inputs: list[Tensor] | None = None) -> None:
         x = layer.calls[0][0]
         self.dtype = torch.promote_types(layer.calls[0][1].dtype, torch.float32)
-        inputs = [c[0].detach().reshape(-1, c[0].shape[-1]).to(self.dtype) for c in layer.calls]
+        if inputs is None:
+            inputs = [c[0].detach().reshape(-1, c[0].shape[-1]).to(self.dtype) for c in layer.calls]
         self.x = inputs[0] if len(inputs) == 1 else torch.cat(inputs)  # no copy for one call
         self.layer, n, fan_in = layer, self.x.shape[0], self.x.shape[1]
-        width = layer.module.out_features
+        width = layer.module.weight.shape[0]
         self.shapes = [c[1].shape for c in layer.calls]
         through_inputs = n * n * fan_in + k * n * n * width + k * k * n * width
         through_weights = k * n * fan_in * width + k * k * fan_in * width
@@ -59,7 +60,7 @@ class LinearRows:
         """Store the factors of tasks ``tasks`` from their gradients of each call's output (None: zero)."""
         count = tasks.stop - tasks.start
         parts = _zeros_where_missing(grads, self.shapes, count, self.dtype, self.x.device)
-        pieces = [g.reshape(count, -1, g.shape[-1]) for g in parts]
+        pieces = [self._call_rows(g) for g in parts]
         d = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
         if self.rows is not None and self.by_weights and count == 1:  # one task (the sequential path): a plain mm
             torch.mm(d[0].T, self.x, out=self.rows[tasks.start])
@@ -69,6 +70,11 @@ class LinearRows:
             self.rows[tasks] = d
         if self.sums is not None:
             self.sums[tasks] = d.sum(1)
+
+    @staticmethod
+    def _call_rows(g: Tensor) -> Tensor:
+        """A call's output gradients (tasks, ..., out) as (tasks, rows, out), the rows matching ``x``'s."""
+        return g.reshape(g.shape[0], -1, g.shape[-1])
 
     def block(self) -> Tensor:
         """This layer's J_l J_l^T (K x K, float64)."""
@@ -94,7 +100,7 @@ class LinearRows:
                 grad = torch.tensordot(w, self.rows, dims=1)
             else:
                 grad = torch.tensordot(w, self.rows, dims=1).T @ self.x
-            write_gradients([module.weight], [grad.to(module.weight.dtype)])
+            write_gradients([module.weight], [grad.reshape(module.weight.shape).to(module.weight.dtype)])
         if self.sums is not None:
             write_gradients([module.bias], [(weights.to(self.dtype) @ self.sums).to(module.bias.dtype)])
 
@@ -135,6 +141,54 @@ def _same_padding(module: nn.Conv2d) -> tuple[list[int], list[int]]:
     return list(module.padding), list(module.padding)
 
 
+def _padded_inputs(layer: "Layer", dtype: torch.dtype) -> tuple[list[Tensor], list[int]]:
+    """Each call's input as (N, C, H, W), zero-padded beforehand where the padding is asymmetric; the padding left."""
+    before, after = _same_padding(layer.module)
+    inputs, padding = [], before
+    for x, *_ in layer.calls:
+        x = x.detach().to(dtype)
+        x = x.unsqueeze(0) if x.dim() == 3 else x  # an unbatched (C, H, W) call
+        if before != after:
+            x = F.pad(x, (before[1], after[1], before[0], after[0]))
+            padding = [0, 0]
+        inputs.append(x)
+    return inputs, padding
+
+
+def conv_rows(layer: "Layer", k: int) -> "ConvRows | ConvPatchRows":
+    """The cheaper factors of an ``nn.Conv2d``: its weight gradients, or its output gradients and input patches.
+
+    With n = N H' W' output positions, F = in kh kw and out channels, as for ``nn.Linear``: through
+    the weight gradients costs K n F out + K^2 F out, through the patches' products
+    n^2 F + K n^2 out + K^2 n out (a deep layer on a small map: few positions, many weights).
+    """
+    module = layer.module
+    n = sum(c[1].numel() // module.out_channels for c in layer.calls)
+    fan_in, width = module.weight[0].numel(), module.out_channels
+    through_patches = n * n * fan_in + k * n * n * width + k * k * n * width
+    through_weights = k * n * fan_in * width + k * k * fan_in * width
+    if through_weights <= through_patches or not layer.weight:
+        return ConvRows(layer, k)
+    return ConvPatchRows(layer, k)
+
+
+class ConvPatchRows(LinearRows):
+    """An ``nn.Conv2d`` as a Linear map of its input patches (``F.unfold``, n x in kh kw): rows are the D_t."""
+
+    def __init__(self, layer: "Layer", k: int) -> None:
+        module, dtype = layer.module, torch.promote_types(layer.calls[0][1].dtype, torch.float32)
+        inputs, padding = _padded_inputs(layer, dtype)
+        patches = [F.unfold(x, module.kernel_size, module.dilation, padding, module.stride).transpose(1, 2)
+                   .reshape(-1, module.weight[0].numel()) for x in inputs]
+        super().__init__(layer, k, patches)  # the same cost rule as conv_rows': through the patches
+
+    @staticmethod
+    def _call_rows(g: Tensor) -> Tensor:
+        """(tasks, [N,] out, H', W') as (tasks, N H' W', out), in the patches' order."""
+        g = g.unsqueeze(1) if g.dim() == 4 else g
+        return g.flatten(3).transpose(2, 3).reshape(g.shape[0], -1, g.shape[2])
+
+
 class ConvRows(_WeightRows):
     """One ``nn.Conv2d`` (groups 1, zero padding): rows are the per-task weight gradients (K x out x in kh kw).
 
@@ -146,16 +200,7 @@ class ConvRows(_WeightRows):
 
     def __init__(self, layer: "Layer", k: int) -> None:
         super().__init__(layer, k)
-        before, after = _same_padding(layer.module)
-        self.padding = before
-        self.inputs = []
-        for x, *_ in layer.calls:
-            x = x.detach().to(self.dtype)
-            x = x.unsqueeze(0) if x.dim() == 3 else x  # an unbatched (C, H, W) call
-            if before != after:
-                x = F.pad(x, (before[1], after[1], before[0], after[0]))
-                self.padding = [0, 0]
-            self.inputs.append(x)
+        self.inputs, self.padding = _padded_inputs(layer, self.dtype)
 
     def fill(self, tasks: slice, grads: Sequence[Tensor | None]) -> None:
         """Add the factors of tasks ``tasks`` from their gradients of each call's output (None: zero)."""
@@ -228,7 +273,7 @@ def norm_state(module: nn.Module) -> Any:
     return None
 
 
-def kind_of(module: nn.Module, name: str) -> tuple[type | None, str]:
+def kind_of(module: nn.Module, name: str) -> tuple[Callable[["Layer", int], Any] | None, str]:
     """The factor class of a shared layer and "", or None and the reason the layer Gramian engine cannot take it."""
     label = name or "<model>"
     forward = type(module).forward
@@ -241,7 +286,7 @@ def kind_of(module: nn.Module, name: str) -> tuple[type | None, str]:
         if module.padding_mode != "zeros":
             return None, (f"shared layer {label} is an nn.Conv2d with padding_mode={module.padding_mode!r} (only "
                           "'zeros' is supported)")
-        return ConvRows, ""
+        return conv_rows, ""
     if forward in (_BatchNorm.forward, nn.LayerNorm.forward, nn.GroupNorm.forward):
         return NormRows, ""
     return None, (f"shared layer {label} is a {type(module).__name__}, not an nn.Linear, nn.Conv2d or an affine "
