@@ -19,8 +19,8 @@ per-example-gradient trick of Goodfellow 2015 ("Efficient per-example gradient c
 Supported: every shared parameter belongs to a layer whose plain forward computes it (called any
 number of times; the calls add up), of one of these kinds (:mod:`~taskloom.balancing.layer_kinds`):
 ``nn.Linear``; ``nn.Conv2d`` with groups=1 and padding_mode 'zeros' (any stride, dilation,
-padding, 'same' and 'valid' included; its rows are the per-task weight gradients, from the
-convolution's weight-gradient kernel); ``nn.BatchNorm1d/2d/3d`` (batch statistics in training,
+padding, 'same' and 'valid' included; as a Linear map of its input patches, in the cheaper of
+the same two orders); ``nn.BatchNorm1d/2d/3d`` (batch statistics in training,
 running stats in evaluation), ``nn.LayerNorm`` and ``nn.GroupNorm`` with affine parameters
 (rows sum D_t * x_hat and sum D_t, x_hat recomputed from the captured input). Anything else (a
 grouped or reflect-padded convolution, an embedding, a tied parameter), mixed precision (a loss
