@@ -190,12 +190,15 @@ def tiny_networks() -> dict[str, tuple[list[nn.Module], Callable[[torch.Tensor],
     def evaluation(x):
         return second(torch.tanh(evaluated(first(x))))
 
-    return {"convs": ([first, second], convs), "norms": ([first, norm, second, group, layer], normed),
+    def unbatched(x):  # a (C, H, W) call and a batched one of the same convolution
+        return torch.cat([second(torch.tanh(first(x[0]))).flatten(), second(first(x[1:])).flatten()]).reshape(3, -1)
+
+    return {"convs": ([first, second], convs), "unbatched": ([first, second], unbatched), "norms": ([first, norm, second, group, layer], normed),
             "bn_eval": ([first, evaluated, second], evaluation), "sequences": ([sequence, tail], sequences)}
 
 
 @pytest.mark.parametrize("order", ["weights", "patches"])
-@pytest.mark.parametrize("network", ["convs", "norms", "bn_eval", "sequences"])
+@pytest.mark.parametrize("network", ["convs", "unbatched", "norms", "bn_eval", "sequences"])
 def test_gramian_equals_j_jt_of_the_explicit_jacobian(network, order, monkeypatch):
     """K = 3 losses of a tiny network; the Jacobian built by hand from autograd, one task at a time."""
     monkeypatch.setattr(layer_kinds, "conv_rows", ORDERS[order])

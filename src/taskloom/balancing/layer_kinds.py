@@ -164,7 +164,7 @@ def conv_rows(layer: "Layer", k: int) -> "ConvRows | ConvPatchRows":
     """
     module = layer.module
     n = sum(c[1].numel() // module.out_channels for c in layer.calls)
-    fan_in, width = module.weight[0].numel(), module.out_channels
+    fan_in, width = module.weight.shape[1:].numel(), module.out_channels
     through_patches = n * n * fan_in + k * n * n * width + k * k * n * width
     through_weights = k * n * fan_in * width + k * k * fan_in * width
     if through_weights <= through_patches or not layer.weight:
@@ -179,7 +179,7 @@ class ConvPatchRows(LinearRows):
         module, dtype = layer.module, torch.promote_types(layer.calls[0][1].dtype, torch.float32)
         inputs, padding = _padded_inputs(layer, dtype)
         patches = [F.unfold(x, module.kernel_size, module.dilation, padding, module.stride).transpose(1, 2)
-                   .reshape(-1, module.weight[0].numel()) for x in inputs]
+                   .reshape(-1, module.weight.shape[1:].numel()) for x in inputs]
         super().__init__(layer, k, patches)  # the same cost rule as conv_rows': through the patches
 
     @staticmethod
