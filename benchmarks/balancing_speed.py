@@ -2,7 +2,9 @@
 
 Same model, data, batch and thread count for every method: a hard-sharing model with an
 MLP 64-256-256 trunk and K regression heads at batch 256 (K = 4 and K = 40), or with
-``--trunk resnet18`` a small ResNet-18 on 32x32 inputs with 2 ten-class heads. Every
+``--trunk resnet18`` a small ResNet-18 on 32x32 inputs with 2 ten-class heads, or with
+``--trunk lenet`` taskloom's LeNet trunk on 1x36x36 (MultiMNIST-sized) inputs with K ten-class
+heads (K = 2 and K = 10). Every
 registered method runs in parameter mode, gradient methods also in representation mode.
 Blocks of steps of a method alternate with blocks of equal weighting, so machine noise
 hits both alike; the ratio is median over median. ``engine_floor`` is the per-task
@@ -23,11 +25,12 @@ memory events or the CUDA allocator) with its ratio to equal weighting's; on the
 (``_gramian_floor.py``): the multiply-adds of equal weighting's step and the least an exact Gramian
 step needs (K activation backward passes and the layers' factors), their ratio, and the bytes an
 exact Gramian must hold at once, as a ratio to equal weighting's measured peak. ``--engines-only``
-runs that section alone. Prints JSON.
+runs that section alone (``--methods`` limits it to some methods). Prints JSON.
 
     python benchmarks/balancing_speed.py                      # CPU, K = 4 and 40
     OMP_NUM_THREADS=1 python benchmarks/balancing_speed.py --engines-only --threads 1
     python benchmarks/balancing_speed.py --device cuda --trunk resnet18
+    OMP_NUM_THREADS=1 python benchmarks/balancing_speed.py --engines-only --threads 1 --trunk lenet --batch 64
     PYTHONPATH=/path/to/LibMTL python benchmarks/balancing_speed.py   # with LibMTL side by side
 """
 from __future__ import annotations
@@ -49,11 +52,11 @@ from torch import Tensor, nn
 from taskloom.balancing import BALANCERS
 from taskloom.balancing.gradient import GradientBalancer
 from taskloom.sharing.hard import MultiTaskModel
-from taskloom.trunks import MLP
+from taskloom.trunks import MLP, LeNet
 
 HERE = Path(__file__).resolve().parent
-NEEDS_OPTIONS = {"static"}
-MLP_WIDTHS = (64, 256, 256)  # the CPU MLP trunk: input, hidden layers  # methods that cannot be built from task names alone
+NEEDS_OPTIONS = {"static"}  # methods that cannot be built from task names alone
+MLP_WIDTHS = (64, 256, 256)  # the CPU MLP trunk: input, hidden layers
 
 
 class BasicBlock(nn.Module):
@@ -99,6 +102,16 @@ def make_problem(trunk: str, k: int, batch: int, device: str, n_batches: int = 4
         def build() -> MultiTaskModel:
             torch.manual_seed(0)
             return MultiTaskModel(ResNet18(), heads={n: nn.Linear(512, 10) for n in names}).to(device)
+
+        def loss_fn(out: Tensor, i: int, target: Tensor) -> Tensor:
+            return F.cross_entropy(out, target[i])
+    elif trunk == "lenet":
+        x = torch.rand(n_batches, batch, 1, 36, 36, generator=generator)
+        y = torch.randint(0, 10, (n_batches, k, batch), generator=generator)
+
+        def build() -> MultiTaskModel:
+            torch.manual_seed(0)
+            return MultiTaskModel(LeNet(image_size=36), heads={n: nn.Linear(50, 10) for n in names}).to(device)
 
         def loss_fn(out: Tensor, i: int, target: Tensor) -> Tensor:
             return F.cross_entropy(out, target[i])
@@ -244,7 +257,8 @@ def gramian_methods() -> list[str]:
             and inspect.signature(BALANCERS.get(n)).parameters["mode"].default == "parameters"]
 
 
-def run_engines(trunk: str, k: int, batch: int, device: str, warmup: int, steps: int) -> dict[str, Any]:
+def run_engines(trunk: str, k: int, batch: int, device: str, warmup: int, steps: int,
+                methods: list[str] | None = None) -> dict[str, Any]:
     """Full Jacobian vs layer Gramian engine for every Gramian-based method: ms, peak MB, ratios to EW's."""
     if str(HERE) not in sys.path:
         sys.path.insert(0, str(HERE))
@@ -263,7 +277,7 @@ def run_engines(trunk: str, k: int, batch: int, device: str, warmup: int, steps:
     baseline = make("equal")()
     equal_mb = measure(make("equal"), batches, device, 1)["mb"]
     rows: dict[str, Any] = {"equal": {"mb": round(equal_mb, 3)}}
-    for name in gramian_methods():
+    for name in methods or gramian_methods():
         rows[name] = {}
         for engine in ("jacobian", "gramian"):
             try:
@@ -352,8 +366,9 @@ def run_libmtl(build, names, loss_fn, batches, baseline, device, warmup, steps) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--trunk", choices=["mlp", "resnet18"], default="mlp")
-    parser.add_argument("--tasks", type=int, nargs="+", default=None, help="K values (default: 4 40 for mlp, 2)")
+    parser.add_argument("--trunk", choices=["mlp", "resnet18", "lenet"], default="mlp")
+    parser.add_argument("--tasks", type=int, nargs="+", default=None,
+                        help="K values (default: 4 40 for mlp, 2 10 for lenet, 2 for resnet18)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
@@ -366,13 +381,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--engines-only", action="store_true",
                         help="only the full Jacobian vs layer Gramian engine section")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="Gramian-based methods of the engines section (default: all of them)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    ks = args.tasks or ([2] if args.trunk == "resnet18" else [4, 40])
+    unknown = sorted(set(args.methods or []) - set(gramian_methods()))
+    if unknown:
+        parser.error(f"--methods: {unknown} are not Gramian-based methods; choose from {gramian_methods()}")
+    ks = args.tasks or {"resnet18": [2], "lenet": [2, 10]}.get(args.trunk, [4, 40])
     started = time.perf_counter()
     if args.engines_only:
-        settings = [run_engines(args.trunk, k, args.batch, args.device, args.warmup, args.steps) for k in ks]
+        settings = [run_engines(args.trunk, k, args.batch, args.device, args.warmup, args.steps, args.methods)
+                    for k in ks]
         print(json.dumps({"benchmark": "balancing_speed (engines)", "device": args.device,
                           "threads": torch.get_num_threads(), "torch": torch.__version__, "steps": args.steps,
                           "settings": settings, "seconds": round(time.perf_counter() - started, 1)}, indent=1))
@@ -382,7 +403,7 @@ def main() -> None:
                             args.libmtl_steps or max(4, args.steps // 2)) for k in ks]
     for setting in settings:
         setting["engines"] = run_engines(args.trunk, setting["tasks"], args.batch, args.device, args.warmup,
-                                         args.steps)["engines"]
+                                         args.steps, args.methods)["engines"]
     print(json.dumps({
         "benchmark": "balancing_speed", "device": args.device, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": sys.version.split()[0], "machine": platform.machine(),

@@ -146,7 +146,7 @@ def test_both_contraction_orders_give_the_same_gramian():
 class Normed(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.ReLU())
+        self.net = nn.Sequential(nn.Linear(4, 6), nn.PReLU(6), nn.ReLU())
         self.out_features = 6
 
     def forward(self, x):
@@ -156,12 +156,12 @@ class Normed(nn.Module):
 def test_unsupported_layer_falls_back_to_the_full_engine_with_a_log_line(caplog):
     with caplog.at_level(logging.INFO, logger="taskloom.balancing.gradient"):
         got = grads_per_step("upgrad", "auto", trunk=Normed)
-    assert ("gradient engine: full Jacobian (shared layer trunk.net.1 is a LayerNorm, not an nn.Linear)"
-            in caplog.text)
+    assert ("gradient engine: full Jacobian (shared layer trunk.net.1 is a PReLU, not an nn.Linear, nn.Conv2d or "
+            "an affine BatchNorm/LayerNorm/GroupNorm)" in caplog.text)
     for e_step, g_step in zip(grads_per_step("upgrad", "jacobian", trunk=Normed), got):
         for e, g in zip(e_step, g_step):
             torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-7)
-    with pytest.raises(ValueError, match="engine: gramian cannot run: shared layer trunk.net.1 is a LayerNorm"):
+    with pytest.raises(ValueError, match="engine: gramian cannot run: shared layer trunk.net.1 is a PReLU"):
         grads_per_step("upgrad", "gramian", trunk=Normed)
 
 

@@ -141,7 +141,7 @@ class GradientBalancer(Balancer):
         if reason and self.engine == "gramian":
             raise ValueError(f"{type(self).__name__}: balancing.options.engine: gramian cannot run: {reason}; "
                              "use engine: auto (falls back to the full engine) or jacobian")
-        choice = ("full Jacobian", reason) if reason else ("layer Gramian", f"{len(capture.layers)} Linear layers")
+        choice = ("full Jacobian", reason) if reason else ("layer Gramian", f"{len(capture.layers)} shared layers")
         if choice != self._engine_choice:
             self._engine_choice = choice
             log.info("%s: gradient engine: %s (%s)", type(self).__name__, *choice)

@@ -16,12 +16,18 @@ same factors (no further backward pass): the same update as the full engine
 "Jacobian Descent for Multi-Objective Optimization"); the per-layer factorisation is the
 per-example-gradient trick of Goodfellow 2015 ("Efficient per-example gradient computations").
 
-Supported: every shared parameter belongs to an ``nn.Linear`` whose plain forward computes
-it (called any number of times; rows of every call are stacked). Anything else (a norm with
-affine parameters, a convolution, an embedding, a tied parameter), mixed precision (a loss
-scale or autocast), data parallelism, or a forward that did not go through
-``balancer.outputs`` falls back to the full engine with the reason logged, or is refused when
-``engine: gramian`` was asked for.
+Supported: every shared parameter belongs to a layer whose plain forward computes it (called any
+number of times; the calls add up), of one of these kinds (:mod:`~taskloom.balancing.layer_kinds`):
+``nn.Linear``; ``nn.Conv2d`` with groups=1 and padding_mode 'zeros' (any stride, dilation,
+padding, 'same' and 'valid' included; as a Linear map of its input patches, in the cheaper of
+the same two orders); ``nn.BatchNorm1d/2d/3d`` (batch statistics in training,
+running stats in evaluation), ``nn.LayerNorm`` and ``nn.GroupNorm`` with affine parameters
+(rows sum D_t * x_hat and sum D_t, x_hat recomputed from the captured input). Anything else (a
+grouped or reflect-padded convolution, an embedding, a tied parameter), mixed precision (a loss
+scale or autocast), data parallelism, an in-place change of a layer's input or output, or a
+forward that did not go through ``balancer.outputs`` falls back to the full engine with the
+reason logged, or is refused when ``engine: gramian`` was asked for. No second forward runs,
+so BatchNorm's running stats move once per step, in the forward.
 """
 from __future__ import annotations
 
@@ -33,7 +39,8 @@ from typing import Any, Callable, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from taskloom.balancing.jacobian import VmapFallback, use_vmap, vmapped_grads, write_gradients
+from taskloom.balancing.jacobian import VmapFallback, use_vmap, vmapped_grads
+from taskloom.balancing.layer_kinds import kind_of, norm_state
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +57,22 @@ def check_engine(engine: Any, method: str) -> str:
 
 @dataclass
 class Layer:
-    """One shared ``nn.Linear``: which of its parameters are shared, and the calls of the current forward."""
+    """One shared layer: which of its parameters are shared, and the calls of the current forward.
+
+    ``states`` has, per call, what a norm layer normalized with (BatchNorm's running stats in
+    evaluation, else None).
+    """
 
     name: str
-    module: nn.Linear
+    module: nn.Module
     weight: bool
     bias: bool
     calls: list[tuple[Tensor, Tensor, int, int]] = field(default_factory=list)
+    states: list[Any] = field(default_factory=list)
 
 
 def plan_layers(model: nn.Module, shared: Sequence[Tensor]) -> tuple[list[Layer], str]:
-    """The shared Linear layers of ``model`` and "" , or no layers and the reason the engine cannot run."""
+    """The shared layers of ``model`` and "", or no layers and the reason the engine cannot run."""
     wanted = {id(p) for p in shared}
     owners: dict[int, list[str]] = {}
     layers: list[Layer] = []
@@ -70,8 +82,9 @@ def plan_layers(model: nn.Module, shared: Sequence[Tensor]) -> tuple[list[Layer]
             continue
         for _, parameter in own:
             owners.setdefault(id(parameter), []).append(name)
-        if type(module).forward is not nn.Linear.forward:
-            return [], f"shared layer {name or '<model>'} is a {type(module).__name__}, not an nn.Linear"
+        kind, reason = kind_of(module, name)
+        if kind is None:
+            return [], reason
         names = {pname for pname, _ in own}
         layers.append(Layer(name, module, "weight" in names, "bias" in names))
     tied = [names for names in owners.values() if len(names) > 1]
@@ -94,7 +107,7 @@ class Capture:
     def __enter__(self) -> "Capture":
         self.autocast = torch.is_autocast_enabled()
         for layer in self.layers:
-            layer.calls = []
+            layer.calls, layer.states = [], []
             self._handles.append(layer.module.register_forward_hook(functools.partial(_keep, layer)))
         return self
 
@@ -123,6 +136,7 @@ class Capture:
 
 def _keep(layer: Layer, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
     layer.calls.append((inputs[0], output, inputs[0]._version, output._version))
+    layer.states.append(norm_state(module))
 
 
 RepGrads = Union[Tensor, Callable[[int], Tensor]]
@@ -165,76 +179,10 @@ def _task_gradients(values: Sequence[Tensor], outputs: Sequence[Tensor], represe
         yield slice(t, t + 1), tuple(None if g is None else g.unsqueeze(0) for g in grads)
 
 
-class _LayerRows:
-    """One layer's per-task factors of its Gramian block, filled task by task.
-
-    The cheaper of two contraction orders: through the weight gradients (rows D_t^T X, K x out x in,
-    cost K N in out + K^2 in out), or through X X^T (rows D_t, K x N x out, cost N^2 in + K N^2 out
-    + K^2 N out). The bias adds the rows sum_i D_t[i] (K x out).
-    """
-
-    def __init__(self, layer: Layer, k: int) -> None:
-        x = layer.calls[0][0]
-        self.dtype = torch.promote_types(layer.calls[0][1].dtype, torch.float32)
-        inputs = [c[0].detach().reshape(-1, c[0].shape[-1]).to(self.dtype) for c in layer.calls]
-        self.x = inputs[0] if len(inputs) == 1 else torch.cat(inputs)  # no copy for one call
-        self.layer, n, fan_in = layer, self.x.shape[0], self.x.shape[1]
-        width = layer.module.out_features
-        self.shapes = [c[1].shape for c in layer.calls]
-        through_inputs = n * n * fan_in + k * n * n * width + k * k * n * width
-        through_weights = k * n * fan_in * width + k * k * fan_in * width
-        self.by_weights = through_weights < through_inputs
-        device = x.device
-        self.rows = None
-        if layer.weight:
-            shape = (k, width, fan_in) if self.by_weights else (k, n, width)
-            self.rows = torch.zeros(shape, dtype=self.dtype, device=device)
-        self.sums = torch.zeros((k, width), dtype=self.dtype, device=device) if layer.bias else None
-
-    def fill(self, tasks: slice, grads: Sequence[Tensor | None]) -> None:
-        """Store the factors of tasks ``tasks`` from their gradients of each call's output (None: zero)."""
-        count = tasks.stop - tasks.start
-        parts = [torch.zeros((count, *shape), dtype=self.dtype, device=self.x.device) if g is None else g
-                 for g, shape in zip(grads, self.shapes)]
-        pieces = [g.reshape(count, -1, g.shape[-1]).to(self.dtype) for g in parts]
-        d = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
-        if self.rows is not None and self.by_weights and count == 1:  # one task (the sequential path): a plain mm
-            torch.mm(d[0].T, self.x, out=self.rows[tasks.start])
-        elif self.rows is not None and self.by_weights:
-            torch.matmul(d.transpose(1, 2), self.x, out=self.rows[tasks])
-        elif self.rows is not None:
-            self.rows[tasks] = d
-        if self.sums is not None:
-            self.sums[tasks] = d.sum(1)
-
-    def block(self) -> Tensor:
-        """This layer's J_l J_l^T (K x K, float64)."""
-        k = (self.rows if self.rows is not None else self.sums).shape[0]
-        block = torch.zeros((k, k), dtype=torch.float64, device=self.x.device)
-        if self.rows is not None:
-            flat = self.rows.reshape(k, -1)
-            if self.by_weights:
-                block += (flat @ flat.T).double()
-            else:  # E_t = (X X^T) D_t, so G[s, t] = <D_s, E_t>
-                products = torch.matmul(self.x @ self.x.T, self.rows).reshape(k, -1)
-                block += (flat @ products.T).double()
-        if self.sums is not None:
-            block += (self.sums @ self.sums.T).double()
-        return block
-
-
-    def update(self, weights: Tensor) -> None:
-        """Add sum_t w_t (task t's gradient) of this layer's shared parameters to their ``.grad``."""
-        module = self.layer.module
-        if self.rows is not None:
-            w = weights.to(self.dtype)
-            if self.by_weights:
-                grad = torch.tensordot(w, self.rows, dims=1)
-            else:
-                grad = torch.tensordot(w, self.rows, dims=1).T @ self.x
-            write_gradients([module.weight], [grad.to(module.weight.dtype)])
-        if self.sums is not None:
-            write_gradients([module.bias], [(weights.to(self.dtype) @ self.sums).to(module.bias.dtype)])
+def _LayerRows(layer: Layer, k: int) -> Any:
+    """The per-task factors of ``layer``'s Gramian block, of its kind (:mod:`~taskloom.balancing.layer_kinds`)."""
+    kind, _ = kind_of(layer.module, layer.name)
+    return kind(layer, k)
 
 
 class LayerGramian:
@@ -243,7 +191,7 @@ class LayerGramian:
     ``rep_grads`` (K x |z|) are the per-task gradients of ``representation`` when the objectives
     reach the trunk through it (then only the trunk is back-propagated); else the objectives are.
     No K x P Jacobian is formed: a layer holds K x min-ish(out x in, N x out) factors (see
-    :class:`_LayerRows`), and the update w @ J is written from them without another backward pass.
+    :mod:`~taskloom.balancing.layer_kinds`), and the update w @ J is written from them without another backward pass.
     """
 
     def __init__(self, values: Sequence[Tensor], layers: Sequence[Layer], representation: Tensor | None = None,
