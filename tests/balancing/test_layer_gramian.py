@@ -127,19 +127,22 @@ def test_gramian_equals_j_jt_of_the_explicit_jacobian_on_a_hand_made_network():
     torch.testing.assert_close(layer_gramian(losses, layers), expected, rtol=1e-6, atol=1e-8)
 
 
-def test_both_contraction_orders_give_the_same_gramian():
+@pytest.mark.parametrize("k", [4, 11])  # 11 tasks: the X X^T products come in slices of 2 and a last one of 1
+def test_both_contraction_orders_give_the_same_gramian(k):
     """A short batch contracts through X X^T, a long one through the weight gradients: both equal J J^T."""
     generator = torch.Generator().manual_seed(5)
     orders = []
     for n in (2, 64):
-        x, d = torch.randn(n, 3, generator=generator), torch.randn(4, n, 2, generator=generator)
-        layer = Layer("hand", nn.Linear(3, 2), weight=True, bias=True, calls=[(x, torch.zeros(n, 2), 0, 0)])
-        rows = _LayerRows(layer, 4)
-        for t in range(4):
+        x = torch.randn(n, 3, generator=generator, dtype=torch.float64)  # float64: the orders differ only in rounding
+        d = torch.randn(k, n, 2, generator=generator, dtype=torch.float64)
+        layer = Layer("hand", nn.Linear(3, 2).double(), weight=True, bias=True,
+                      calls=[(x, torch.zeros(n, 2, dtype=torch.float64), 0, 0)])
+        rows = _LayerRows(layer, k)
+        for t in range(k):
             rows.fill(slice(t, t + 1), [d[t:t + 1]])
         orders.append(rows.by_weights)
-        jacobian = torch.cat([(d.transpose(1, 2) @ x).reshape(4, -1), d.sum(1)], dim=1)
-        torch.testing.assert_close(rows.block(), (jacobian @ jacobian.T).double(), rtol=1e-6, atol=1e-8)
+        jacobian = torch.cat([(d.transpose(1, 2) @ x).reshape(k, -1), d.sum(1)], dim=1)
+        torch.testing.assert_close(rows.block(), jacobian @ jacobian.T, rtol=1e-12, atol=1e-12)
     assert orders == [False, True]
 
 

@@ -22,6 +22,10 @@ from taskloom.balancing.jacobian import write_gradients
 if TYPE_CHECKING:
     from taskloom.balancing.layer_gramian import Layer
 
+#: the (X X^T) D products of a Linear's Gramian block are made in this many slices of the tasks, so the
+#: temporary is an eighth of the layer's factors (which are the engine's memory floor), not as large again
+PRODUCT_CHUNKS = 8
+
 
 def _zeros_where_missing(grads: Sequence[Tensor | None], shapes: Sequence[torch.Size], count: int, dtype: torch.dtype,
                          device: torch.device) -> list[Tensor]:
@@ -84,9 +88,12 @@ class LinearRows:
             flat = self.rows.reshape(k, -1)
             if self.by_weights:
                 block += (flat @ flat.T).double()
-            else:  # E_t = (X X^T) D_t, so G[s, t] = <D_s, E_t>
-                products = torch.matmul(self.x @ self.x.T, self.rows).reshape(k, -1)
-                block += (flat @ products.T).double()
+            else:  # E_t = (X X^T) D_t, so G[s, t] = <D_s, E_t>; E made for PRODUCT_CHUNKS slices of the tasks
+                inner = self.x @ self.x.T
+                step = -(-k // PRODUCT_CHUNKS)
+                for start in range(0, k, step):
+                    products = torch.matmul(inner, self.rows[start:start + step]).reshape(-1, flat.shape[1])
+                    block[:, start:start + step] += (flat @ products.T).double()
         if self.sums is not None:
             block += (self.sums @ self.sums.T).double()
         return block
