@@ -24,7 +24,9 @@ peak memory of one step beyond what is live before it (``memory.py``'s measure, 
 memory events or the CUDA allocator) with its ratio to equal weighting's; on the MLP also ``floor``
 (``_gramian_floor.py``): the multiply-adds of equal weighting's step and the least an exact Gramian
 step needs (K activation backward passes and the layers' factors), their ratio, and the bytes an
-exact Gramian must hold at once, as a ratio to equal weighting's measured peak. ``--engines-only``
+exact Gramian must hold at once, as a ratio to equal weighting's measured peak. Where TorchJD is
+importable, its own Gramian engine (``torchjd.autogram.Engine`` on the trunk, its weighting of the
+same method, one weighted backward) runs beside them (``torchjd_autogram``). ``--engines-only``
 runs that section alone (``--methods`` limits it to some methods). Prints JSON.
 
     python benchmarks/balancing_speed.py                      # CPU, K = 4 and 40
@@ -36,6 +38,7 @@ runs that section alone (``--methods`` limits it to some methods). Prints JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import platform
@@ -178,6 +181,45 @@ def torchjd_step(model, aggregator, optimizer, names, loss_fn) -> Callable[[Any]
     return step
 
 
+#: taskloom method -> TorchJD (0.18) weighting of the Gramian, for its autogram engine (those without extra deps)
+TORCHJD_WEIGHTINGS = {"upgrad": "UPGradWeighting", "mgda": "MGDAWeighting", "imtl_g": "IMTLGWeighting",
+                      "alignedmtl": "AlignedMTLWeighting", "pcgrad": "PCGradWeighting"}
+
+
+def torchjd_importable() -> bool:
+    try:
+        import torchjd.autogram  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def torchjd_autogram_step(build, weighting: str, names, loss_fn) -> Callable[[Any], None]:
+    """TorchJD's autogram engine: the K x K Gramian of the trunk's parameters, its weights, one weighted backward.
+
+    As TorchJD documents it (``Engine.compute_gramian`` of the K losses, ``losses.backward(weights)``);
+    the heads then get the weighted sum of their gradients, which for one head per task is task
+    t's own gradient times w_t (taskloom's heads get their own gradient unweighted).
+    """
+    import torchjd.aggregation as aggregation
+    from torchjd.autogram import Engine
+
+    model = build()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    engine = Engine(model.trunk, batch_dim=None)
+    combine = getattr(aggregation, weighting)()
+
+    def step(batch) -> None:
+        x, y = batch
+        optimizer.zero_grad(set_to_none=True)
+        features = model.trunk(x)
+        losses = torch.stack([loss_fn(model.heads[n](features), i, y) for i, n in enumerate(names)])
+        losses.backward(combine(engine.compute_gramian(losses)))
+        optimizer.step()
+
+    return step
+
+
 def timed(step: Callable[[Any], None], batches, steps: int, device: str) -> list[float]:
     times = []
     for i in range(steps):
@@ -288,6 +330,16 @@ def run_engines(trunk: str, k: int, batch: int, device: str, warmup: int, steps:
                 continue
             rows[name][engine] = {"ms": round(ms, 3), "ratio": round(ms / base, 3), "equal_ms": round(base, 3),
                                   "mb": round(mb, 3), "mb_ratio": round(mb / equal_mb, 3)}
+        autogram = TORCHJD_WEIGHTINGS.get(name)
+        if autogram is not None and torchjd_importable():  # TorchJD's own Gramian engine, same model and batches
+            try:
+                make_step = functools.partial(torchjd_autogram_step, build, autogram, names, loss_fn)
+                mb = measure(make_step, batches, device, 1)["mb"]
+                ms, base = compare(make_step(), baseline, batches, warmup, steps, device)
+                rows[name]["torchjd_autogram"] = {"ms": round(ms, 3), "ratio": round(ms / base, 3),
+                                                  "mb": round(mb, 3), "mb_ratio": round(mb / equal_mb, 3)}
+            except Exception as error:  # reported, not fatal
+                rows[name]["torchjd_autogram"] = {"error": f"{type(error).__name__}: {error}"}
     setting = {"trunk": trunk, "tasks": k, "batch": batch, "engines": rows}
     if trunk == "mlp":  # what no exact engine can go below here (see _gramian_floor.py)
         from _gramian_floor import gramian_floor  # noqa: E402
