@@ -66,6 +66,28 @@ def conv_norm_trunk() -> Trunk:
                  nn.Flatten(), nn.Linear(64, 6))
 
 
+class ResidualBlock(nn.Module):
+    """torchvision's basic block: BatchNorm outputs changed in place by ``out += identity`` and ``ReLU(inplace=True)``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += x
+        return self.relu(out)
+
+
+def residual_trunk() -> Trunk:
+    return Trunk(nn.Conv2d(2, 3, 3, padding=1), ResidualBlock(3), nn.Flatten(), nn.Linear(300, 6), nn.Tanh())
+
+
 def make_model(trunk: Callable[[], nn.Module], eval_norms: bool = False) -> MultiTaskModel:
     torch.manual_seed(0)
     model = MultiTaskModel(trunk(), heads={n: nn.Linear(6, 1) for n in NAMES})
@@ -104,7 +126,8 @@ def grads_per_step(name: str, engine: str, trunk: Callable[[], nn.Module], eval_
 
 
 TRUNKS_UNDER_TEST = {"conv": (conv_trunk, False), "deep_conv": (deep_conv_trunk, False), "norm_mlp": (norm_mlp, False),
-                     "conv_bn_eval": (conv_norm_trunk, True), "conv_bn_train": (conv_norm_trunk, False)}
+                     "conv_bn_eval": (conv_norm_trunk, True), "conv_bn_train": (conv_norm_trunk, False),
+                     "residual_in_place": (residual_trunk, False)}
 
 
 @pytest.mark.parametrize("trunk", list(TRUNKS_UNDER_TEST))

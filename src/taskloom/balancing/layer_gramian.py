@@ -24,9 +24,11 @@ the same two orders); ``nn.BatchNorm1d/2d/3d`` (batch statistics in training,
 running stats in evaluation), ``nn.LayerNorm`` and ``nn.GroupNorm`` with affine parameters
 (rows sum D_t * x_hat and sum D_t, x_hat recomputed from the captured input). Anything else (a
 grouped or reflect-padded convolution, an embedding, a tied parameter), mixed precision (a loss
-scale or autocast), data parallelism, an in-place change of a layer's input or output, or a
-forward that did not go through ``balancer.outputs`` falls back to the full engine with the
-reason logged, or is refused when ``engine: gramian`` was asked for. No second forward runs,
+scale or autocast), data parallelism, an in-place change of a layer's input, or a forward that
+did not go through ``balancer.outputs`` falls back to the full engine with the reason logged, or
+is refused when ``engine: gramian`` was asked for. A layer's output may change in place (BatchNorm
+then ``ReLU(inplace=True)``, a residual ``out += identity``): the D_t are taken at the autograd
+edge the layer's output had when it was made. No second forward runs,
 so BatchNorm's running stats move once per step, in the forward.
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any, Callable, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 
 from taskloom.balancing.jacobian import VmapFallback, use_vmap, vmapped_grads
 from taskloom.balancing.layer_kinds import kind_of, norm_state
@@ -60,7 +63,9 @@ class Layer:
     """One shared layer: which of its parameters are shared, and the calls of the current forward.
 
     ``states`` has, per call, what a norm layer normalized with (BatchNorm's running stats in
-    evaluation, else None).
+    evaluation, else None); ``edges`` the autograd edge of the call's output as the layer made it,
+    so that its gradient is still the layer output's after an in-place change (``ReLU(inplace=True)``,
+    ``out += identity``).
     """
 
     name: str
@@ -69,6 +74,7 @@ class Layer:
     bias: bool
     calls: list[tuple[Tensor, Tensor, int, int]] = field(default_factory=list)
     states: list[Any] = field(default_factory=list)
+    edges: list[Any] = field(default_factory=list)
 
 
 def plan_layers(model: nn.Module, shared: Sequence[Tensor]) -> tuple[list[Layer], str]:
@@ -107,7 +113,7 @@ class Capture:
     def __enter__(self) -> "Capture":
         self.autocast = torch.is_autocast_enabled()
         for layer in self.layers:
-            layer.calls, layer.states = [], []
+            layer.calls, layer.states, layer.edges = [], [], []
             self._handles.append(layer.module.register_forward_hook(functools.partial(_keep, layer)))
         return self
 
@@ -124,9 +130,9 @@ class Capture:
             if not layer.calls:
                 return f"shared layer {layer.name} was not called in the forward (or its parameters are used " \
                        "outside its forward)"
-            for x, out, x_version, out_version in layer.calls:
-                if x._version != x_version or out._version != out_version:
-                    return f"the input or output of shared layer {layer.name} was modified in place"
+            for x, out, x_version, _ in layer.calls:  # the output may change in place: its edge is kept
+                if x._version != x_version:
+                    return f"the input of shared layer {layer.name} was modified in place"
                 if out.dtype != layer.module.weight.dtype or x.dtype != out.dtype:
                     return "mixed precision (autocast) is not supported by the layer Gramian engine"
                 if not out.requires_grad:
@@ -137,12 +143,13 @@ class Capture:
 def _keep(layer: Layer, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
     layer.calls.append((inputs[0], output, inputs[0]._version, output._version))
     layer.states.append(norm_state(module))
+    layer.edges.append(get_gradient_edge(output) if output.requires_grad else output)
 
 
 RepGrads = Union[Tensor, Callable[[int], Tensor]]
 
 
-def _task_gradients(values: Sequence[Tensor], outputs: Sequence[Tensor], representation: Tensor | None,
+def _task_gradients(values: Sequence[Tensor], outputs: Sequence[Any], representation: Tensor | None,
                     rep_grads: RepGrads | None, batched: bool | None, fallback: VmapFallback | None):
     """Yield (tasks, grads): per-task gradients of the objectives w.r.t. ``outputs``, no weight gradient computed.
 
@@ -199,7 +206,7 @@ class LayerGramian:
                  fallback: VmapFallback | None = None) -> None:
         k = len(values)
         self.rows = [_LayerRows(layer, k) for layer in layers]
-        outputs = [out for layer in layers for _, out, _, _ in layer.calls]
+        outputs = [edge for layer in layers for edge in (layer.edges or [out for _, out, _, _ in layer.calls])]
         reached = False
         for tasks, grads in _task_gradients(values, outputs, representation, rep_grads, batched, fallback):
             reached = reached or any(g is not None for g in grads)
