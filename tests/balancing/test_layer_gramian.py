@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from balancing.test_gramian_engine import NAMES, STEP_TASKS, make_batches  # the same tasks and batches
 from taskloom.balancing import BALANCERS, build_balancer
 from taskloom.balancing.gradient import GradientBalancer
 from taskloom.balancing.layer_gramian import Capture, Layer, _LayerRows, layer_gramian, plan_layers
@@ -22,27 +23,16 @@ from taskloom.sharing.base import MultiTaskModule
 from taskloom.sharing.hard import MultiTaskModel
 from taskloom.trunks import MLP
 
-NAMES = ["a", "b", "c", "d", "e"]
 GRAMIAN_METHODS = [n for n in BALANCERS if issubclass(BALANCERS.get(n), GradientBalancer)
                    and BALANCERS.get(n).weights_from_gram and "parameters" in BALANCERS.get(n).modes]
 OTHER_METHODS = [n for n in BALANCERS if issubclass(BALANCERS.get(n), GradientBalancer)
                  and not BALANCERS.get(n).weights_from_gram]
-STEP_TASKS = [NAMES, ["a", "b", "d", "e"], NAMES]
 
 
 def make_model(trunk: Callable[[], nn.Module] | None = None) -> MultiTaskModel:
     torch.manual_seed(0)
     trunk_module = trunk() if trunk else MLP(4, hidden=(8, 6))
     return MultiTaskModel(trunk_module, heads={n: nn.Linear(6, 1) for n in NAMES})
-
-
-def make_batches() -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-    generator = torch.Generator().manual_seed(1)
-    batches = []
-    for tasks in STEP_TASKS:
-        x = torch.randn(12, 4, generator=generator)
-        batches.append((x, {n: torch.randn(12, 1, generator=generator) + i for i, n in enumerate(tasks)}))
-    return batches
 
 
 def grads_per_step(name: str, engine: str, path: str = "outputs", batched: bool | None = None,
@@ -136,7 +126,7 @@ def test_both_contraction_orders_give_the_same_gramian(k):
         x = torch.randn(n, 3, generator=generator, dtype=torch.float64)  # float64: the orders differ only in rounding
         d = torch.randn(k, n, 2, generator=generator, dtype=torch.float64)
         layer = Layer("hand", nn.Linear(3, 2).double(), weight=True, bias=True,
-                      calls=[(x, torch.zeros(n, 2, dtype=torch.float64), 0, 0)])
+                      calls=[(x, torch.zeros(n, 2, dtype=torch.float64), 0)])
         rows = _LayerRows(layer, k)
         for t in range(k):
             rows.fill(slice(t, t + 1), [d[t:t + 1]])

@@ -47,6 +47,7 @@ class DBMTL(GradientBalancer):
     """
 
     modes = ("parameters",)
+    lazy_buffers = ("_buffer",)
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
                  beta: float = 0.9, sigma: float = 0.5, eps: float = 1e-8, task_chunk: int | None = None,
@@ -72,12 +73,6 @@ class DBMTL(GradientBalancer):
 
     def transform_losses(self, losses: list[Tensor]) -> list[Tensor]:
         return [torch.log(loss + self.eps) for loss in losses]
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        saved = state_dict.get(prefix + "_buffer")
-        if saved is not None and saved.shape != self._buffer.shape:  # made lazily: take the saved size
-            self._buffer = torch.empty(saved.shape, dtype=saved.dtype, device=self._buffer.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def combine(self, grads: Tensor, names: Sequence[str]) -> tuple[Tensor, Tensor | None]:
         k, size = len(self.task_names), grads.shape[1]

@@ -85,6 +85,7 @@ class ExcessMTL(GradientBalancer):
     """
 
     modes = ("parameters",)
+    lazy_buffers = ("squares",)
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
                  eta: float = 0.01, normalize: bool = True, eps: float = 1e-8, task_chunk: int | None = None,
@@ -113,12 +114,6 @@ class ExcessMTL(GradientBalancer):
             "excessmtl cannot use balancing.options.task_chunk: it accumulates every task's squared gradient of "
             "the shared parameters (a K x P state, by definition of the method), so chunking the per-task "
             "gradients would not bound its memory; remove task_chunk or pick a Gramian-based method such as upgrad")
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        saved = state_dict.get(prefix + "squares")
-        if saved is not None and saved.shape != self.squares.shape:  # made lazily: take the saved size
-            self.squares = torch.empty(saved.shape, dtype=saved.dtype, device=self.squares.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def combine(self, grads: Tensor, names: Sequence[str]) -> tuple[Tensor, Tensor | None]:
         k, size = len(self.task_names), grads.shape[1]

@@ -58,6 +58,8 @@ class GradientBalancer(Balancer):
     #: True when :meth:`combine` returns ``weights @ grads`` with weights a function of the Gramian
     #: ``grads @ grads.T`` alone (and of the method's state): what data-parallel representation mode needs
     weights_from_gram: bool = False
+    #: buffers sized at the first step (a K x P state): on load, a checkpoint's size replaces the empty placeholder
+    lazy_buffers: tuple[str, ...] = ()
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
                  task_chunk: int | None = None, engine: str = "auto") -> None:
@@ -78,6 +80,13 @@ class GradientBalancer(Balancer):
         self.vmap_fallback = VmapFallback()
         self._representation: Tensor | None = None
         self._weights: tuple[list[str], Tensor] | None = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        for name in self.lazy_buffers:
+            saved, current = state_dict.get(prefix + name), getattr(self, name)
+            if saved is not None and saved.shape != current.shape:
+                setattr(self, name, torch.empty(saved.shape, dtype=saved.dtype, device=current.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def needs_representation(self) -> bool:

@@ -72,7 +72,7 @@ class Layer:
     module: nn.Module
     weight: bool
     bias: bool
-    calls: list[tuple[Tensor, Tensor, int, int]] = field(default_factory=list)
+    calls: list[tuple[Tensor, Tensor, int]] = field(default_factory=list)
     states: list[Any] = field(default_factory=list)
     edges: list[Any] = field(default_factory=list)
 
@@ -130,7 +130,7 @@ class Capture:
             if not layer.calls:
                 return f"shared layer {layer.name} was not called in the forward (or its parameters are used " \
                        "outside its forward)"
-            for x, out, x_version, _ in layer.calls:  # the output may change in place: its edge is kept
+            for x, out, x_version in layer.calls:  # the output may change in place: its edge is kept
                 if x._version != x_version:
                     return f"the input of shared layer {layer.name} was modified in place"
                 if out.dtype != layer.module.weight.dtype or x.dtype != out.dtype:
@@ -141,7 +141,7 @@ class Capture:
 
 
 def _keep(layer: Layer, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-    layer.calls.append((inputs[0], output, inputs[0]._version, output._version))
+    layer.calls.append((inputs[0], output, inputs[0]._version))
     layer.states.append(norm_state(module))
     layer.edges.append(get_gradient_edge(output) if output.requires_grad else output)
 
@@ -206,7 +206,7 @@ class LayerGramian:
                  fallback: VmapFallback | None = None) -> None:
         k = len(values)
         self.rows = [_LayerRows(layer, k) for layer in layers]
-        outputs = [edge for layer in layers for edge in (layer.edges or [out for _, out, _, _ in layer.calls])]
+        outputs = [edge for layer in layers for edge in (layer.edges or [out for _, out, _ in layer.calls])]
         reached = False
         for tasks, grads in _task_gradients(values, outputs, representation, rep_grads, batched, fallback):
             reached = reached or any(g is not None for g in grads)

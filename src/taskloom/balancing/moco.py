@@ -56,6 +56,7 @@ class GradientMemory(GradientBalancer):
     """
 
     modes = ("parameters",)
+    lazy_buffers = ("memory",)
 
     def __init__(self, task_names: Sequence[str], mode: str = "parameters", batched: bool | None = None,
                  task_chunk: int | None = None,
@@ -73,12 +74,6 @@ class GradientMemory(GradientBalancer):
             f"{type(self).__name__.lower()} cannot use balancing.options.task_chunk: it keeps every task's gradient "
             "of the shared parameters between steps (a K x P state), so chunking would not bound its memory; "
             "remove task_chunk")
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        saved = state_dict.get(prefix + "memory")
-        if saved is not None and saved.shape != self.memory.shape:  # sized lazily: take the saved size
-            self.memory = torch.empty(saved.shape, dtype=saved.dtype, device=self.memory.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _prepare(self, grads: Tensor, names: Sequence[str]) -> Tensor | None:
         """Size and place the buffers for ``grads``; the rows of ``names`` (None when all tasks are present)."""

@@ -49,6 +49,13 @@ class MultiTaskModule(nn.Module):
         if len(self.task_names) == 1:
             raise ValueError(f"cannot remove {name!r}, the model's only task")
 
+    def drop_task(self, name: str, *per_task: nn.ModuleDict) -> None:
+        """Remove task ``name`` (refused as :meth:`check_removable` says): its entry of each ``per_task`` dict."""
+        self.check_removable(name)
+        for modules in per_task:
+            del modules[name]
+        self.task_names.remove(name)
+
     @property
     def has_representation(self) -> bool:
         return type(self).representation is not MultiTaskModule.representation

@@ -63,10 +63,7 @@ class HybridSharing(TiedTowers):
 
     def detach_task(self, name: str) -> None:
         """Drop a task's tower and head; the shared bottom and the other towers are untouched."""
-        self.check_removable(name)
-        del self.towers[name]
-        del self.heads[name]
-        self.task_names.remove(name)
+        self.drop_task(name, self.towers, self.heads)
 
 
 def build_hybrid(trunk_factory: Callable[[], nn.Module], tasks: Sequence[Task], split: int | None = None,

@@ -60,10 +60,7 @@ class MMoE(ReachSplit):
 
     def detach_task(self, name: str) -> None:
         """Drop a task's gate and head; the experts and the other gates are untouched."""
-        self.check_removable(name)
-        del self.gates[name]
-        del self.heads[name]
-        self.task_names.remove(name)
+        self.drop_task(name, self.gates, self.heads)
 
 
 def build_mmoe(trunk_factory: Callable[[], nn.Module], tasks: Sequence[Task], num_experts: int = 4,

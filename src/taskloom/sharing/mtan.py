@@ -113,11 +113,7 @@ class MTAN(ReachSplit):
 
     def detach_task(self, name: str) -> None:
         """Drop a task's masks, adapters and head; the shared stages and the other tasks are untouched."""
-        self.check_removable(name)
-        del self.masks[name]
-        del self.adapters[name]
-        del self.heads[name]
-        self.task_names.remove(name)
+        self.drop_task(name, self.masks, self.adapters, self.heads)
 
 
 def attention_masks(shapes: Sequence[tuple[int, ...]]) -> list[AttentionMask]:

@@ -99,10 +99,7 @@ class SoftSharing(TiedTowers):
 
     def detach_task(self, name: str) -> None:
         """Drop a task's tower and head; the other towers are untouched."""
-        self.check_removable(name)
-        del self.towers[name]
-        del self.heads[name]
-        self.task_names.remove(name)
+        self.drop_task(name, self.towers, self.heads)
 
 
 def build_soft(trunk_factory: Callable[[], nn.Module], tasks: Sequence[Task],
